@@ -1,0 +1,1 @@
+"""Measurements taken inside a worker: timing, numerics, FLOPs, memory, compile. Framework-neutral where possible."""

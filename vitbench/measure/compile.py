@@ -1,0 +1,126 @@
+"""torch.compile modes for a case: ``eager``, ``full`` (torch.compile(model)) and ``regional`` (each repeated
+block compiled in place, so state_dict keys do not change).
+
+Cold compile time = first compiled call (fresh private Inductor cache dir, set by the runner before torch is
+imported, plus ``torch.compiler.reset()``) minus the eager first call. The warm figure comes from a second
+worker process that reuses the same cache dir: what a user sees on the second launch.
+"""
+from __future__ import annotations
+
+import contextlib
+import time
+from collections.abc import Callable
+from typing import Any
+
+import torch
+from torch import nn
+
+
+def find_regions(model: nn.Module, attr: str | None = None) -> tuple[str, list[nn.Module]]:
+    """The repeated blocks to compile: ``attr`` (dotted path) if given, else ``model.compile_regions``, else the
+    ModuleList/Sequential of same-class children that holds the most parameters."""
+    names: list[str]
+    if attr:
+        names = [attr]
+    elif getattr(model, "compile_regions", None):
+        names = list(model.compile_regions)
+    else:
+        best, best_params = None, 0
+        for name, mod in model.named_modules():
+            kids = list(mod.children())
+            if not name or not isinstance(mod, (nn.ModuleList, nn.Sequential)) or len(kids) < 2:
+                continue
+            if len({type(k) for k in kids}) != 1:
+                continue
+            n = sum(p.numel() for p in mod.parameters())
+            if n > best_params:
+                best, best_params = name, n
+        if best is None:
+            raise ValueError(f"regional compile: no repeated blocks found in {type(model).__name__}; "
+                             "name them with 'regions:' in the suite")
+        names = [best]
+    blocks: list[nn.Module] = []
+    for n in names:
+        try:
+            container = model.get_submodule(n)
+        except AttributeError:
+            raise ValueError(f"regional compile: {type(model).__name__} has no submodule '{n}'") from None
+        blocks.extend(container.children())
+    return ",".join(names), blocks
+
+
+def _counters() -> dict[str, int]:
+    from torch._dynamo.utils import counters
+
+    return {
+        "graph_breaks": sum(counters["graph_break"].values()),
+        "frames": counters["frames"]["total"],
+        "cache_hits": counters["inductor"]["fxgraph_cache_hit"],
+        "cache_misses": counters["inductor"]["fxgraph_cache_miss"],
+    }
+
+
+def _timed_call(fn: Callable[[], Any], sync: Callable[[], None]) -> tuple[float, Any]:
+    sync()
+    t0 = time.perf_counter()
+    y = fn()
+    sync()
+    return time.perf_counter() - t0, y
+
+
+def _first_tensor(y: Any) -> torch.Tensor:
+    if isinstance(y, torch.Tensor):
+        return y
+    if isinstance(y, (list, tuple)):
+        return _first_tensor(y[-1])
+    if isinstance(y, dict):
+        return _first_tensor(next(iter(y.values())))
+    raise TypeError(f"unsupported output type {type(y).__name__}")
+
+
+def prepare(
+    model: nn.Module, case: dict[str, Any], x: torch.Tensor, autocast: contextlib.AbstractContextManager
+) -> tuple[Callable[[torch.Tensor], Any], dict[str, Any]]:
+    """Apply the case's compile mode. Returns the callable to time and the compile columns of the row."""
+    mode = case["compile_mode"]
+    if mode == "eager":
+        return model, {}
+    if mode not in ("full", "regional"):
+        raise ValueError(f"compile mode '{mode}' is not a torch mode (eager, full, regional)")
+    dev = x.device
+    sync = (lambda: torch.cuda.synchronize(dev)) if dev.type == "cuda" else (lambda: None)
+    opts = {k: v for k, v in case["compile_options"].items() if v is not None}
+    with torch.inference_mode(), autocast:
+        eager_first, y_eager = _timed_call(lambda: model(x), sync)
+    torch.compiler.reset()
+    from torch._dynamo.utils import counters
+
+    counters.clear()
+    row: dict[str, Any] = {"eager_first_call_s": eager_first}
+    if mode == "full":
+        runner: Callable[[torch.Tensor], Any] = torch.compile(model, **opts)
+    else:
+        where, blocks = find_regions(model, case.get("regions"))
+        for blk in blocks:
+            blk.compile(**opts)  # in place: the module tree and state_dict keys stay as they were
+        runner = model
+        row["regions"] = f"{where} x{len(blocks)}"
+    with torch.inference_mode(), autocast:
+        first, y_comp = _timed_call(lambda: runner(x), sync)
+    c = _counters()
+    key = "warm" if case.get("_compile_phase") == "warm" else "cold"
+    row[f"compile_first_call_{key}_s"] = first
+    row[f"compile_{key}_s"] = first - eager_first
+    row[f"compile_cache_hits_{key}"] = c["cache_hits"]
+    row["graph_breaks"] = c["graph_breaks"]
+    row["_frames_after_first_call"] = c["frames"]
+    diff = (_first_tensor(y_comp).float() - _first_tensor(y_eager).float()).abs().max().item()
+    row["compiled_max_abs_diff"] = diff
+    return runner, row
+
+
+def recompiles_since(row: dict[str, Any]) -> int | None:
+    """Frames compiled after the first compiled call (each one a recompile during the timed loop)."""
+    if "_frames_after_first_call" not in row:
+        return None
+    return _counters()["frames"] - row.pop("_frames_after_first_call")

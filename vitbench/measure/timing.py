@@ -1,0 +1,90 @@
+"""Sync-aware timing loop with timm's throughput definition and raw per-iteration latencies kept."""
+from __future__ import annotations
+
+import math
+import statistics
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+
+def percentile(values: list[float], q: float) -> float:
+    """Linear-interpolated percentile (numpy's default method), q in [0, 100]."""
+    if not values:
+        return math.nan
+    s = sorted(values)
+    pos = (len(s) - 1) * q / 100.0
+    lo, hi = math.floor(pos), math.ceil(pos)
+    return s[lo] + (s[hi] - s[lo]) * (pos - lo)
+
+
+@dataclass(frozen=True)
+class TimingResult:
+    """Latencies in ms per batch; throughput as timm's benchmark.py defines it."""
+
+    batch_size: int
+    latencies_ms: list[float] = field(repr=False)
+    loop_s: float  # wall time of the whole timed loop
+    warmup_iters: int
+    first_call_s: float  # the very first call (includes any compilation), measured apart
+
+    @property
+    def iters(self) -> int:
+        return len(self.latencies_ms)
+
+    @property
+    def samples_per_sec(self) -> float:
+        """timm's infer_samples_per_sec: samples over the wall time of the timed loop."""
+        return self.iters * self.batch_size / self.loop_s
+
+    @property
+    def step_time_ms(self) -> float:
+        """timm's infer_step_time: mean ms per batch."""
+        return statistics.fmean(self.latencies_ms)
+
+    def stats(self) -> dict[str, float]:
+        v = self.latencies_ms
+        return {
+            "latency_ms_p50": percentile(v, 50),
+            "latency_ms_p90": percentile(v, 90),
+            "latency_ms_p99": percentile(v, 99),
+            "latency_ms_mean": statistics.fmean(v),
+            "latency_ms_stdev": statistics.stdev(v) if len(v) > 1 else 0.0,
+            "latency_ms_min": min(v),
+        }
+
+
+def time_loop(
+    step: Callable[[], object],
+    sync: Callable[[], None],
+    *,
+    batch_size: int,
+    warmup_iters: int,
+    min_iters: int,
+    min_seconds: float,
+    max_iters: int = 1_000_000,
+    clock: Callable[[], float] = time.perf_counter,
+) -> TimingResult:
+    """First call timed apart, then warm-up, then iterate until both ``min_iters`` and ``min_seconds`` are met.
+
+    Each iteration is synchronised (``sync`` waits for the device), so every latency is a whole request.
+    """
+    sync()
+    t0 = clock()
+    step()
+    sync()
+    first = clock() - t0
+    for _ in range(max(warmup_iters - 1, 0)):
+        step()
+    sync()
+    lat: list[float] = []
+    start = clock()
+    now = start
+    while len(lat) < max_iters and (len(lat) < min_iters or now - start < min_seconds):
+        t = clock()
+        step()
+        sync()
+        now = clock()
+        lat.append((now - t) * 1e3)
+    return TimingResult(batch_size=batch_size, latencies_ms=lat, loop_s=now - start, warmup_iters=warmup_iters,
+                        first_call_s=first)

@@ -1,0 +1,229 @@
+"""Vision Transformer (ViT), weight-compatible with timm's ``VisionTransformer``.
+
+"An Image is Worth 16x16 Words: Transformers for Image Recognition at Scale" - https://arxiv.org/abs/2010.11929
+
+Keys of our state_dict equal timm's for the registered configs, so
+``ours.load_state_dict(timm_model.state_dict(), strict=True)`` is the whole port (see ``checkpoint_filter_fn``
+for other image sizes). Shapes: B batch, N tokens (1 class token + patches), C embed dim, H heads.
+"""
+from __future__ import annotations
+
+import math
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ._registry import register_model
+from .layers import Attention, LayerScale, Mlp, PatchEmbed
+
+
+def _layer_norm(dim: int) -> nn.LayerNorm:
+    return nn.LayerNorm(dim, eps=1e-6)  # timm's ViT LayerNorm eps (PyTorch's default is 1e-5)
+
+
+class Block(nn.Module):
+    """Pre-norm transformer block: x + attn(norm1(x)); x + mlp(norm2(x)). The region we compile regionally."""
+
+    def __init__(
+        self,
+        dim: int,
+        *,
+        num_heads: int,
+        mlp_ratio: float = 4.0,
+        qkv_bias: bool = True,
+        qk_norm: bool = False,
+        init_values: float | None = None,
+        fused_attn: bool = True,
+    ) -> None:
+        super().__init__()
+        self.norm1 = _layer_norm(dim)
+        self.attn = Attention(dim, num_heads=num_heads, qkv_bias=qkv_bias, qk_norm=qk_norm,
+                              norm_layer=_layer_norm, fused_attn=fused_attn)
+        self.ls1 = LayerScale(dim, init_values) if init_values else nn.Identity()
+        self.norm2 = _layer_norm(dim)
+        self.mlp = Mlp(dim, int(dim * mlp_ratio))
+        self.ls2 = LayerScale(dim, init_values) if init_values else nn.Identity()
+
+    def forward(
+        self, x: torch.Tensor, return_attn: bool = False
+    ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+        if return_attn:
+            y, attn = self.attn(self.norm1(x), return_attn=True)
+            x = x + self.ls1(y)
+            return x + self.ls2(self.mlp(self.norm2(x))), attn
+        x = x + self.ls1(self.attn(self.norm1(x)))
+        return x + self.ls2(self.mlp(self.norm2(x)))
+
+
+class VisionTransformer(nn.Module):
+    """ViT classifier: patch_embed -> [cls] + pos_embed -> blocks -> norm -> pool -> head."""
+
+    compile_regions = ("blocks",)  # repeated blocks for regional torch.compile
+
+    def __init__(
+        self,
+        *,
+        img_size: int = 224,
+        patch_size: int = 16,
+        in_chans: int = 3,
+        num_classes: int = 1000,
+        global_pool: Literal["token", "avg"] = "token",
+        embed_dim: int = 768,
+        depth: int = 12,
+        num_heads: int = 12,
+        mlp_ratio: float = 4.0,
+        qkv_bias: bool = True,
+        qk_norm: bool = False,
+        init_values: float | None = None,
+        class_token: bool = True,
+        fused_attn: bool = True,
+    ) -> None:
+        super().__init__()
+        if global_pool not in ("token", "avg"):
+            raise ValueError(f"VisionTransformer: global_pool must be 'token' or 'avg', not {global_pool!r}")
+        if global_pool == "token" and not class_token:
+            raise ValueError("VisionTransformer: global_pool='token' needs class_token=True")
+        self.global_pool = global_pool
+        self.num_classes = num_classes
+        self.embed_dim = self.num_features = embed_dim
+        self.num_prefix_tokens = 1 if class_token else 0
+        self.patch_embed = PatchEmbed(img_size, patch_size, in_chans, embed_dim)
+        self.cls_token = nn.Parameter(torch.zeros(1, 1, embed_dim)) if class_token else None
+        self.pos_embed = nn.Parameter(torch.zeros(1, self.patch_embed.num_patches + self.num_prefix_tokens, embed_dim))
+        self.blocks = nn.Sequential(*[
+            Block(embed_dim, num_heads=num_heads, mlp_ratio=mlp_ratio, qkv_bias=qkv_bias, qk_norm=qk_norm,
+                  init_values=init_values, fused_attn=fused_attn)
+            for _ in range(depth)
+        ])
+        use_fc_norm = global_pool == "avg"  # timm: with avg pooling the final norm moves after the pool
+        self.norm = nn.Identity() if use_fc_norm else _layer_norm(embed_dim)
+        self.fc_norm = _layer_norm(embed_dim) if use_fc_norm else nn.Identity()
+        self.head = nn.Linear(embed_dim, num_classes) if num_classes > 0 else nn.Identity()
+        self.init_weights()
+
+    def init_weights(self) -> None:
+        nn.init.trunc_normal_(self.pos_embed, std=0.02)
+        if self.cls_token is not None:
+            nn.init.normal_(self.cls_token, std=1e-6)
+        for m in self.modules():
+            if isinstance(m, nn.Linear):
+                nn.init.trunc_normal_(m.weight, std=0.02)
+                if m.bias is not None:
+                    nn.init.zeros_(m.bias)
+
+    def _embed(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.patch_embed(x)  # (B, N-1, C)
+        if self.cls_token is not None:
+            x = torch.cat([self.cls_token.expand(x.shape[0], -1, -1), x], dim=1)  # (B, N, C)
+        return x + self.pos_embed
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, 3, H, W) -> normed tokens (B, N, C)."""
+        return self.norm(self.blocks(self._embed(x)))
+
+    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
+        """(B, N, C) -> logits (B, num_classes), or pooled features with ``pre_logits``."""
+        x = x[:, 0] if self.global_pool == "token" else x[:, self.num_prefix_tokens:].mean(dim=1)
+        x = self.fc_norm(x)
+        return x if pre_logits else self.head(x)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.forward_head(self.forward_features(x))
+
+    def forward_intermediates(
+        self, x: torch.Tensor, indices: list[int] | None = None, return_attn: bool = False
+    ) -> dict[str, torch.Tensor | list[torch.Tensor]]:
+        """Run block by block and keep what each block gives (what vit-pytorch's Recorder offers).
+
+        Returns ``{"intermediates": [(B, N, C) per kept block], "attn": [(B, H, N, N) per kept block],
+        "features": normed tokens}``. ``indices`` (negative allowed) picks the blocks; all by default.
+        """
+        depth = len(self.blocks)
+        keep = set(range(depth)) if indices is None else {i % depth for i in indices}
+        inter: list[torch.Tensor] = []
+        attns: list[torch.Tensor] = []
+        x = self._embed(x)
+        for i, blk in enumerate(self.blocks):
+            if return_attn:
+                x, attn = blk(x, return_attn=True)
+                if i in keep:
+                    attns.append(attn)
+            else:
+                x = blk(x)
+            if i in keep:
+                inter.append(x)
+        out: dict[str, torch.Tensor | list[torch.Tensor]] = {"intermediates": inter, "features": self.norm(x)}
+        if return_attn:
+            out["attn"] = attns
+        return out
+
+    def attention_maps(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """Softmax attention of every block, each (B, H, N, N)."""
+        return self.forward_intermediates(x, return_attn=True)["attn"]  # type: ignore[return-value]
+
+
+def resample_pos_embed(pos_embed: torch.Tensor, new_grid: tuple[int, int], num_prefix_tokens: int = 1) -> torch.Tensor:
+    """Bicubic resize of (1, prefix + h*w, C) position embeddings to a new patch grid (prefix tokens kept)."""
+    prefix, grid = pos_embed[:, :num_prefix_tokens], pos_embed[:, num_prefix_tokens:]
+    old = int(math.sqrt(grid.shape[1]))
+    if (old, old) == tuple(new_grid):
+        return pos_embed
+    grid = grid.reshape(1, old, old, -1).permute(0, 3, 1, 2)  # (1, C, h, w)
+    grid = F.interpolate(grid.float(), size=new_grid, mode="bicubic", antialias=True, align_corners=False)
+    grid = grid.permute(0, 2, 3, 1).reshape(1, new_grid[0] * new_grid[1], -1).to(pos_embed.dtype)
+    return torch.cat([prefix, grid], dim=1)
+
+
+def checkpoint_filter_fn(state_dict: dict[str, torch.Tensor], model: VisionTransformer) -> dict[str, torch.Tensor]:
+    """timm ViT state_dict -> ours: keys are identical; strip compile wrappers, resize pos_embed if needed."""
+    out = {}
+    for k, v in state_dict.items():
+        k = k.replace("_orig_mod.", "")
+        if k == "pos_embed" and v.shape != model.pos_embed.shape:
+            v = resample_pos_embed(v, model.patch_embed.grid_size, model.num_prefix_tokens)
+        out[k] = v
+    return out
+
+
+def _create(img_size: int = 224, **defaults):
+    def make(**kwargs) -> VisionTransformer:
+        return VisionTransformer(**{"img_size": img_size, **defaults, **kwargs})
+    return make
+
+
+# Configs: the registered entry points are data, one line each, named as timm names them.
+@register_model
+def test_vit(**kw) -> VisionTransformer:
+    return _create(160, patch_size=16, embed_dim=64, depth=6, num_heads=2, mlp_ratio=3)(**kw)
+
+
+@register_model
+def vit_tiny_patch16_224(**kw) -> VisionTransformer:
+    return _create(224, patch_size=16, embed_dim=192, depth=12, num_heads=3)(**kw)
+
+
+@register_model
+def vit_small_patch16_224(**kw) -> VisionTransformer:
+    return _create(224, patch_size=16, embed_dim=384, depth=12, num_heads=6)(**kw)
+
+
+@register_model
+def vit_base_patch16_224(**kw) -> VisionTransformer:
+    return _create(224, patch_size=16, embed_dim=768, depth=12, num_heads=12)(**kw)
+
+
+@register_model
+def vit_base_patch32_224(**kw) -> VisionTransformer:
+    return _create(224, patch_size=32, embed_dim=768, depth=12, num_heads=12)(**kw)
+
+
+@register_model
+def vit_base_patch16_384(**kw) -> VisionTransformer:
+    return _create(384, patch_size=16, embed_dim=768, depth=12, num_heads=12)(**kw)
+
+
+@register_model
+def vit_large_patch16_224(**kw) -> VisionTransformer:
+    return _create(224, patch_size=16, embed_dim=1024, depth=24, num_heads=16)(**kw)

@@ -1,0 +1,54 @@
+"""What torch providers share: building with an optional img_size, porting a reference state_dict."""
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+
+
+def build_with_img_size(factory: Callable[..., Any], kwargs: dict[str, Any], img_size: int | None) -> Any:
+    """Pass ``img_size`` to the constructor when given; models without that argument get it as input size only."""
+    if img_size is None or "img_size" in kwargs:
+        return factory(**kwargs)
+    try:
+        return factory(**kwargs, img_size=img_size)
+    except TypeError as e:
+        if "img_size" not in str(e):
+            raise
+        return factory(**kwargs)
+
+
+def state_dict_to_numpy(model) -> dict[str, np.ndarray]:  # type: ignore[no-untyped-def]
+    return {k: v.detach().float().cpu().numpy() for k, v in model.state_dict().items()}
+
+
+def load_numpy_state(model, state: dict[str, np.ndarray], filter_fn=None) -> None:  # type: ignore[no-untyped-def]
+    """Load a reference's weights with strict=True: a key or shape mismatch is an error naming them."""
+    import torch
+
+    sd = {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in state.items()}
+    if filter_fn is not None:
+        sd = filter_fn(sd, model)
+    own = model.state_dict()
+    missing = sorted(set(own) - set(sd))
+    unexpected = sorted(set(sd) - set(own))
+    if missing or unexpected:
+        raise ValueError(f"weight port: {len(missing)} missing keys (e.g. {missing[:3]}), "
+                         f"{len(unexpected)} unexpected (e.g. {unexpected[:3]})")
+    bad = [k for k in own if own[k].shape != sd[k].shape]
+    if bad:
+        raise ValueError(f"weight port: shape mismatch at {bad[0]}: ours {tuple(own[bad[0]].shape)} "
+                         f"vs reference {tuple(sd[bad[0]].shape)}")
+    model.load_state_dict({k: v.to(own[k].dtype) for k, v in sd.items()}, strict=True)
+
+
+def default_img_size(model, fallback: int = 224) -> int:  # type: ignore[no-untyped-def]
+    cfg = getattr(model, "pretrained_cfg", None) or {}
+    if "input_size" in cfg:
+        return int(cfg["input_size"][-1])
+    pe = getattr(model, "patch_embed", None)
+    size = getattr(pe, "img_size", None)
+    if isinstance(size, (tuple, list)):
+        return int(size[-1])
+    return int(size) if size else fallback

@@ -1,0 +1,1 @@
+"""Reports written from results: timm-format tables, plots, diffs."""

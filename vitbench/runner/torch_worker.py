@@ -1,0 +1,182 @@
+"""Measuring one PyTorch case: build, port, numerics, FLOPs, precision, compile, timing, memory."""
+from __future__ import annotations
+
+import contextlib
+import os
+import platform
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from ..measure import flops, memory, numerics
+from ..measure.timing import time_loop
+from ..providers import get_provider
+from .worker import artifact_path
+
+DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16, "amp": torch.float16, "amp_bf16": torch.bfloat16}
+
+
+def _setup(case: dict[str, Any]) -> torch.device:
+    torch.backends.cuda.matmul.allow_tf32 = False  # numerics and "fp32" timings are true fp32 (timm uses TF32)
+    torch.backends.cudnn.allow_tf32 = False
+    dev = torch.device(case["device"])
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise RuntimeError("CUDA is not available in the worker")
+        torch.cuda.set_device(dev)
+    return dev
+
+
+def _build(case: dict[str, Any], dev: torch.device, side: dict[str, Any] | None = None) -> tuple[Any, int]:
+    side = side or case
+    torch.manual_seed(case["seed"])
+    model, img = get_provider(side["provider"]).build(side["model"], dict(side["kwargs"]), case["img_size"])
+    return model.eval().to(dev), int(img)
+
+
+def _input(batch: int, img: int, seed: int, dev: torch.device) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed + 1)
+    return torch.randn(batch, 3, img, img, generator=g).to(dev)
+
+
+def _out_tensor(y: Any) -> torch.Tensor:
+    if isinstance(y, torch.Tensor):
+        return y
+    if isinstance(y, (list, tuple)) and y and isinstance(y[-1], torch.Tensor):
+        return y[-1]
+    if isinstance(y, dict):
+        return next(v for v in y.values() if isinstance(v, torch.Tensor))
+    raise TypeError(f"cannot compare a model output of type {type(y).__name__}")
+
+
+def _write_artifact(path: Path, model: Any, img: int, case: dict[str, Any], dev: torch.device) -> None:
+    x = _input(case["numerics_batch"], img, case["seed"], dev)
+    with torch.inference_mode():
+        y = _out_tensor(model(x))
+    weights = {f"w/{k}": v.detach().float().cpu().numpy() for k, v in model.state_dict().items()}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp.npz")
+    np.savez(tmp, x=x.cpu().numpy(), y=y.float().cpu().numpy(), **weights)
+    os.replace(tmp, path)
+
+
+def prepare(case: dict[str, Any], run_dir: str) -> dict[str, Any]:
+    """Build the pair's reference at fp32 and save weights, input and output for the candidates."""
+    dev = _setup(case)
+    ref_case = {**case, **case["reference"]} if case["role"] == "candidate" else case
+    model, img = _build(case, dev, ref_case)
+    _write_artifact(artifact_path(run_dir, case["pair"], case["device"]), model, img, case, dev)
+    return {"img_size": img}
+
+
+def _numerics(case: dict[str, Any], model: Any, run_dir: str, dev: torch.device, img: int) -> dict[str, Any]:
+    path = artifact_path(run_dir, case["pair"], case["device"])
+    if case["role"] == "reference":
+        if not path.exists():
+            _write_artifact(path, model, img, case, dev)
+        return {"numerics_status": "reference"}
+    if not case["port"]:
+        return {"numerics_status": "skipped", "numerics_error": "port: false in the suite"}
+    if not path.exists():
+        return {"numerics_status": "error", "numerics_error": "no reference artifacts (did the reference fail?)"}
+    art = np.load(path)
+    state = {k[2:]: art[k] for k in art.files if k.startswith("w/")}
+    try:
+        get_provider(case["provider"]).port(model, state)
+        x = torch.from_numpy(art["x"]).to(dev)
+        with torch.inference_mode():
+            y = _out_tensor(model(x)).float().cpu().numpy()
+        res = numerics.compare(art["y"], y)
+    except Exception as e:  # noqa: BLE001  (a failed port is a numerics error, the timing still counts)
+        return {"numerics_status": "error", "numerics_error": f"{type(e).__name__}: {str(e).splitlines()[0]}"[:400]}
+    ok = res["max_abs_diff"] <= case["tolerance_max_abs"]
+    if case.get("tolerance_min_cosine") is not None:
+        ok = ok and res["cosine_sim"] >= case["tolerance_min_cosine"]
+    return {**res, "numerics_status": "ok" if ok else "fail", "tolerance_max_abs": case["tolerance_max_abs"]}
+
+
+def _device_name(dev: torch.device) -> str:
+    if dev.type == "cuda":
+        return torch.cuda.get_device_name(dev)
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    return platform.processor() or platform.machine()
+
+
+def _with_precision(model: Any, x: torch.Tensor, precision: str, dev: torch.device):  # type: ignore[no-untyped-def]
+    autocast: contextlib.AbstractContextManager = contextlib.nullcontext()
+    if precision in ("fp16", "bf16"):
+        model, x = model.to(DTYPES[precision]), x.to(DTYPES[precision])
+    elif precision in ("amp", "amp_bf16"):
+        autocast = torch.autocast(device_type=dev.type, dtype=DTYPES[precision])
+    return model, x, autocast
+
+
+def warm_compile(case: dict[str, Any], run_dir: str) -> dict[str, Any]:
+    """Second launch: same compile, Inductor's on-disk cache kept from the cold worker. First call only."""
+    from ..measure import compile as compile_mod
+
+    dev = _setup(case)
+    model, img = _build(case, dev)
+    model, x, autocast = _with_precision(model, _input(case["batch_size"], img, case["seed"], dev),
+                                         case["precision"], dev)
+    _, row = compile_mod.prepare(model, {**case, "_compile_phase": "warm"}, x, autocast)
+    return {k: v for k, v in row.items() if k.endswith("_warm") or k.endswith("_warm_s")}
+
+
+def measure(case: dict[str, Any], run_dir: str) -> dict[str, Any]:
+    t_start = time.perf_counter()
+    dev = _setup(case)
+    model, img = _build(case, dev)
+    row: dict[str, Any] = {
+        "img_size": img,
+        "param_count_m": sum(p.numel() for p in model.parameters()) / 1e6,
+        "device_name": _device_name(dev),
+        "threads": torch.get_num_threads(),
+        "tf32": False,
+        "torch_version": torch.__version__,
+    }
+    with contextlib.suppress(ImportError):
+        import timm
+
+        row["timm_version"] = timm.__version__
+    row.update(_numerics(case, model, run_dir, dev, img))
+
+    try:
+        macs, acts = flops.count_macs_acts(model, _input(1, img, case["seed"], dev))
+        row.update(gmacs=macs / 1e9, macts_m=acts / 1e6, flops_method=flops.METHOD)
+    except Exception as e:  # noqa: BLE001
+        row["flops_method"] = f"failed: {type(e).__name__}: {str(e).splitlines()[0][:200]}"
+
+    model, x, autocast = _with_precision(model, _input(case["batch_size"], img, case["seed"], dev),
+                                         case["precision"], dev)
+
+    from ..measure import compile as compile_mod
+
+    runner, compile_row = compile_mod.prepare(model, case, x, autocast)
+    row.update(compile_row)
+
+    sync = (lambda: torch.cuda.synchronize(dev)) if dev.type == "cuda" else (lambda: None)
+    if dev.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(dev)
+    with torch.inference_mode(), autocast:
+        t = time_loop(lambda: runner(x), sync, batch_size=case["batch_size"], warmup_iters=case["warmup_iters"],
+                      min_iters=case["min_iters"], min_seconds=case["min_seconds"], max_iters=case["max_iters"])
+    recompiles = compile_mod.recompiles_since(row)
+    if recompiles is not None:
+        row["recompiles"] = recompiles
+    row.update(t.stats())
+    row.update(samples_per_sec=t.samples_per_sec, step_time_ms=t.step_time_ms, iters=t.iters, timed_s=t.loop_s,
+               first_call_s=t.first_call_s, latencies_ms=t.latencies_ms)
+    if dev.type == "cuda":
+        row.update(cuda_peak_allocated_mb=torch.cuda.max_memory_allocated(dev) / 1e6,
+                   cuda_peak_reserved_mb=torch.cuda.max_memory_reserved(dev) / 1e6,
+                   nvml_used_mb=memory.nvml_used_mb(dev.index or 0))
+    row["peak_rss_mb"] = memory.peak_rss_mb()
+    row["duration_s"] = time.perf_counter() - t_start
+    return row

@@ -1,0 +1,62 @@
+"""The worker: runs in a fresh spawned process, measures one case, sends back a row (or an error).
+
+Only this module's functions run in the child; torch/timm are imported here, never in the parent's hot path.
+"""
+from __future__ import annotations
+
+import os
+import sys
+import time
+import traceback
+from pathlib import Path
+from typing import Any
+
+ARTIFACT = "reference.npz"
+
+
+def artifact_path(run_dir: str | Path, pair: str, device: str) -> Path:
+    safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in pair)
+    return Path(run_dir) / "artifacts" / f"{safe}-{device.replace(':', '')}" / ARTIFACT
+
+
+def one_line(e: BaseException) -> str:
+    msg = str(e).strip().splitlines()
+    return f"{type(e).__name__}: {msg[0] if msg else ''}".rstrip(": ")[:400]
+
+
+def classify(e: BaseException) -> str:
+    name = type(e).__name__
+    text = str(e).lower()
+    if name == "OutOfMemoryError" or isinstance(e, MemoryError) or "out of memory" in text:
+        return "oom"
+    return "error"
+
+
+def main(case: dict[str, Any], run_dir: str, conn: Any, log_path: str, env: dict[str, str], job: str) -> None:
+    """Entry point of the child process. ``job``: 'measure', 'prepare' (reference
+    artifacts only) or 'warm' (second-launch compile time)."""
+    fd = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+    os.dup2(fd, 1)
+    os.dup2(fd, 2)
+    sys.stdout = os.fdopen(1, "w", buffering=1, closefd=False)
+    sys.stderr = os.fdopen(2, "w", buffering=1, closefd=False)
+    os.environ.update(env)
+    print(f"== vitbench worker pid {os.getpid()} job={job} case={case}", flush=True)
+    try:
+        if case["framework"] != "torch":
+            raise NotImplementedError(f"framework '{case['framework']}' has no worker yet")
+        from . import torch_worker
+
+        jobs = {"measure": torch_worker.measure, "prepare": torch_worker.prepare, "warm": torch_worker.warm_compile}
+        result = jobs[job](case, run_dir)
+        conn.send(("ok", result))
+    except BaseException as e:  # noqa: BLE001  (everything becomes a row; the traceback goes to the log)
+        traceback.print_exc()
+        sys.stdout.flush()
+        conn.send(("error", {"status": classify(e), "error": one_line(e)}))
+    finally:
+        conn.close()
+
+
+def elapsed(t0: float) -> float:
+    return time.perf_counter() - t0

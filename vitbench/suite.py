@@ -1,0 +1,246 @@
+"""Suite files: schema (pydantic, unknown keys rejected), loading with errors that name file and field,
+and expansion into cases (pairs x sides x batch sizes x precisions x compile modes)."""
+from __future__ import annotations
+
+import fnmatch
+import hashlib
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from .errors import SuiteError
+
+Precision = Literal["fp32", "fp16", "bf16", "amp", "amp_bf16"]
+CompileMode = Literal["eager", "full", "regional", "graph", "xla", "jit"]
+TORCH_COMPILE_MODES = ("eager", "full", "regional")
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class Tolerance(_Strict):
+    max_abs: float = Field(1e-4, gt=0, description="largest allowed |candidate - reference| on outputs")
+    min_cosine: float | None = Field(None, ge=-1, le=1)
+
+
+class CompileOptions(_Strict):
+    backend: str = "inductor"
+    mode: str | None = None
+    dynamic: bool | None = None
+    fullgraph: bool = False
+
+
+class Settings(_Strict):
+    """Settings that suite defaults, a pair, or one side may set; the most specific wins."""
+
+    img_size: int | None = Field(None, gt=0)
+    batch_sizes: list[int] | None = None
+    precision: list[Precision] | None = None
+    compile: list[CompileMode] | None = None
+    compile_options: CompileOptions | None = None
+    regions: str | None = Field(None, description="attribute holding the repeated blocks, e.g. 'blocks'")
+    warmup_iters: int | None = Field(None, ge=0)
+    min_iters: int | None = Field(None, ge=1)
+    min_seconds: float | None = Field(None, ge=0)
+    max_iters: int | None = Field(None, ge=1)
+    timeout_s: float | None = Field(None, gt=0)
+    numerics_batch: int | None = Field(None, ge=1)
+    tolerance: Tolerance | None = None
+    seed: int | None = None
+
+    @field_validator("batch_sizes")
+    @classmethod
+    def _positive(cls, v: list[int] | None) -> list[int] | None:
+        if v is not None and (not v or any(b < 1 for b in v)):
+            raise ValueError("batch sizes must be a non-empty list of integers >= 1")
+        return v
+
+    @field_validator("precision", "compile", mode="before")
+    @classmethod
+    def _listify(cls, v: Any) -> Any:
+        return [v] if isinstance(v, str) else v
+
+
+BUILTIN_DEFAULTS = Settings(
+    batch_sizes=[1], precision=["fp32"], compile=["eager"], compile_options=CompileOptions(), warmup_iters=5,
+    min_iters=10, min_seconds=1.0, max_iters=100_000, timeout_s=600, numerics_batch=2, tolerance=Tolerance(), seed=0,
+)
+
+
+class Side(Settings):
+    """One implementation: who builds it (provider), which model, constructor kwargs, and overrides."""
+
+    provider: Literal["timm", "vitbench", "import", "vitbench_keras", "keras"]
+    model: str
+    kwargs: dict[str, Any] = Field(default_factory=dict)
+    label: str | None = None
+    backend: Literal["tensorflow", "jax", "torch"] | None = None
+    port: bool = Field(True, description="load the reference's weights into this candidate before comparing")
+
+
+class Pair(Settings):
+    name: str = Field(min_length=1)
+    reference: Side
+    candidates: list[Side] = Field(default_factory=list)
+
+
+class Suite(_Strict):
+    name: str = Field(min_length=1)
+    description: str = ""
+    defaults: Settings = Field(default_factory=Settings)
+    pairs: list[Pair] = Field(min_length=1)
+
+    @model_validator(mode="after")
+    def _unique_pairs(self) -> Suite:
+        seen: set[str] = set()
+        for i, p in enumerate(self.pairs):
+            if p.name in seen:
+                raise ValueError(f"pairs.{i}.name: duplicate pair name '{p.name}'")
+            seen.add(p.name)
+        return self
+
+
+def _loc(loc: tuple) -> str:
+    return ".".join(str(x) for x in loc)
+
+
+def load_suite(path: str | Path, check_models: bool = True) -> Suite:
+    """Read, validate and (optionally) check that every model exists. Raises SuiteError naming file and field."""
+    path = Path(path)
+    if not path.is_file():
+        raise SuiteError(f"{path}: suite file not found")
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f" line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(e, "problem", None) or str(e).splitlines()[0]
+        raise SuiteError(f"{path.name}:{where}: invalid YAML: {problem}") from None
+    if not isinstance(data, dict):
+        raise SuiteError(f"{path.name}: a suite is a mapping with 'name' and 'pairs', got {type(data).__name__}")
+    try:
+        suite = Suite.model_validate(data)
+    except ValidationError as e:
+        err = e.errors()[0]
+        more = f" (and {len(e.errors()) - 1} more)" if len(e.errors()) > 1 else ""
+        loc = _loc(err["loc"])
+        msg = err["msg"].removeprefix("Value error, ")
+        raise SuiteError(f"{path.name}: {loc + ': ' if loc else ''}{msg}{more}") from None
+    if check_models:
+        from .providers import check_side
+
+        for i, pair in enumerate(suite.pairs):
+            sides = [("reference", pair.reference)] + [(f"candidates.{j}", c) for j, c in enumerate(pair.candidates)]
+            for where, side in sides:
+                problem = check_side(side)
+                if problem:
+                    raise SuiteError(f"{path.name}: pairs.{i}.{where}.model: {problem}")
+    return suite
+
+
+@dataclass(frozen=True)
+class Case:
+    """One measurement: one implementation at one batch size, precision and compile mode."""
+
+    suite: str
+    pair: str
+    role: Literal["reference", "candidate"]
+    index: int  # 0 for the reference, 1.. for candidates
+    provider: str
+    model: str
+    label: str
+    framework: str
+    backend: str | None
+    kwargs: dict[str, Any]
+    device: str
+    precision: str
+    compile_mode: str
+    batch_size: int
+    img_size: int | None
+    warmup_iters: int
+    min_iters: int
+    min_seconds: float
+    max_iters: int
+    timeout_s: float
+    numerics_batch: int
+    seed: int
+    tolerance_max_abs: float
+    tolerance_min_cosine: float | None
+    compile_options: dict[str, Any]
+    regions: str | None
+    port: bool
+    reference: dict[str, Any] = field(default_factory=dict)  # the pair's reference side, to port weights from
+
+    @property
+    def case_id(self) -> str:
+        key = (f"{self.pair}|{self.role}|{self.index}|{self.provider}|{self.model}|{self.backend}|{self.device}|"
+               f"{self.precision}|{self.compile_mode}|{self.batch_size}|{self.img_size}")
+        return hashlib.sha1(key.encode()).hexdigest()[:12]
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def framework_of(provider: str) -> str:
+    return "keras" if provider in ("vitbench_keras", "keras") else "torch"
+
+
+def _merge(*layers: Settings) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for layer in layers:
+        for k in Settings.model_fields:
+            v = getattr(layer, k)
+            if v is not None:
+                out[k] = v
+    return out
+
+
+def side_label(side: Side) -> str:
+    if side.label:
+        return side.label
+    if side.provider == "timm":
+        return side.model
+    suffix = f"-{side.backend}" if side.backend else ""
+    return f"{side.provider}{suffix}/{side.model}"
+
+
+def expand(
+    suite: Suite,
+    device: str,
+    only: str | None = None,
+    batch_sizes: list[int] | None = None,
+) -> list[Case]:
+    """All cases of a suite, references before their candidates, in file order."""
+    cases: list[Case] = []
+    for pair in suite.pairs:
+        if only and not fnmatch.fnmatch(pair.name, only):
+            continue
+        sides = [("reference", 0, pair.reference)] + [("candidate", j + 1, c) for j, c in enumerate(pair.candidates)]
+        ref = pair.reference.model_dump(include={"provider", "model", "kwargs", "backend"})
+        for role, index, side in sides:
+            s = _merge(BUILTIN_DEFAULTS, suite.defaults, pair, side)
+            bss = batch_sizes or s["batch_sizes"]
+            modes = s["compile"]
+            fw = framework_of(side.provider)
+            if fw == "torch":
+                modes = [m for m in modes if m in TORCH_COMPILE_MODES] or ["eager"]
+            tol: Tolerance = s["tolerance"]
+            for precision in s["precision"]:
+                for mode in modes:
+                    for bs in bss:
+                        cases.append(Case(
+                            suite=suite.name, pair=pair.name, role=role, index=index, provider=side.provider,
+                            model=side.model, label=side_label(side), framework=fw, backend=side.backend,
+                            kwargs=dict(side.kwargs), device=device, precision=precision, compile_mode=mode,
+                            batch_size=bs, img_size=s.get("img_size"), warmup_iters=s["warmup_iters"],
+                            min_iters=s["min_iters"], min_seconds=s["min_seconds"], max_iters=s["max_iters"],
+                            timeout_s=s["timeout_s"], numerics_batch=s["numerics_batch"], seed=s["seed"],
+                            tolerance_max_abs=tol.max_abs, tolerance_min_cosine=tol.min_cosine,
+                            compile_options=s["compile_options"].model_dump(), regions=s.get("regions"),
+                            port=side.port, reference=ref if role == "candidate" else {},
+                        ))
+    return cases

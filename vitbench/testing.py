@@ -1,0 +1,45 @@
+"""Small models for testing vitbench itself: a tiny network, and ones that fail or hang on purpose.
+
+Use them from a suite with the import provider, e.g. ``{provider: import, model: "vitbench.testing:Hanging"}``.
+"""
+from __future__ import annotations
+
+import time
+
+import torch
+from torch import nn
+
+
+class TinyNet(nn.Module):
+    """Patchify conv + mean pool + linear head: a classifier small enough for any unit test."""
+
+    def __init__(self, img_size: int = 32, num_classes: int = 10, dim: int = 16) -> None:
+        super().__init__()
+        self.img_size = img_size
+        self.stem = nn.Conv2d(3, dim, kernel_size=8, stride=8)
+        self.head = nn.Linear(dim, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.stem(x).mean(dim=(2, 3)))
+
+
+class Failing(TinyNet):
+    """Raises in forward, like a model with a shape bug."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        raise RuntimeError("Failing: this model always fails (vitbench.testing)")
+
+
+class Hanging(TinyNet):
+    """Never returns from forward, like a deadlocked kernel."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        while True:
+            time.sleep(1)
+
+
+class Allocating(TinyNet):
+    """Asks for far more memory than any machine has, like a model that does not fit."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.empty(1 << 50, dtype=torch.uint8, device=x.device)
