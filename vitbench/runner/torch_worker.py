@@ -11,6 +11,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from ..env import pkg_version
 from ..measure import flops, memory, numerics
 from ..measure.timing import time_loop
 from ..providers import get_provider
@@ -141,10 +142,7 @@ def measure(case: dict[str, Any], run_dir: str) -> dict[str, Any]:
         "tf32": False,
         "torch_version": torch.__version__,
     }
-    with contextlib.suppress(ImportError):
-        import timm
-
-        row["timm_version"] = timm.__version__
+    row["timm_version"] = pkg_version("timm")  # from metadata: importing timm costs seconds per worker
     row.update(_numerics(case, model, run_dir, dev, img))
 
     try:

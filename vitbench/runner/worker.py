@@ -27,7 +27,7 @@ def one_line(e: BaseException) -> str:
 def classify(e: BaseException) -> str:
     name = type(e).__name__
     text = str(e).lower()
-    if name == "OutOfMemoryError" or isinstance(e, MemoryError) or "out of memory" in text:
+    if name == "OutOfMemoryError" or isinstance(e, MemoryError) or "out of memory" in text or "can't allocate memory" in text:
         return "oom"
     return "error"
 

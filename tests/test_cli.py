@@ -1,0 +1,177 @@
+"""The CLI end to end on tiny suites: results files, bad input, failing/hanging cases, interrupt + resume."""
+from __future__ import annotations
+
+import csv
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+TIMM_HEADER = "model,infer_img_size,infer_samples_per_sec,infer_step_time,infer_batch_size,param_count,infer_gmacs," \
+              "infer_macts"
+
+TINY_VIT = """
+name: tiny
+defaults: {batch_sizes: [1, 2], warmup_iters: 1, min_iters: 3, min_seconds: 0.1, timeout_s: 120,
+           tolerance: {max_abs: 1.0e-5}}
+pairs:
+  - name: test_vit
+    img_size: 160
+    reference: {provider: timm, model: test_vit, kwargs: {depth: 2}}
+    candidates:
+      - {provider: vitbench, model: test_vit, kwargs: {depth: 2}}
+"""
+
+
+def rows(out):
+    with open(out / "cases.csv", newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def test_run_tiny_suite_end_to_end(cli, write_suite, tmp_path):
+    out = tmp_path / "out"
+    res = cli("run", write_suite(TINY_VIT), "--device", "cpu", "--out", out)
+    print(res.output)
+    assert res.exit_code == 0, res.output
+    rs = rows(out)
+    assert [(r["role"], r["batch_size"], r["status"]) for r in rs] == [
+        ("reference", "1", "ok"), ("reference", "2", "ok"), ("candidate", "1", "ok"), ("candidate", "2", "ok")]
+    for r in rs:
+        assert float(r["samples_per_sec"]) > 0 and float(r["latency_ms_p99"]) >= float(r["latency_ms_p50"]) > 0
+        assert float(r["param_count_m"]) > 0 and float(r["gmacs"]) > 0
+    cands = [r for r in rs if r["role"] == "candidate"]
+    assert all(r["numerics_status"] == "ok" and float(r["max_abs_diff"]) <= 1e-5 for r in cands)
+    tables = list(out.glob("benchmark-infer-fp32-nchw-pt*-cpu.csv"))
+    assert len(tables) == 1
+    raw = tables[0].read_bytes().decode()
+    assert raw.startswith(TIMM_HEADER + "\r\n")
+    body = raw.splitlines()[1:]
+    assert len(body) == 4 and {line.split(",")[0] for line in body} == {"test_vit", "vitbench/test_vit"}
+    assert json.loads((out / "env.json").read_text())["versions"]["torch"]
+    lat = [json.loads(line) for line in (out / "latencies.jsonl").read_text().splitlines()]
+    assert len(lat) == 4 and all(len(x["latencies_ms"]) >= 3 for x in lat)
+    assert not (out / "artifacts").exists()
+    assert "vitbench summary" in res.output
+
+
+def _one_clean_line(res):
+    assert res.exit_code == 2, res.output
+    assert "Traceback" not in res.output
+    assert res.output.strip().startswith("error:")
+    return res.output
+
+
+def test_bad_inputs_give_one_line_and_exit_2(cli, write_suite, tmp_path):
+    bad_model = write_suite("name: b\npairs:\n  - name: x\n    reference: {provider: timm, model: vit_smal_patch16_224}\n",
+                            "bad.yaml")
+    assert "bad.yaml: pairs.0.reference.model: unknown timm model" in _one_clean_line(cli("validate", bad_model))
+    bad_yaml = write_suite("name: [unclosed\n", "broken.yaml")
+    assert "broken.yaml:" in _one_clean_line(cli("run", bad_yaml, "--out", tmp_path / "o1"))
+    good = write_suite(TINY_VIT)
+    import torch
+
+    missing = f"cuda:{torch.cuda.device_count() + 7}"
+    assert "CUDA" in _one_clean_line(cli("run", good, "--device", missing, "--out", tmp_path / "o2"))
+    assert "--device 'tpu'" in _one_clean_line(cli("run", good, "--device", "tpu", "--out", tmp_path / "o3"))
+    assert "no pair" in _one_clean_line(cli("run", good, "--only", "resnet*", "--out", tmp_path / "o4"))
+    assert "--batch-sizes" in _one_clean_line(cli("run", good, "--batch-sizes", "one", "--out", tmp_path / "o5"))
+    assert "no cases.csv" in _one_clean_line(cli("run", good, "--resume", tmp_path / "nothing"))
+    assert "not found" in _one_clean_line(cli("validate", tmp_path / "missing.yaml"))
+    (tmp_path / "used").mkdir()
+    (tmp_path / "used" / "cases.csv").write_text("case_id\n")
+    assert "already holds results" in _one_clean_line(cli("run", good, "--out", tmp_path / "used"))
+
+
+FAULTS = """
+name: faults
+defaults: {batch_sizes: [1], warmup_iters: 1, min_iters: 3, min_seconds: 0.1, timeout_s: 60, img_size: 32}
+pairs:
+  - name: faults
+    reference: {provider: import, model: "vitbench.testing:TinyNet"}
+    candidates:
+      - {provider: import, model: "vitbench.testing:Failing"}
+      - {provider: import, model: "vitbench.testing:Hanging", timeout_s: 8}
+      - {provider: import, model: "vitbench.testing:Allocating"}
+"""
+
+
+def test_failing_hanging_and_oom_cases_become_rows(cli, write_suite, tmp_path):
+    out = tmp_path / "out"
+    res = cli("run", write_suite(FAULTS), "--out", out)
+    print(res.output)
+    assert res.exit_code == 2
+    assert "Traceback" not in res.output
+    by_model = {r["model"].split(":")[1]: r for r in rows(out)}
+    assert by_model["TinyNet"]["status"] == "ok"
+    assert by_model["Failing"]["status"] == "error"
+    assert "RuntimeError: Failing: this model always fails" in by_model["Failing"]["error"]
+    assert by_model["Hanging"]["status"] == "timeout" and "timed out after 8 s" in by_model["Hanging"]["error"]
+    assert by_model["Allocating"]["status"] == "oom" and by_model["Allocating"]["error"]
+    for r in by_model.values():
+        if r["status"] != "ok":
+            assert r["samples_per_sec"] == ""  # never a silent zero
+    table = next(out.glob("benchmark-infer-*.csv")).read_text().splitlines()
+    assert len(table) == 2  # timm's table keeps the measured rows only; cases.csv keeps the failures
+    log = (out / "logs" / f"{by_model['Failing']['case_id']}.log").read_text()
+    assert "Traceback" in log
+
+
+def test_weight_port_mismatch_is_a_numerics_error_exit_1(cli, write_suite, tmp_path):
+    suite = write_suite("""
+    name: port
+    defaults: {batch_sizes: [1], warmup_iters: 1, min_iters: 2, min_seconds: 0, img_size: 32}
+    pairs:
+      - name: p
+        reference: {provider: import, model: "vitbench.testing:TinyNet"}
+        candidates:
+          - {provider: import, model: "vitbench.testing:TinyNet", kwargs: {dim: 8}}
+    """)
+    out = tmp_path / "out"
+    res = cli("run", suite, "--out", out)
+    assert res.exit_code == 1, res.output
+    cand = rows(out)[1]
+    assert cand["status"] == "ok" and cand["numerics_status"] == "error"
+    assert "shape mismatch at stem.weight" in cand["numerics_error"]
+
+
+RESUMABLE = """
+name: resumable
+defaults: {batch_sizes: [1, 2, 3], warmup_iters: 1, min_iters: 3, min_seconds: 1.0, timeout_s: 60, img_size: 32}
+pairs:
+  - name: tiny
+    reference: {provider: import, model: "vitbench.testing:TinyNet"}
+    candidates:
+      - {provider: import, model: "vitbench.testing:TinyNet"}
+"""
+
+
+@pytest.mark.slow
+def test_ctrl_c_keeps_finished_rows_and_resume_skips_them(write_suite, tmp_path):
+    suite = write_suite(RESUMABLE)
+    out = tmp_path / "out"
+    cmd = [sys.executable, "-m", "vitbench.cli", "run", str(suite), "--out", str(out)]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    deadline = time.time() + 120
+    while time.time() < deadline:
+        if (out / "cases.csv").exists() and len(rows(out)) >= 2:
+            break
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGINT)
+    output, _ = proc.communicate(timeout=60)
+    print(output)
+    assert proc.returncode == 130
+    assert "--resume" in output and "Traceback" not in output
+    before = rows(out)
+    assert 2 <= len(before) < 6
+    res = subprocess.run([sys.executable, "-m", "vitbench.cli", "run", str(suite), "--resume", str(out)],
+                         capture_output=True, text=True, timeout=300, env={**os.environ, "COLUMNS": "200"})
+    print(res.stdout, res.stderr)
+    assert res.returncode == 0
+    assert f"{len(before)} cases done" in res.stdout
+    after = rows(out)
+    assert len(after) == 6 and len({r["case_id"] for r in after}) == 6
+    assert after[: len(before)] == before  # finished rows untouched

@@ -1,0 +1,71 @@
+from pathlib import Path
+
+import pytest
+
+from vitbench.errors import SuiteError
+from vitbench.suite import expand, load_suite
+
+SUITES = sorted((Path(__file__).resolve().parent.parent / "vitbench" / "suites").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("path", SUITES, ids=[p.name for p in SUITES])
+def test_shipped_suites_validate(path):
+    suite = load_suite(path)
+    assert expand(suite, "cpu")
+
+
+GOOD = """
+name: s
+defaults: {batch_sizes: [1, 4], compile: [eager]}
+pairs:
+  - name: p
+    reference: {provider: timm, model: test_vit}
+    candidates:
+      - {provider: vitbench, model: test_vit, batch_sizes: [2]}
+"""
+
+
+def test_expand_orders_reference_first_and_applies_overrides(write_suite):
+    cases = expand(load_suite(write_suite(GOOD)), "cpu")
+    assert [(c.role, c.batch_size) for c in cases] == [("reference", 1), ("reference", 4), ("candidate", 2)]
+    assert cases[2].reference["model"] == "test_vit"
+    assert len({c.case_id for c in cases}) == 3
+    assert [c.batch_size for c in expand(load_suite(write_suite(GOOD)), "cpu", batch_sizes=[8])] == [8, 8]
+    assert expand(load_suite(write_suite(GOOD)), "cpu", only="nomatch*") == []
+
+
+@pytest.mark.parametrize(
+    "text,message",
+    [
+        ("name: [unclosed\n", "invalid YAML"),
+        ("- just a list\n", "a suite is a mapping"),
+        ("name: s\npairs:\n  - name: x\n    reference: {provider: timm, model: vit_smal_patch16_224}\n",
+         "pairs.0.reference.model: unknown timm model 'vit_smal_patch16_224' (did you mean 'vit_small_patch16_224'?)"),
+        ("name: s\npairs:\n  - name: x\n    reference: {provider: timm, model: test_vit}\n    colour: red\n",
+         "pairs.0.colour: Extra inputs are not permitted"),
+        ("name: s\npairs:\n  - name: x\n    reference: {provider: nope, model: m}\n", "pairs.0.reference.provider"),
+        ("name: s\ndefaults: {batch_sizes: [0]}\npairs:\n  - name: x\n    reference: {provider: timm, model: test_vit}\n",
+         "defaults.batch_sizes: batch sizes must be"),
+        ("name: s\npairs:\n  - name: x\n    reference: {provider: vitbench, model: vit_huge}\n",
+         "pairs.0.reference.model: unknown vitbench model 'vit_huge'"),
+        ("name: s\npairs:\n  - name: x\n    reference: {provider: import, model: nomodule}\n",
+         "must look like 'package.module:Name'"),
+        ("name: s\npairs:\n  - {name: x, reference: {provider: timm, model: test_vit}}\n"
+         "  - {name: x, reference: {provider: timm, model: test_vit}}\n", "duplicate pair name"),
+        ("name: s\npairs: []\n", "pairs: List should have at least 1 item"),
+    ],
+)
+def test_errors_name_file_and_field(write_suite, text, message):
+    path = write_suite(text, "bad.yaml")
+    with pytest.raises(SuiteError) as info:
+        load_suite(path)
+    msg = str(info.value)
+    print(msg)
+    assert msg.startswith("bad.yaml:")
+    assert message in msg
+    assert "\n" not in msg
+
+
+def test_missing_file():
+    with pytest.raises(SuiteError, match="not found"):
+        load_suite("nope/missing.yaml")
