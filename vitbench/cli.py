@@ -208,6 +208,11 @@ def _finish(runner: Any, out_dir: Path, info: dict[str, Any], device: str, inter
     rows = runner.store.rows()
     tables = write_timm_tables(rows, out_dir, info.get("torch", {}).get("version", "unknown"),
                                {device: env_mod.device_tag(device, info)})
+    from .report.plots import compile_plot
+
+    plot = compile_plot(rows, out_dir / "compile.png")
+    if plot:
+        tables.append(plot)
     _summary(rows)
     console.print(f"results: {out_dir / 'cases.csv'}" + "".join(f"\n         {t}" for t in tables))
     if not interrupted:

@@ -43,3 +43,19 @@ class Allocating(TinyNet):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return torch.empty(1 << 50, dtype=torch.uint8, device=x.device)
+
+
+class TinyBlocks(nn.Module):
+    """A stem and a stack of identical blocks: the smallest model with something to compile regionally."""
+
+    def __init__(self, img_size: int = 32, num_classes: int = 10, dim: int = 16, depth: int = 2) -> None:
+        super().__init__()
+        self.img_size = img_size
+        self.stem = nn.Conv2d(3, dim, kernel_size=8, stride=8)
+        self.blocks = nn.Sequential(*[nn.Sequential(nn.LayerNorm(dim), nn.Linear(dim, dim), nn.GELU())
+                                      for _ in range(depth)])
+        self.head = nn.Linear(dim, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.stem(x).flatten(2).transpose(1, 2)  # (B, N, C)
+        return self.head(self.blocks(x).mean(dim=1))
