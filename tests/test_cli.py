@@ -66,8 +66,8 @@ def _one_clean_line(res):
 
 
 def test_bad_inputs_give_one_line_and_exit_2(cli, write_suite, tmp_path):
-    bad_model = write_suite("name: b\npairs:\n  - name: x\n    reference: {provider: timm, model: vit_smal_patch16_224}\n",
-                            "bad.yaml")
+    bad_model = write_suite(
+        "name: b\npairs:\n  - name: x\n    reference: {provider: timm, model: vit_smal_patch16_224}\n", "bad.yaml")
     assert "bad.yaml: pairs.0.reference.model: unknown timm model" in _one_clean_line(cli("validate", bad_model))
     bad_yaml = write_suite("name: [unclosed\n", "broken.yaml")
     assert "broken.yaml:" in _one_clean_line(cli("run", bad_yaml, "--out", tmp_path / "o1"))

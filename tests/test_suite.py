@@ -44,7 +44,8 @@ def test_expand_orders_reference_first_and_applies_overrides(write_suite):
         ("name: s\npairs:\n  - name: x\n    reference: {provider: timm, model: test_vit}\n    colour: red\n",
          "pairs.0.colour: Extra inputs are not permitted"),
         ("name: s\npairs:\n  - name: x\n    reference: {provider: nope, model: m}\n", "pairs.0.reference.provider"),
-        ("name: s\ndefaults: {batch_sizes: [0]}\npairs:\n  - name: x\n    reference: {provider: timm, model: test_vit}\n",
+        ("name: s\ndefaults: {batch_sizes: [0]}\npairs:\n  - name: x\n"
+         "    reference: {provider: timm, model: test_vit}\n",
          "defaults.batch_sizes: batch sizes must be"),
         ("name: s\npairs:\n  - name: x\n    reference: {provider: vitbench, model: vit_huge}\n",
          "pairs.0.reference.model: unknown vitbench model 'vit_huge'"),

@@ -270,6 +270,154 @@ def _summary(rows: list[dict[str, Any]]) -> None:
     console.print(t)
 
 
+@app.command("diff")
+def diff_cmd(
+    old: Annotated[str, typer.Argument(help="Results dir, cases.csv, or timm-format table (path or URL).")],
+    new: Annotated[str, typer.Argument(help="The same, for the newer results.")],
+    threshold: Annotated[float, typer.Option("--threshold", "-t", help="Percent worse that counts.")] = 5.0,
+    markdown: Annotated[bool, typer.Option("--markdown", help="Print a Markdown report.")] = False,
+    csv_out: Annotated[Path | None, typer.Option("--csv", help="Write every compared metric to this CSV.")] = None,
+    show_all: Annotated[bool, typer.Option("--all", help="List improvements and unchanged cases too.")] = False,
+) -> None:
+    """Compare two result sets. Exit 0: no regression; 1: regressions; 2: bad input."""
+    from .report.diff import diff
+    from .report.results import load
+
+    with _errors():
+        if threshold < 0:
+            raise InputError(f"--threshold {threshold}: must be >= 0")
+        a, b = load(old), load(new)
+        rep = diff(a, b, threshold)
+        if csv_out:
+            rep.rows.to_csv(csv_out, index=False)
+        _print_diff(rep, a.source, b.source, threshold, markdown, show_all)
+    raise typer.Exit(1 if len(rep.regressions) else 0)
+
+
+def _print_diff(rep: Any, old: str, new: str, threshold: float, markdown: bool, show_all: bool) -> None:
+    shown = rep.rows if show_all else rep.regressions
+    cases = rep.rows["case"].nunique() if len(rep.rows) else 0
+    reg_cases = rep.regressions["case"].nunique() if len(rep.regressions) else 0
+    head = (f"{cases} matched cases, {reg_cases} regressed (worse than {threshold:g}%"
+            f"{' and beyond measured noise' if rep.rows.noise_pct.notna().any() else ''}), "
+            f"{rep.improvements['case'].nunique() if len(rep.improvements) else 0} improved, "
+            f"{len(rep.added)} added, {len(rep.removed)} removed")
+
+    def val(v: Any) -> str:
+        return _fmt(v, 3) if not isinstance(v, str) else v
+
+    if markdown:
+        print(f"## vitbench diff\n\n`{old}` → `{new}`\n\n{head}\n")
+        if rep.env_changes:
+            print("### Environment changes\n\n| field | old | new |\n|---|---|---|")
+            for k, a, b in rep.env_changes:
+                print(f"| {k} | {a} | {b} |")
+            print()
+        print("### " + ("All compared metrics" if show_all else "Regressions") + "\n")
+        if len(shown):
+            print("| case | metric | old | new | change % | noise % | verdict |\n|---|---|---|---|---|---|---|")
+            for r in shown.itertuples():
+                print(f"| {r.case} | {r.metric} | {val(r.old)} | {val(r.new)} | {_fmt(r.change_pct, 1)} | "
+                      f"{_fmt(r.noise_pct, 1)} | {r.verdict} |")
+        else:
+            print("none")
+        for title, names in (("Added", rep.added), ("Removed", rep.removed)):
+            if names:
+                print(f"\n### {title} cases\n\n" + "\n".join(f"- {n}" for n in names))
+        return
+    from rich.table import Table
+
+    console.print(f"old: {old}\nnew: {new}\n{head}")
+    for k, a, b in rep.env_changes:
+        console.print(f"[yellow]environment:[/] {k}: {a} -> {b}", soft_wrap=True)
+    if len(shown):
+        t = Table(title="all compared metrics" if show_all else "regressions")
+        for col in ("case", "metric", "old", "new", "change %", "noise %", "verdict"):
+            t.add_column(col, justify="left" if col in ("case", "metric", "verdict") else "right")
+        for r in shown.itertuples():
+            colour = {"regression": "red", "improvement": "green"}.get(r.verdict, "white")
+            t.add_row(r.case, r.metric, val(r.old), val(r.new), _fmt(r.change_pct, 1), _fmt(r.noise_pct, 1),
+                      f"[{colour}]{r.verdict}[/]")
+        console.print(t)
+    elif not show_all:
+        console.print("[green]no regressions[/]")
+    for title, names in (("added", rep.added), ("removed", rep.removed)):
+        if names:
+            more = f" (+{len(names) - 20} more)" if len(names) > 20 else ""
+            console.print(f"{title}: " + ", ".join(names[:20]) + more, soft_wrap=True)
+
+
+@app.command("plot")
+def plot_cmd(
+    results: Annotated[list[str], typer.Argument(help="Results dirs, cases.csv files or timm-format tables.")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Directory for the PNGs.")] = Path("plots"),
+) -> None:
+    """PNG plots: throughput vs params (log), latency percentiles, compile time per mode, numeric diff."""
+    from .report import plots
+    from .report.results import load
+
+    with _errors():
+        sets = [load(r) for r in results]
+        out.mkdir(parents=True, exist_ok=True)
+        written = [plots.throughput_vs_params(sets, out / "throughput_vs_params.png")]
+        case_rows = [row for s in sets if s.kind == "cases" for row in s.df.to_dict("records")]
+        if case_rows:
+            written += [plots.latency_percentiles(case_rows, out / "latency_percentiles.png"),
+                        plots.compile_plot(case_rows, out / "compile.png"),
+                        plots.numeric_diff(case_rows, out / "numeric_diff.png")]
+        written = [w for w in written if w]
+        if not written:
+            raise InputError("plot: nothing to draw (no measured rows)")
+        for w in written:
+            console.print(f"wrote {w}")
+
+
+@app.command("scan")
+def scan_cmd(
+    tables: Annotated[list[str], typer.Argument(help="timm benchmark tables (paths or URLs), or vitbench results.")],
+    previous: Annotated[str | None, typer.Option("--previous", help="Last quarter's table or scan CSV.")] = None,
+    suites: Annotated[Path | None, typer.Option("--suites", help="Suite dir that marks coverage.")] = None,
+    top: Annotated[int, typer.Option("--top", help="Families to list (and to emit).")] = 20,
+    emit_suite: Annotated[Path | None, typer.Option("--emit-suite", help="Write a suite for the top new families.")]
+    = None,
+    csv_out: Annotated[Path, typer.Option("--csv", help="Where to write the scan CSV.")] = Path("vitbench-scan.csv"),
+) -> None:
+    """Group models into families, mark covered / new ones, rank by throughput at their size."""
+    from rich.table import Table
+
+    from .scan import emit_suite as write_suite
+    from .scan import scan
+
+    with _errors():
+        suites_path = suites or (Path("suites") if Path("suites").is_dir() else suites_dir())
+        res = scan(tables, previous, suites_path)
+        res.models.to_csv(csv_out, index=False)
+        fam = res.families
+        counts = fam.status.value_counts().to_dict()
+        console.print(f"{len(res.models)} models in {len(fam)} families: " +
+                      ", ".join(f"{counts.get(k, 0)} {k}" for k in ("new", "uncovered", "covered")) +
+                      (" (no --previous: nothing is marked new)" if previous is None else ""))
+        t = Table(title=f"families (top {top}; score = samples/s relative to the size trend, 1.0 = on trend)")
+        for col in ("family", "status", "timm module", "models", "best model", "params M", "samples/s", "score",
+                    "examples"):
+            t.add_column(col, justify="right" if col in ("models", "params M", "samples/s", "score") else "left")
+        for r in fam.head(top).itertuples():
+            colour = {"new": "green", "covered": "cyan"}.get(r.status, "white")
+            t.add_row(r.family, f"[{colour}]{r.status}[/]", r.architecture, str(r.models), r.best_model,
+                      _fmt(r.param_count_m), _fmt(r.samples_per_sec), _fmt(r.score), r.examples)
+        console.print(t)
+        new = fam[fam.status == "new"]
+        if len(new):
+            console.print("new families since --previous: " + ", ".join(new.family), soft_wrap=True)
+        console.print(f"scan CSV (use as next --previous): {csv_out}")
+        if emit_suite:
+            n = write_suite(res, emit_suite, top)
+            from .suite import load_suite
+
+            load_suite(emit_suite)
+            console.print(f"suite with {n} timm references: {emit_suite}")
+
+
 def main() -> None:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     try:

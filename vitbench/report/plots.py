@@ -25,7 +25,7 @@ def _f(v: Any) -> float | None:
 def compile_plot(rows: list[dict[str, Any]], path: Path) -> Path | None:
     """Cold/warm compile time per compiled mode and steady throughput per mode, per implementation and batch."""
     ok = [r for r in rows if r.get("status") == "ok" and r.get("framework", "torch") == "torch"]
-    if not any(r["compile_mode"] != "eager" for r in ok):
+    if not any(r.get("compile_mode", "eager") != "eager" for r in ok):
         return None
     plt = _plt()
     groups = sorted({(r["label"], int(float(r["batch_size"]))) for r in ok})
@@ -53,6 +53,99 @@ def compile_plot(rows: list[dict[str, Any]], path: Path) -> Path | None:
         ax.legend(fontsize=8)
         ax.grid(axis="y", alpha=0.3)
     fig.suptitle("torch.compile: eager vs full vs regional")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def _impl(row: dict[str, Any], source: str, kind: str) -> str:
+    if kind == "timm":
+        return Path(source).stem
+    return row.get("provider") or "?"
+
+
+def throughput_vs_params(sets: list[Any], path: Path) -> Path | None:
+    """timm-style chart: samples/s vs parameters (log-log), one colour per implementation; Pareto front named."""
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(11, 7))
+    points = []
+    for res in sets:
+        for r in res.df.to_dict("records"):
+            x, y = _f(r.get("param_count_m")), _f(r.get("samples_per_sec"))
+            if r.get("status", "ok") == "ok" and x and y:
+                points.append((_impl(r, res.source, res.kind), x, y, str(r["label"]), r.get("batch_size")))
+    if not points:
+        plt.close(fig)
+        return None
+    impls = sorted({p[0] for p in points})
+    cmap = plt.get_cmap("tab10")
+    for i, impl in enumerate(impls):
+        pts = [p for p in points if p[0] == impl]
+        ax.scatter([p[1] for p in pts], [p[2] for p in pts], s=14 if len(points) > 200 else 40, alpha=0.7,
+                   color=cmap(i % 10), label=f"{impl} ({len(pts)})")
+    front, best = [], 0.0  # fastest model at or above each size, scanning from the largest
+    for p in sorted(points, key=lambda p: -p[1]):
+        if p[2] > best:
+            front.append(p)
+            best = p[2]
+    for p in front[:25] if len(points) > 40 else points:
+        label = p[3] if len(points) > 40 else f"{p[3]} bs{p[4]}"
+        ax.annotate(label, (p[1], p[2]), fontsize=7, xytext=(3, 3), textcoords="offset points")
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlabel("parameters (M, log)")
+    ax.set_ylabel("inference samples/s (log)")
+    ax.set_title("throughput vs model size" + (" (named: fastest at or above each size)" if len(points) > 40 else ""))
+    ax.grid(True, which="both", alpha=0.25)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def latency_percentiles(rows: list[dict[str, Any]], path: Path) -> Path | None:
+    """p50 / p90 / p99 latency per case (horizontal bars, ms per batch)."""
+    ok = [r for r in rows if r.get("status") == "ok" and _f(r.get("latency_ms_p50"))]
+    if not ok:
+        return None
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(10, 0.45 * len(ok) + 1.5))
+    names = [f"{r['label']} {r.get('compile_mode', '')} {r.get('precision', '')} bs{r.get('batch_size', '')}"
+             for r in ok]
+    for q, colour in (("p99", "#d62728"), ("p90", "#ff7f0e"), ("p50", "#1f77b4")):
+        ax.barh(names, [_f(r.get(f"latency_ms_{q}")) or 0 for r in ok], color=colour, label=q)
+    ax.set_xscale("log")
+    ax.set_xlabel("latency, ms per batch (log)")
+    ax.set_title("latency percentiles per case")
+    ax.invert_yaxis()
+    ax.legend(fontsize=8)
+    ax.grid(axis="x", which="both", alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def numeric_diff(rows: list[dict[str, Any]], path: Path) -> Path | None:
+    """Max abs diff of each candidate vs its reference (log), with the tolerance."""
+    c = [r for r in rows if r.get("role") == "candidate" and _f(r.get("max_abs_diff")) is not None]
+    if not c:
+        return None
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(10, 0.45 * len(c) + 1.5))
+    names = [f"{r.get('pair', '')}: {r['label']} {r.get('compile_mode', '')} bs{r.get('batch_size', '')}" for r in c]
+    vals = [max(_f(r["max_abs_diff"]) or 0.0, 1e-12) for r in c]
+    colours = ["#2ca02c" if r.get("numerics_status") == "ok" else "#d62728" for r in c]
+    ax.barh(names, vals, color=colours)
+    tols = {_f(r.get("tolerance_max_abs")) for r in c} - {None}
+    for t in tols:
+        ax.axvline(t, color="k", linestyle="--", linewidth=1)
+    ax.set_xscale("log")
+    ax.set_xlabel("max |candidate - reference| (log; 0 shown at 1e-12; dashed: tolerance)")
+    ax.set_title("numeric difference per candidate")
+    ax.invert_yaxis()
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)

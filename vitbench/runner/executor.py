@@ -1,7 +1,10 @@
 """Local executor: each case in its own spawned process with a timeout; results appended as they finish."""
 from __future__ import annotations
 
+import contextlib
 import multiprocessing as mp
+import os
+import signal
 import tempfile
 import time
 from collections.abc import Callable
@@ -53,6 +56,7 @@ def run_job(case: dict[str, Any], run_dir: Path, job: str, timeout_s: float, log
     finally:
         if proc.is_alive():
             _stop(proc)
+        _kill_group(proc.pid)
         parent.close()
     proc.join(5)
     code = proc.exitcode
@@ -61,6 +65,15 @@ def run_job(case: dict[str, Any], run_dir: Path, job: str, timeout_s: float, log
         hint = " (killed: out of memory?)" if sig == 9 else ""
         return JobOutcome("crashed", error=f"worker died from signal {sig}{hint}; see {log_path}")
     return JobOutcome("crashed", error=f"worker exited with code {code} without a result; see {log_path}")
+
+
+def _kill_group(pid: int | None) -> None:
+    """End whatever the worker left behind (e.g. Inductor's compile-worker pool), so it cannot load the CPU
+    while the next case is timed."""
+    if pid is None or not hasattr(os, "killpg"):
+        return
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(pid, signal.SIGKILL)
 
 
 def _stop(proc: Any) -> None:

@@ -27,7 +27,8 @@ def one_line(e: BaseException) -> str:
 def classify(e: BaseException) -> str:
     name = type(e).__name__
     text = str(e).lower()
-    if name == "OutOfMemoryError" or isinstance(e, MemoryError) or "out of memory" in text or "can't allocate memory" in text:
+    oom_text = "out of memory" in text or "can't allocate memory" in text
+    if name == "OutOfMemoryError" or isinstance(e, MemoryError) or oom_text:
         return "oom"
     return "error"
 
@@ -35,6 +36,8 @@ def classify(e: BaseException) -> str:
 def main(case: dict[str, Any], run_dir: str, conn: Any, log_path: str, env: dict[str, str], job: str) -> None:
     """Entry point of the child process. ``job``: 'measure', 'prepare' (reference
     artifacts only) or 'warm' (second-launch compile time)."""
+    if hasattr(os, "setsid"):
+        os.setsid()  # own process group: the runner ends it whole, compile-worker pools included
     fd = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
     os.dup2(fd, 1)
     os.dup2(fd, 2)

@@ -1,0 +1,125 @@
+"""diff, scan and plot on small CSV fixtures (timm-format tables and hand-made run directories)."""
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import pytest
+
+from vitbench.report.diff import diff
+from vitbench.report.results import load
+from vitbench.scan import family_of
+
+DATA = Path(__file__).parent / "data"
+EAGER, COMPILED = DATA / "timm_eager.csv", DATA / "timm_compiled.csv"
+
+
+def test_diff_names_exactly_the_slower_models(cli):
+    res = cli("diff", EAGER, COMPILED, "--threshold", "5")
+    print(res.output)
+    assert res.exit_code == 1
+    regressed = set(diff(load(EAGER), load(COMPILED), 5).regressions.case)
+    # swin -12.5%, resnet50@288 -16.7%; resnet50@224 is -2% (under threshold); others got faster
+    assert regressed == {"swin_tiny_patch4_window7_224 224", "resnet50 288"}
+    assert "swin_tiny_patch4_window7_224" in res.output and "resnet50 288" in res.output
+    assert "vit_small_patch16_224" not in res.output.split("regressions")[-1].split("added")[0]
+    assert "added: eva02_tiny_patch14_224 224" in res.output
+    assert "removed: convnext_tiny 224" in res.output
+
+
+def test_diff_same_file_is_clean_and_threshold_applies(cli):
+    assert cli("diff", EAGER, EAGER).exit_code == 0
+    assert cli("diff", EAGER, COMPILED, "--threshold", "20").exit_code == 0
+
+
+def test_diff_markdown_and_csv(cli, tmp_path):
+    out = tmp_path / "d.csv"
+    res = cli("diff", EAGER, COMPILED, "--markdown", "--csv", out)
+    assert res.exit_code == 1
+    assert "| swin_tiny_patch4_window7_224 224 | samples_per_sec |" in res.output
+    rows = list(csv.DictReader(out.open()))
+    assert {r["verdict"] for r in rows} >= {"regression", "improvement", "unchanged"}
+
+
+def test_diff_bad_input_exits_2(cli, tmp_path):
+    bogus = tmp_path / "x.csv"
+    bogus.write_text("a,b\n1,2\n")
+    for args in ((EAGER, tmp_path / "missing.csv"), (EAGER, bogus), (tmp_path, EAGER)):
+        res = cli("diff", *args)
+        assert res.exit_code == 2 and res.output.startswith("error:"), res.output
+
+
+def _run_dir(path: Path, sps: float, lat: list[float], torch_version: str) -> Path:
+    path.mkdir()
+    cols = ["case_id", "label", "framework", "device", "precision", "compile_mode", "batch_size", "img_size",
+            "status", "samples_per_sec", "latency_ms_p50", "provider", "role", "pair", "error"]
+    with (path / "cases.csv").open("w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(cols)
+        w.writerow(["c1", "mine", "torch", "cpu", "fp32", "eager", 1, 224, "ok", sps, sorted(lat)[len(lat) // 2],
+                    "vitbench", "candidate", "p", ""])
+        w.writerow(["c2", "other", "torch", "cpu", "fp32", "eager", 1, 224, "ok", 10, 100, "timm", "reference", "p",
+                    ""])
+    (path / "latencies.jsonl").write_text(json.dumps({"case_id": "c1", "latencies_ms": lat}) + "\n")
+    (path / "env.json").write_text(json.dumps({"versions": {"torch": torch_version}, "cpu": "x"}))
+    return path
+
+
+def test_diff_run_dirs_uses_measured_noise_and_reports_environment(cli, tmp_path):
+    noisy_old = _run_dir(tmp_path / "a", 100, [5, 15, 8, 12, 10, 6, 14], "2.5")
+    noisy_new = _run_dir(tmp_path / "b", 90, [6, 16, 9, 13, 11, 7, 15], "2.6")
+    res = cli("diff", noisy_old, noisy_new)
+    print(res.output)
+    assert res.exit_code == 0  # 10% slower, but inside ~2 standard errors of these noisy samples
+    assert "environment: versions.torch: 2.5 -> 2.6" in res.output
+    tight_old = _run_dir(tmp_path / "c", 100, [10.0, 10.1, 9.9, 10.0, 10.05, 9.95], "2.5")
+    tight_new = _run_dir(tmp_path / "d", 90, [11.1, 11.0, 11.2, 11.1, 11.05, 11.15], "2.5")
+    res = cli("diff", tight_old, tight_new)
+    assert res.exit_code == 1 and "mine" in res.output
+
+
+@pytest.mark.parametrize("name,family", [
+    ("swin_tiny_patch4_window7_224", "swin"), ("swinv2_cr_tiny_ns_224", "swinv2"), ("resnet50d", "resnet"),
+    ("tf_efficientnet_b0.ns_jft_in1k", "efficientnet"), ("samvit_base_patch16", "samvit"),
+    ("maxvit_tiny_tf_224", "maxvit"), ("vgg16", "vgg"), ("deit3_small_patch16_224", "deit3"),
+])
+def test_family_name_rule(name, family):
+    assert family_of(name) == family
+
+
+def test_scan_marks_new_families_and_emits_a_valid_suite(cli, tmp_path):
+    prev = tmp_path / "prev.csv"
+    prev.write_text("\n".join(line for line in EAGER.read_text().splitlines()
+                              if not line.startswith(("swin", "maxvit"))))
+    suite = tmp_path / "new.yaml"
+    out_csv = tmp_path / "scan.csv"
+    res = cli("scan", EAGER, "--previous", prev, "--emit-suite", suite, "--csv", out_csv)
+    print(res.output)
+    assert res.exit_code == 0
+    assert "new families since --previous: " in res.output
+    new_line = next(line for line in res.output.splitlines() if line.startswith("new families"))
+    assert set(new_line.split(": ")[1].split(", ")) == {"swin", "maxvit"}
+    assert "covered" in res.output  # vit is in our shipped suites
+    from vitbench.suite import load_suite
+
+    emitted = load_suite(suite)
+    assert {p.reference.model for p in emitted.pairs} == {"swin_tiny_patch4_window7_224", "maxvit_tiny_tf_224"}
+    res2 = cli("scan", EAGER, "--previous", out_csv, "--csv", tmp_path / "scan2.csv")  # a scan CSV as --previous
+    assert res2.exit_code == 0 and "0 new" in res2.output
+
+
+def test_scan_url_without_network_is_a_clear_error(cli):
+    res = cli("scan", "http://127.0.0.1:9/benchmark.csv")
+    assert res.exit_code == 2 and "cannot fetch" in res.output
+
+
+def test_plot_timm_tables_and_run_dir(cli, tmp_path):
+    res = cli("plot", EAGER, COMPILED, "--out", tmp_path / "p")
+    assert res.exit_code == 0, res.output
+    png = tmp_path / "p" / "throughput_vs_params.png"
+    assert png.stat().st_size > 5000
+    run = _run_dir(tmp_path / "run", 100, [10, 11, 12], "2.5")
+    res = cli("plot", run, "--out", tmp_path / "q")
+    assert res.exit_code == 0, res.output
+    assert (tmp_path / "q" / "latency_percentiles.png").stat().st_size > 5000

@@ -1,0 +1,137 @@
+"""Scan timm benchmark tables for architecture families: which our suites cover, which are new since a previous
+snapshot, and which are fastest for their size (throughput relative to a log-log fit on parameter count)."""
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from .errors import InputError
+from .report.results import load
+
+_PREFIXES = {"tf", "legacy", "gluon", "ig", "ssl", "swsl", "dm", "hf", "timm", "test"}
+_DIGIT_SUFFIX = re.compile(r"^([a-z]{3,}?)(\d{2,})[a-z]?$")  # resnet50d -> resnet, vgg16 -> vgg; swinv2 stays
+
+
+def family_of(model: str) -> str:
+    """Name rule: first name token, skipping framework prefixes (tf_, legacy_...) and depth numbers."""
+    name = model.split(".")[0].lower()
+    tokens = [t for t in name.split("_") if t]
+    while len(tokens) > 1 and tokens[0] in _PREFIXES:
+        tokens = tokens[1:]
+    head = tokens[0] if tokens else name
+    m = _DIGIT_SUFFIX.match(head)
+    return m.group(1) if m else head
+
+
+def architecture_of(model: str) -> str | None:
+    """timm's source module for a model (its registry), where timm is installed and knows the name."""
+    try:
+        from timm.models import _registry
+    except ImportError:
+        return None
+    return _registry._model_to_module.get(model.split(".")[0])
+
+
+@dataclass
+class ScanResult:
+    models: pd.DataFrame  # per model: family, architecture, params, throughput, score, family status
+    families: pd.DataFrame  # per family: status, n models, best model and its score
+
+
+def suite_models(suites_dir: Path | None) -> set[str]:
+    from .suite import load_suite
+
+    names: set[str] = set()
+    if suites_dir is None or not suites_dir.is_dir():
+        return names
+    for p in sorted(suites_dir.glob("*.yaml")):
+        try:
+            s = load_suite(p, check_models=False)
+        except Exception:  # noqa: BLE001, S112  (a broken suite covers nothing; `validate` reports it)
+            continue
+        for pair in s.pairs:
+            for side in [pair.reference, *pair.candidates]:
+                names.add(side.model.split(":")[-1])
+    return names
+
+
+def _previous_models(path: str) -> set[str]:
+    """Model names of a previous snapshot: a timm table, a cases.csv, or an earlier scan CSV."""
+    try:
+        return set(load(path).df["label"].astype(str))
+    except InputError:
+        df = pd.read_csv(path)
+        if "model" not in df.columns or "family" not in df.columns:
+            raise
+        return set(df["model"].astype(str))
+
+
+def scan(tables: list[str], previous: str | None = None, suites_dir: Path | None = None) -> ScanResult:
+    frames = []
+    for t in tables:
+        df = load(t).df
+        frames.append(df[["label", "samples_per_sec", "param_count_m", "img_size", "batch_size"]].assign(source=t))
+    df = pd.concat(frames, ignore_index=True).dropna(subset=["samples_per_sec", "param_count_m"])
+    df = df[(df.samples_per_sec > 0) & (df.param_count_m > 0)]
+    if df.empty:
+        raise InputError("scan: no rows with throughput and parameter count in the tables given")
+    # one row per model: its fastest entry (the table's headline size)
+    df = df.sort_values("samples_per_sec", ascending=False).drop_duplicates("label").rename(columns={"label": "model"})
+    x, y = np.log(df.param_count_m.to_numpy()), np.log(df.samples_per_sec.to_numpy())
+    slope, intercept = np.polyfit(x, y, 1) if len(df) > 1 else (0.0, float(y[0]))
+    df["score"] = np.exp(y - (slope * x + intercept))  # 1.0 = as fast as the fit predicts for its size
+    df["family"] = df.model.map(family_of)
+    df["architecture"] = df.model.map(architecture_of)
+    covered = {family_of(m) for m in suite_models(suites_dir)}
+    prev_models = _previous_models(previous) if previous else set()
+    prev_families = {family_of(m) for m in prev_models} if previous else None
+
+    def status(fam: str) -> str:
+        if fam in covered:
+            return "covered"
+        if prev_families is not None and fam not in prev_families:
+            return "new"
+        return "uncovered"
+
+    df["status"] = df.family.map(status)
+    df["new_model"] = ~df.model.isin(prev_models) if previous else False
+    fams = []
+    for fam, g in df.groupby("family"):
+        best = g.sort_values("score", ascending=False).iloc[0]
+        fams.append({"family": fam, "status": best.status, "architecture": best.architecture or "",
+                     "models": len(g), "best_model": best.model, "param_count_m": best.param_count_m,
+                     "samples_per_sec": best.samples_per_sec, "score": best.score,
+                     "examples": ", ".join(g.model.head(3))})
+    order = {"new": 0, "uncovered": 1, "covered": 2}
+    families = pd.DataFrame(fams)
+    families = families.assign(_o=families.status.map(order)).sort_values(["_o", "score"], ascending=[True, False])
+    families = families.drop(columns="_o").reset_index(drop=True)
+    models = df[["model", "family", "architecture", "status", "new_model", "param_count_m", "samples_per_sec",
+                 "img_size", "batch_size", "score", "source"]].reset_index(drop=True)
+    return ScanResult(models, families)
+
+
+def emit_suite(result: ScanResult, path: Path, top: int) -> int:
+    """Write a suite with timm references for the top new (else uncovered) families. Returns the pair count."""
+    import yaml
+
+    pick = result.families[result.families.status == "new"].head(top)
+    if pick.empty:
+        pick = result.families[result.families.status == "uncovered"].head(top)
+    pairs = [{"name": str(r.best_model), "reference": {"provider": "timm", "model": str(r.best_model)}}
+             for r in pick.itertuples()]
+    if not pairs:
+        raise InputError("scan --emit-suite: no new or uncovered family to put in a suite")
+    doc = {"name": Path(path).stem, "description": "emitted by vitbench scan: timm references for new families",
+           "defaults": {"batch_sizes": [1], "precision": "fp32", "compile": ["eager"]}, "pairs": pairs}
+    Path(path).write_text(yaml.safe_dump(doc, sort_keys=False))
+    return len(pairs)
+
+
+def fmt_score(v: float) -> str:
+    return "" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v:.2f}"
