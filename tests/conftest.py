@@ -5,6 +5,8 @@ import textwrap
 from pathlib import Path
 
 import pytest
+import timm  # noqa: F401  (torch and timm/torchvision before anything imports TensorFlow: the other order
+import torch  # noqa: F401  aborts the process, "Option 'bitcode-mdindex-threshold' registered more than once")
 from typer.testing import CliRunner
 
 ROOT = Path(__file__).resolve().parent.parent

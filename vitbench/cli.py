@@ -257,7 +257,8 @@ def _summary(rows: list[dict[str, Any]]) -> None:
     ref_speed = {(r["pair"], r["compile_mode"], r["precision"], r["batch_size"]): r.get("samples_per_sec")
                  for r in rows if r["role"] == "reference" and r["status"] == "ok"}
     for r in rows:
-        ref = ref_speed.get((r["pair"], r["compile_mode"], r["precision"], r["batch_size"]))
+        ref = (ref_speed.get((r["pair"], r["compile_mode"], r["precision"], r["batch_size"]))
+               or ref_speed.get((r["pair"], "eager", r["precision"], r["batch_size"])))  # same mode, else eager
         ratio = ""
         if r["status"] == "ok" and ref and r["role"] == "candidate":
             ratio = f"{float(r['samples_per_sec']) / float(ref):.3f}x"

@@ -16,6 +16,7 @@ from .errors import SuiteError
 Precision = Literal["fp32", "fp16", "bf16", "amp", "amp_bf16"]
 CompileMode = Literal["eager", "full", "regional", "graph", "xla", "jit"]
 TORCH_COMPILE_MODES = ("eager", "full", "regional")
+KERAS_COMPILE_MODES = {"tensorflow": ("eager", "graph", "xla"), "jax": ("eager", "jit"), "torch": ("eager",)}
 
 
 class _Strict(BaseModel):
@@ -38,6 +39,8 @@ class Settings(_Strict):
     """Settings that suite defaults, a pair, or one side may set; the most specific wins."""
 
     img_size: int | None = Field(None, gt=0)
+    tokens: int | None = Field(None, gt=0, description="token input (B, tokens, dim) instead of an image")
+    dim: int | None = Field(None, gt=0, description="channels of a token input")
     batch_sizes: list[int] | None = None
     precision: list[Precision] | None = None
     compile: list[CompileMode] | None = None
@@ -161,6 +164,8 @@ class Case:
     compile_mode: str
     batch_size: int
     img_size: int | None
+    tokens: int | None
+    dim: int | None
     warmup_iters: int
     min_iters: int
     min_seconds: float
@@ -178,7 +183,7 @@ class Case:
     @property
     def case_id(self) -> str:
         key = (f"{self.pair}|{self.role}|{self.index}|{self.provider}|{self.model}|{self.backend}|{self.device}|"
-               f"{self.precision}|{self.compile_mode}|{self.batch_size}|{self.img_size}")
+               f"{self.precision}|{self.compile_mode}|{self.batch_size}|{self.img_size}|{self.tokens}|{self.dim}")
         return hashlib.sha1(key.encode()).hexdigest()[:12]
 
     def to_dict(self) -> dict[str, Any]:
@@ -226,8 +231,10 @@ def expand(
             bss = batch_sizes or s["batch_sizes"]
             modes = s["compile"]
             fw = framework_of(side.provider)
-            if fw == "torch":
-                modes = [m for m in modes if m in TORCH_COMPILE_MODES] or ["eager"]
+            allowed = TORCH_COMPILE_MODES if fw == "torch" else KERAS_COMPILE_MODES[side.backend or "tensorflow"]
+            modes = [m for m in modes if m in allowed] or ["eager"]
+            if bool(s.get("tokens")) != bool(s.get("dim")):
+                raise SuiteError(f"pair '{pair.name}': a token input needs both 'tokens' and 'dim'")
             tol: Tolerance = s["tolerance"]
             for precision in s["precision"]:
                 for mode in modes:
@@ -236,7 +243,8 @@ def expand(
                             suite=suite.name, pair=pair.name, role=role, index=index, provider=side.provider,
                             model=side.model, label=side_label(side), framework=fw, backend=side.backend,
                             kwargs=dict(side.kwargs), device=device, precision=precision, compile_mode=mode,
-                            batch_size=bs, img_size=s.get("img_size"), warmup_iters=s["warmup_iters"],
+                            batch_size=bs, img_size=s.get("img_size"), tokens=s.get("tokens"), dim=s.get("dim"),
+                            warmup_iters=s["warmup_iters"],
                             min_iters=s["min_iters"], min_seconds=s["min_seconds"], max_iters=s["max_iters"],
                             timeout_s=s["timeout_s"], numerics_batch=s["numerics_batch"], seed=s["seed"],
                             tolerance_max_abs=tol.max_abs, tolerance_min_cosine=tol.min_cosine,

@@ -88,3 +88,21 @@ def time_loop(
         lat.append((now - t) * 1e3)
     return TimingResult(batch_size=batch_size, latencies_ms=lat, loop_s=now - start, warmup_iters=warmup_iters,
                         first_call_s=first)
+
+
+def cpu_times() -> tuple[int, int] | None:
+    """(steal, total) jiffies over all CPUs from /proc/stat (Linux); None elsewhere."""
+    try:
+        with open("/proc/stat") as f:
+            fields = [int(v) for v in f.readline().split()[1:]]
+    except (OSError, ValueError):
+        return None
+    return (fields[7] if len(fields) > 7 else 0), sum(fields[:8])
+
+
+def steal_pct(before: tuple[int, int] | None, after: tuple[int, int] | None) -> float | None:
+    """Share of CPU time the hypervisor took from this machine between two readings: high values mean the
+    timings were taken on a contended virtual machine."""
+    if before is None or after is None or after[1] <= before[1]:
+        return None
+    return 100.0 * (after[0] - before[0]) / (after[1] - before[1])

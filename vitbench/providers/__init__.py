@@ -9,8 +9,10 @@ PROVIDERS = {
     "timm": "vitbench.providers.timm_provider",
     "vitbench": "vitbench.providers.vitbench_provider",
     "import": "vitbench.providers.import_provider",
+    "vitbench_keras": "vitbench.providers.vitbench_keras_provider",
+    "keras": "vitbench.providers.keras_provider",
 }
-PLANNED = {"vitbench_keras": "Keras implementations (issue 4)", "keras": "Keras references (issue 4)"}
+PLANNED: dict[str, str] = {}
 
 
 def get_provider(name: str) -> ModuleType:

@@ -34,7 +34,7 @@ def timm_row(r: dict[str, Any]) -> dict[str, Any]:
 
     return {
         "model": r["label"],
-        "infer_img_size": int(float(r["img_size"])),
+        "infer_img_size": rnd("img_size", 0) if _num(r.get("img_size")) is None else int(float(r["img_size"])),
         "infer_samples_per_sec": rnd("samples_per_sec", 2),
         "infer_step_time": rnd("step_time_ms", 3),
         "infer_batch_size": int(float(r["batch_size"])),

@@ -110,7 +110,7 @@ class Runner:
             self._ensure_reference(case)
         env: dict[str, str] = {}
         cache_dir = None
-        if case.compile_mode in ("full", "regional"):
+        if case.framework == "torch" and case.compile_mode in ("full", "regional"):
             cache_dir = tempfile.mkdtemp(prefix=f"vitbench-inductor-{case.case_id}-")
             env = {"TORCHINDUCTOR_CACHE_DIR": cache_dir, "TRITON_CACHE_DIR": f"{cache_dir}/triton"}
         out = run_job(case.to_dict(), self.out, "measure", case.timeout_s, log, env)
@@ -151,7 +151,7 @@ class Runner:
 def _case_columns(case: Case) -> dict[str, Any]:
     d = case.to_dict()
     keep = ("suite", "pair", "role", "label", "provider", "model", "framework", "backend", "device", "precision",
-            "compile_mode", "batch_size", "img_size", "seed", "tolerance_max_abs", "regions")
+            "compile_mode", "batch_size", "img_size", "tokens", "seed", "tolerance_max_abs", "regions")
     out = {k: d[k] for k in keep}
     out["case_id"] = case.case_id
     return out

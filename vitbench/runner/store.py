@@ -11,9 +11,9 @@ from typing import Any
 # cases.csv columns, in order (units in the names). Empty cell = not measured (status/error say why).
 CASE_COLUMNS = [
     "case_id", "suite", "pair", "role", "label", "provider", "model", "framework", "backend", "device",
-    "device_name", "precision", "compile_mode", "batch_size", "img_size", "status", "error",
+    "device_name", "precision", "compile_mode", "batch_size", "img_size", "tokens", "status", "error",
     "samples_per_sec", "step_time_ms", "latency_ms_p50", "latency_ms_p90", "latency_ms_p99", "latency_ms_mean",
-    "latency_ms_stdev", "latency_ms_min", "iters", "timed_s", "first_call_s", "eager_first_call_s",
+    "latency_ms_stdev", "latency_ms_min", "iters", "timed_s", "cpu_steal_pct", "first_call_s", "eager_first_call_s",
     "compile_cold_s", "compile_warm_s", "compile_first_call_cold_s", "compile_first_call_warm_s",
     "compile_cache_hits_cold", "compile_cache_hits_warm", "regions",
     "graph_breaks", "recompiles", "compiled_max_abs_diff",

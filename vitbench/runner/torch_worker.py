@@ -13,7 +13,7 @@ import torch
 
 from ..env import pkg_version
 from ..measure import flops, memory, numerics
-from ..measure.timing import time_loop
+from ..measure.timing import cpu_times, steal_pct, time_loop
 from ..providers import get_provider
 from .worker import artifact_path
 
@@ -31,16 +31,18 @@ def _setup(case: dict[str, Any]) -> torch.device:
     return dev
 
 
-def _build(case: dict[str, Any], dev: torch.device, side: dict[str, Any] | None = None) -> tuple[Any, int]:
+def _build(case: dict[str, Any], dev: torch.device, side: dict[str, Any] | None = None) -> tuple[Any, int | None]:
     side = side or case
     torch.manual_seed(case["seed"])
     model, img = get_provider(side["provider"]).build(side["model"], dict(side["kwargs"]), case["img_size"])
-    return model.eval().to(dev), int(img)
+    return model.eval().to(dev), (int(img) if img and not case.get("tokens") else None)
 
 
-def _input(batch: int, img: int, seed: int, dev: torch.device) -> torch.Tensor:
-    g = torch.Generator().manual_seed(seed + 1)
-    return torch.randn(batch, 3, img, img, generator=g).to(dev)
+def _input(case: dict[str, Any], batch: int, img: int | None, dev: torch.device) -> torch.Tensor:
+    """Image (B, 3, H, W), or tokens (B, N, C) when the case sets tokens/dim. Seeded: the same in every worker."""
+    g = torch.Generator().manual_seed(case["seed"] + 1)
+    shape = (batch, case["tokens"], case["dim"]) if case.get("tokens") else (batch, 3, img, img)
+    return torch.randn(*shape, generator=g).to(dev)
 
 
 def _out_tensor(y: Any) -> torch.Tensor:
@@ -53,8 +55,8 @@ def _out_tensor(y: Any) -> torch.Tensor:
     raise TypeError(f"cannot compare a model output of type {type(y).__name__}")
 
 
-def _write_artifact(path: Path, model: Any, img: int, case: dict[str, Any], dev: torch.device) -> None:
-    x = _input(case["numerics_batch"], img, case["seed"], dev)
+def _write_artifact(path: Path, model: Any, img: int | None, case: dict[str, Any], dev: torch.device) -> None:
+    x = _input(case, case["numerics_batch"], img, dev)
     with torch.inference_mode():
         y = _out_tensor(model(x))
     weights = {f"w/{k}": v.detach().float().cpu().numpy() for k, v in model.state_dict().items()}
@@ -73,7 +75,7 @@ def prepare(case: dict[str, Any], run_dir: str) -> dict[str, Any]:
     return {"img_size": img}
 
 
-def _numerics(case: dict[str, Any], model: Any, run_dir: str, dev: torch.device, img: int) -> dict[str, Any]:
+def _numerics(case: dict[str, Any], model: Any, run_dir: str, dev: torch.device, img: int | None) -> dict[str, Any]:
     path = artifact_path(run_dir, case["pair"], case["device"])
     if case["role"] == "reference":
         if not path.exists():
@@ -124,7 +126,7 @@ def warm_compile(case: dict[str, Any], run_dir: str) -> dict[str, Any]:
 
     dev = _setup(case)
     model, img = _build(case, dev)
-    model, x, autocast = _with_precision(model, _input(case["batch_size"], img, case["seed"], dev),
+    model, x, autocast = _with_precision(model, _input(case, case["batch_size"], img, dev),
                                          case["precision"], dev)
     _, row = compile_mod.prepare(model, {**case, "_compile_phase": "warm"}, x, autocast)
     return {k: v for k, v in row.items() if k.endswith("_warm") or k.endswith("_warm_s")}
@@ -146,12 +148,12 @@ def measure(case: dict[str, Any], run_dir: str) -> dict[str, Any]:
     row.update(_numerics(case, model, run_dir, dev, img))
 
     try:
-        macs, acts = flops.count_macs_acts(model, _input(1, img, case["seed"], dev))
+        macs, acts = flops.count_macs_acts(model, _input(case, 1, img, dev))
         row.update(gmacs=macs / 1e9, macts_m=acts / 1e6, flops_method=flops.METHOD)
     except Exception as e:  # noqa: BLE001
         row["flops_method"] = f"failed: {type(e).__name__}: {str(e).splitlines()[0][:200]}"
 
-    model, x, autocast = _with_precision(model, _input(case["batch_size"], img, case["seed"], dev),
+    model, x, autocast = _with_precision(model, _input(case, case["batch_size"], img, dev),
                                          case["precision"], dev)
 
     from ..measure import compile as compile_mod
@@ -162,9 +164,11 @@ def measure(case: dict[str, Any], run_dir: str) -> dict[str, Any]:
     sync = (lambda: torch.cuda.synchronize(dev)) if dev.type == "cuda" else (lambda: None)
     if dev.type == "cuda":
         torch.cuda.reset_peak_memory_stats(dev)
+    cpu0 = cpu_times()
     with torch.inference_mode(), autocast:
         t = time_loop(lambda: runner(x), sync, batch_size=case["batch_size"], warmup_iters=case["warmup_iters"],
                       min_iters=case["min_iters"], min_seconds=case["min_seconds"], max_iters=case["max_iters"])
+    row["cpu_steal_pct"] = steal_pct(cpu0, cpu_times())
     recompiles = compile_mod.recompiles_since(row)
     if recompiles is not None:
         row["recompiles"] = recompiles

@@ -20,8 +20,13 @@ def artifact_path(run_dir: str | Path, pair: str, device: str) -> Path:
 
 
 def one_line(e: BaseException) -> str:
-    msg = str(e).strip().splitlines()
-    return f"{type(e).__name__}: {msg[0] if msg else ''}".rstrip(": ")[:400]
+    """The exception as one line; Keras' generic first line ('Exception encountered when calling ...') is
+    followed by the line that says what went wrong."""
+    lines = [ln.strip() for ln in str(e).strip().splitlines() if ln.strip()]
+    msg = lines[0] if lines else ""
+    if msg.startswith("Exception encountered") and len(lines) > 1:
+        msg = f"{msg} {lines[1]}"
+    return f"{type(e).__name__}: {msg}".rstrip(": ")[:400]
 
 
 def classify(e: BaseException) -> str:
@@ -46,11 +51,19 @@ def main(case: dict[str, Any], run_dir: str, conn: Any, log_path: str, env: dict
     os.environ.update(env)
     print(f"== vitbench worker pid {os.getpid()} job={job} case={case}", flush=True)
     try:
-        if case["framework"] != "torch":
-            raise NotImplementedError(f"framework '{case['framework']}' has no worker yet")
-        from . import torch_worker
+        if job == "prepare" and case["role"] == "candidate":
+            # artifacts come from the pair's reference, whatever framework this candidate is
+            case = {**case, "framework": "keras" if case["reference"]["provider"] in ("keras", "vitbench_keras")
+                    else "torch"}
+        if case["framework"] == "keras":
+            from . import keras_worker
 
-        jobs = {"measure": torch_worker.measure, "prepare": torch_worker.prepare, "warm": torch_worker.warm_compile}
+            jobs = {"measure": keras_worker.measure, "prepare": keras_worker.prepare}
+        else:
+            from . import torch_worker
+
+            jobs = {"measure": torch_worker.measure, "prepare": torch_worker.prepare,
+                    "warm": torch_worker.warm_compile}
         result = jobs[job](case, run_dir)
         conn.send(("ok", result))
     except BaseException as e:  # noqa: BLE001  (everything becomes a row; the traceback goes to the log)

@@ -145,3 +145,23 @@ class PatchEmbed(nn.Module):
             raise ValueError(f"PatchEmbed: input {H}x{W} does not match the model's img_size {self.img_size}")
         x = self.proj(x)  # (B, C, H/p, W/p)
         return self.norm(x.flatten(2).transpose(1, 2))  # (B, N, C)
+
+
+class SDPA(nn.Module):
+    """Attention kernel alone, for kernel benchmarks: (B, N, 3C) -> split q, k, v into heads -> (B, N, C).
+
+    ``impl='ours'`` runs our ``sdpa``; ``impl='torch'`` runs ``F.scaled_dot_product_attention``.
+    """
+
+    def __init__(self, num_heads: int = 8, impl: str = "ours", scale: float | None = None) -> None:
+        super().__init__()
+        if impl not in ("ours", "torch"):
+            raise ValueError(f"SDPA: impl must be 'ours' or 'torch', not {impl!r}")
+        self.num_heads, self.impl, self.scale = num_heads, impl, scale
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        B, N, C3 = x.shape
+        q, k, v = x.reshape(B, N, 3, self.num_heads, C3 // 3 // self.num_heads).permute(2, 0, 3, 1, 4).unbind(0)
+        fn = sdpa if self.impl == "ours" else F.scaled_dot_product_attention
+        y = fn(q, k, v, scale=self.scale)  # (B, H, N, D)
+        return y.transpose(1, 2).reshape(B, N, C3 // 3)

@@ -15,6 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..configs import VIT_CONFIGS
 from ._registry import register_model
 from .layers import Attention, LayerScale, Mlp, PatchEmbed
 
@@ -187,43 +188,15 @@ def checkpoint_filter_fn(state_dict: dict[str, torch.Tensor], model: VisionTrans
     return out
 
 
-def _create(img_size: int = 224, **defaults):
+def _entry(name: str, cfg: dict):  # type: ignore[no-untyped-def]
     def make(**kwargs) -> VisionTransformer:
-        return VisionTransformer(**{"img_size": img_size, **defaults, **kwargs})
+        return VisionTransformer(**{**cfg, **kwargs})
+
+    make.__name__ = name
+    make.__doc__ = f"{name}: {cfg}"
     return make
 
 
-# Configs: the registered entry points are data, one line each, named as timm names them.
-@register_model
-def test_vit(**kw) -> VisionTransformer:
-    return _create(160, patch_size=16, embed_dim=64, depth=6, num_heads=2, mlp_ratio=3)(**kw)
-
-
-@register_model
-def vit_tiny_patch16_224(**kw) -> VisionTransformer:
-    return _create(224, patch_size=16, embed_dim=192, depth=12, num_heads=3)(**kw)
-
-
-@register_model
-def vit_small_patch16_224(**kw) -> VisionTransformer:
-    return _create(224, patch_size=16, embed_dim=384, depth=12, num_heads=6)(**kw)
-
-
-@register_model
-def vit_base_patch16_224(**kw) -> VisionTransformer:
-    return _create(224, patch_size=16, embed_dim=768, depth=12, num_heads=12)(**kw)
-
-
-@register_model
-def vit_base_patch32_224(**kw) -> VisionTransformer:
-    return _create(224, patch_size=32, embed_dim=768, depth=12, num_heads=12)(**kw)
-
-
-@register_model
-def vit_base_patch16_384(**kw) -> VisionTransformer:
-    return _create(384, patch_size=16, embed_dim=768, depth=12, num_heads=12)(**kw)
-
-
-@register_model
-def vit_large_patch16_224(**kw) -> VisionTransformer:
-    return _create(224, patch_size=16, embed_dim=1024, depth=24, num_heads=16)(**kw)
+# Configs are data (vitbench.models.configs, shared with the Keras twin); each becomes a registered entry point.
+for _name, _cfg in VIT_CONFIGS.items():
+    register_model(_entry(_name, _cfg))

@@ -1,0 +1,149 @@
+"""Our Keras 3 layers and ViT: build, weights, serialization round trip, timm port parity, another backend."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+import timm  # noqa: E402  (torch/timm before TensorFlow: see conftest)
+import torch  # noqa: E402
+
+os.environ.setdefault("KERAS_BACKEND", "tensorflow")
+keras = pytest.importorskip("keras")
+
+from vitbench.models import keras as kours  # noqa: E402
+from vitbench.providers.keras_provider import port_mha  # noqa: E402
+
+
+def _np_sdpa(q, k, v, scale, mask=None):
+    a = (q * scale) @ np.swapaxes(k, -1, -2)
+    if mask is not None:
+        a = np.where(mask, a, -np.inf)
+    a = np.exp(a - a.max(-1, keepdims=True))
+    a /= a.sum(-1, keepdims=True)
+    return a @ v
+
+
+@pytest.mark.parametrize("scale", [None, 0.1, 1.0])
+def test_keras_sdpa_matches_reference_for_any_scale_and_masks(scale):
+    rng = np.random.default_rng(0)
+    q, k, v = (rng.standard_normal((2, 3, 7, 8)).astype("float32") for _ in range(3))
+    s = 8**-0.5 if scale is None else scale
+    got = keras.ops.convert_to_numpy(kours.sdpa(q, k, v, scale=scale))
+    np.testing.assert_allclose(got, _np_sdpa(q, k, v, s), atol=1e-5)
+    causal = np.tril(np.ones((7, 7), bool))
+    got = keras.ops.convert_to_numpy(kours.sdpa(q, k, v, is_causal=True, scale=scale))
+    np.testing.assert_allclose(got, _np_sdpa(q, k, v, s, causal), atol=1e-5)
+    out, attn = kours.sdpa(q, k, v, attn_mask=causal, scale=scale, return_attn=True)
+    np.testing.assert_allclose(keras.ops.convert_to_numpy(attn).sum(-1), 1.0, atol=1e-5)
+
+
+def _roundtrip(layer, x):
+    y = keras.ops.convert_to_numpy(layer(x))
+    clone = layer.__class__.from_config(layer.get_config())
+    clone(x)
+    assert len(clone.weights) == len(layer.weights)
+    for a, b in zip(clone.weights, layer.weights, strict=True):
+        assert a.shape == b.shape
+        a.assign(b)
+    np.testing.assert_allclose(keras.ops.convert_to_numpy(clone(x)), y, atol=1e-6)
+    return y
+
+
+def test_layers_build_weights_and_config_round_trip():
+    x = np.random.default_rng(0).standard_normal((2, 5, 16)).astype("float32")
+    attn = kours.Attention(16, num_heads=2, qkv_bias=True)
+    assert _roundtrip(attn, x).shape == (2, 5, 16)
+    assert {w.path.split("/")[-2] for w in attn.weights} == {"qkv", "proj"}
+    assert _roundtrip(kours.Mlp(16, 32), x).shape == (2, 5, 16)
+    assert _roundtrip(kours.Block(16, num_heads=2), x).shape == (2, 5, 16)
+    img = np.zeros((1, 32, 32, 3), "float32")
+    assert _roundtrip(kours.PatchEmbed(32, 16, 8), img).shape == (1, 4, 8)
+    fused, manual = kours.Attention(16, 2, True, fused_attn=True), kours.Attention(16, 2, True, fused_attn=False)
+    fused(x), manual(x)
+    for a, b in zip(manual.weights, fused.weights, strict=True):
+        a.assign(b)
+    np.testing.assert_allclose(keras.ops.convert_to_numpy(fused(x)), keras.ops.convert_to_numpy(manual(x)), atol=1e-5)
+
+
+def test_vit_saves_and_loads_as_keras_file(tmp_path):
+    model = kours.create_model("test_vit", depth=1, num_classes=5)
+    x = np.random.default_rng(1).standard_normal((1, 160, 160, 3)).astype("float32")
+    y = keras.ops.convert_to_numpy(model(x))
+    path = tmp_path / "vit.keras"
+    model.save(path)
+    loaded = keras.saving.load_model(path)
+    np.testing.assert_allclose(keras.ops.convert_to_numpy(loaded(x)), y, atol=1e-6)
+    assert len(model.attention_maps(x)) == 1
+
+
+@pytest.mark.parametrize("kwargs", [{"depth": 2}, {"depth": 1, "global_pool": "avg", "num_classes": 7}])
+def test_vit_port_from_timm_matches(kwargs):
+    torch.manual_seed(0)
+    ref = timm.create_model("test_vit", img_size=160, **kwargs).eval()
+    with torch.no_grad():  # perturb timm's tame init so biases and norms matter
+        for p in ref.parameters():
+            p.add_(torch.randn_like(p) * 0.05)
+    ours = kours.create_model("test_vit", **kwargs)
+    kours.load_timm_state_dict(ours, {k: v.numpy() for k, v in ref.state_dict().items()})
+    x = torch.randn(2, 3, 160, 160)
+    with torch.no_grad():
+        want = ref(x).numpy()
+    got = keras.ops.convert_to_numpy(ours(x.permute(0, 2, 3, 1).numpy()))
+    diff = np.abs(got - want).max()
+    print(f"Keras ViT vs timm {kwargs}: max abs diff {diff:.2e}")
+    assert diff <= 1e-4
+
+
+def test_attention_port_matches_timm_and_keras_mha():
+    torch.manual_seed(0)
+    ref = timm.layers.Attention(64, num_heads=4, qkv_bias=True).eval()
+    state = {k: v.numpy() for k, v in ref.state_dict().items()}
+    ours = kours.Attention(64, num_heads=4, qkv_bias=True)
+    ours.build((1, 1, 64))
+    kours.load_timm_attention(ours, state)
+    mha = keras.layers.MultiHeadAttention(num_heads=4, key_dim=16)
+    port_mha(mha, state)
+    x = torch.randn(2, 50, 64)
+    with torch.no_grad():
+        want = ref(x).numpy()
+    a = keras.ops.convert_to_numpy(ours(x.numpy()))
+    b = keras.ops.convert_to_numpy(mha(x.numpy(), x.numpy()))
+    print(f"ours vs timm {np.abs(a - want).max():.2e}, MHA vs timm {np.abs(b - want).max():.2e}, "
+          f"ours vs MHA {np.abs(a - b).max():.2e}")
+    assert np.abs(a - want).max() <= 1e-5 and np.abs(b - want).max() <= 1e-5 and np.abs(a - b).max() <= 1e-5
+
+
+def test_macs_formula_matches_the_torch_counter():
+    from vitbench.measure.flops import count_macs_acts
+    from vitbench.models import torch as tours
+
+    macs, acts = kours.count_macs_acts(kours.create_model("test_vit"))
+    t_macs, t_acts = count_macs_acts(tours.create_model("test_vit").eval(), torch.randn(1, 3, 160, 160))
+    assert (macs, acts) == (int(t_macs), t_acts)
+
+
+def test_port_parity_on_the_torch_backend():
+    """The same port on Keras' torch backend (backends are fixed per process, so in a child)."""
+    code = textwrap.dedent("""
+        import numpy as np, torch, timm, keras
+        from vitbench.models import keras as kours
+        assert keras.backend.backend() == "torch"
+        torch.manual_seed(0)
+        ref = timm.create_model("test_vit", img_size=160, depth=2).eval()
+        ours = kours.create_model("test_vit", depth=2)
+        kours.load_timm_state_dict(ours, {k: v.numpy() for k, v in ref.state_dict().items()})
+        x = torch.randn(2, 3, 160, 160)
+        with torch.no_grad():
+            want = ref(x).numpy()
+        got = keras.ops.convert_to_numpy(ours(x.permute(0, 2, 3, 1).numpy()))
+        print("torch-backend max abs diff", float(np.abs(got - want).max()))
+        assert np.abs(got - want).max() <= 1e-5
+    """)
+    env = {**os.environ, "KERAS_BACKEND": "torch"}
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300)
+    print(res.stdout, res.stderr[-2000:])
+    assert res.returncode == 0

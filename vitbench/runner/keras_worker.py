@@ -1,0 +1,137 @@
+"""Measuring one Keras case on one backend (``KERAS_BACKEND`` is fixed before keras is imported; torch is never
+imported here unless the backend is torch). Modes: eager (a plain call), graph (tf.function), xla
+(tf.function(jit_compile=True)) on TensorFlow; jit (jax.jit) on JAX — through Keras' own predict function."""
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..env import pkg_version
+from ..measure import memory, numerics
+from ..measure.timing import cpu_times, steal_pct, time_loop
+from .worker import artifact_path
+
+
+def _setup(case: dict[str, Any]) -> str:
+    backend = case.get("backend") or "tensorflow"
+    os.environ["KERAS_BACKEND"] = backend
+    dev = case["device"]
+    # one device per worker: hide the others (and every GPU for a cpu case)
+    os.environ["CUDA_VISIBLE_DEVICES"] = "" if dev == "cpu" else (dev.partition(":")[2] or "0")
+    if dev != "cpu" and backend == "tensorflow":
+        raise RuntimeError("the tensorflow backend runs on cpu here; use backend: jax or torch for cuda")
+    return backend
+
+
+def _input(case: dict[str, Any], batch: int, img: int | None) -> np.ndarray:
+    """Same values as the torch worker's seeded input, in Keras' channels-last layout."""
+    rng = np.random.default_rng(case["seed"] + 1)
+    if case.get("tokens"):
+        return rng.standard_normal((batch, case["tokens"], case["dim"]), dtype=np.float32)
+    return rng.standard_normal((batch, img, img, 3), dtype=np.float32)
+
+
+def _numerics(case: dict[str, Any], model: Any, run_dir: str) -> dict[str, Any]:
+    from ..providers import get_provider
+
+    if case["role"] == "reference":
+        return {"numerics_status": "reference", "numerics_error": "a Keras reference writes no artifacts yet"}
+    if not case["port"]:
+        return {"numerics_status": "skipped", "numerics_error": "port: false in the suite"}
+    path = artifact_path(run_dir, case["pair"], case["device"])
+    if not path.exists():
+        return {"numerics_status": "error", "numerics_error": "no reference artifacts (did the reference fail?)"}
+    import keras
+
+    art = np.load(path)
+    state = {k[2:]: art[k] for k in art.files if k.startswith("w/")}
+    try:
+        x = art["x"]
+        if x.ndim == 4:
+            x = x.transpose(0, 2, 3, 1)  # NCHW (torch reference) -> NHWC
+        model(x[:1])  # build
+        get_provider(case["provider"]).port(model, state)
+        y = keras.ops.convert_to_numpy(model(x))
+        res = numerics.compare(art["y"], y)
+    except Exception as e:  # noqa: BLE001  (a failed port is a numerics error; timing still counts)
+        return {"numerics_status": "error", "numerics_error": f"{type(e).__name__}: {str(e).splitlines()[0]}"[:400]}
+    ok = res["max_abs_diff"] <= case["tolerance_max_abs"]
+    return {**res, "numerics_status": "ok" if ok else "fail", "tolerance_max_abs": case["tolerance_max_abs"]}
+
+
+def _macs(model: Any, case: dict[str, Any]) -> dict[str, Any]:
+    """TF's profiler does not count Einsum, so our Keras models are counted from their configuration."""
+    from vitbench.models import keras as ours
+
+    if isinstance(model, ours.VisionTransformer):
+        macs, acts = ours.count_macs_acts(model)
+        return {"gmacs": macs / 1e9, "macts_m": acts / 1e6, "flops_method": "analytic from the model config "
+                "(conv/matmul MACs incl. attention; TF's profiler misses Einsum)"}
+    return {"flops_method": "not counted for this Keras layer"}
+
+
+def measure(case: dict[str, Any], run_dir: str) -> dict[str, Any]:
+    t_start = time.perf_counter()
+    backend = _setup(case)
+    import keras
+
+    from ..providers import get_provider
+
+    keras.utils.set_random_seed(case["seed"])
+    if case["precision"] != "fp32":
+        raise ValueError(f"precision {case['precision']} is not supported for Keras cases yet (fp32 only)")
+    model, img = get_provider(case["provider"]).build(case["model"], dict(case["kwargs"]), case["img_size"])
+    x = _input(case, case["batch_size"], img)
+    model(x[:1])
+    row: dict[str, Any] = {
+        "img_size": img, "device_name": case["device"], "threads": os.cpu_count(), "tf32": False,
+        "param_count_m": sum(int(np.prod(w.shape)) for w in model.weights) / 1e6,
+        "keras_version": keras.__version__, "tf_version": pkg_version("tensorflow"),
+        "torch_version": pkg_version("torch") if backend == "torch" else None,
+    }
+    row.update(_numerics(case, model, run_dir))
+    row.update(_macs(model, case))
+
+    def eager() -> Any:
+        return keras.ops.convert_to_numpy(model(x, training=False))  # materialise: the work is done
+
+    mode = case["compile_mode"]
+    runner = eager
+    if mode != "eager":
+        t0 = time.perf_counter()
+        y_eager = eager()
+        row["eager_first_call_s"] = time.perf_counter() - t0
+        if not isinstance(model, keras.Model):  # a bare layer: wrap it so Keras can compile it
+            inp = keras.Input(shape=x.shape[1:], batch_size=None)
+            model = keras.Model(inp, model(inp))
+        model.compile(jit_compile=mode in ("xla", "jit"))
+
+        def runner() -> Any:
+            return model.predict_on_batch(x)
+
+        t0 = time.perf_counter()
+        y_comp = runner()
+        row["compile_first_call_cold_s"] = time.perf_counter() - t0
+        row["compile_cold_s"] = row["compile_first_call_cold_s"] - row["eager_first_call_s"]
+        row["compiled_max_abs_diff"] = float(np.abs(np.asarray(y_comp) - y_eager).max())
+    cpu0 = cpu_times()
+    t = time_loop(runner, lambda: None, batch_size=case["batch_size"], warmup_iters=case["warmup_iters"],
+                  min_iters=case["min_iters"], min_seconds=case["min_seconds"], max_iters=case["max_iters"])
+    row["cpu_steal_pct"] = steal_pct(cpu0, cpu_times())
+    row.update(t.stats())
+    row.update(samples_per_sec=t.samples_per_sec, step_time_ms=t.step_time_ms, iters=t.iters, timed_s=t.loop_s,
+               first_call_s=t.first_call_s, latencies_ms=t.latencies_ms, peak_rss_mb=memory.peak_rss_mb(),
+               duration_s=time.perf_counter() - t_start)
+    return row
+
+
+def prepare(case: dict[str, Any], run_dir: str) -> dict[str, Any]:
+    raise NotImplementedError("a Keras reference cannot write artifacts yet: use a torch reference")
+
+
+def artifact_exists(run_dir: str, case: dict[str, Any]) -> bool:
+    return Path(artifact_path(run_dir, case["pair"], case["device"])).exists()
