@@ -175,3 +175,52 @@ def test_ctrl_c_keeps_finished_rows_and_resume_skips_them(write_suite, tmp_path)
     after = rows(out)
     assert len(after) == 6 and len({r["case_id"] for r in after}) == 6
     assert after[: len(before)] == before  # finished rows untouched
+
+
+KERAS = """
+name: keras
+defaults: {batch_sizes: [2], warmup_iters: 1, min_iters: 3, min_seconds: 0, img_size: 160, timeout_s: 300,
+           tolerance: {max_abs: 1.0e-4}}
+pairs:
+  - name: test_vit
+    reference: {provider: timm, model: test_vit, kwargs: {depth: 1}}
+    candidates:
+      - {provider: vitbench_keras, model: test_vit, backend: tensorflow, kwargs: {depth: 1},
+         compile: [eager, graph, xla]}
+  - name: mhsa
+    tokens: 20
+    dim: 32
+    reference: {provider: import, model: "timm.layers:Attention", kwargs: {dim: 32, num_heads: 2, qkv_bias: true}}
+    candidates:
+      - {provider: keras, model: MultiHeadAttention, backend: tensorflow, kwargs: {num_heads: 2, key_dim: 16},
+         tolerance: {max_abs: 1.0e-5}}
+"""
+
+
+@pytest.mark.slow
+def test_keras_candidates_in_eager_graph_and_xla(cli, write_suite, tmp_path):
+    out = tmp_path / "out"
+    res = cli("run", write_suite(KERAS), "--out", out)
+    print(res.output)
+    assert res.exit_code == 0, res.output
+    k = [r for r in rows(out) if r["framework"] == "keras"]
+    assert [r["compile_mode"] for r in k] == ["eager", "graph", "xla", "eager"]
+    for r in k:
+        assert r["status"] == "ok" and r["numerics_status"] == "ok", r
+        assert float(r["samples_per_sec"]) > 0 and r["keras_version"]
+    assert float(k[2]["compile_cold_s"]) > 0 and float(k[2]["compiled_max_abs_diff"]) < 1e-4
+    assert float(k[0]["gmacs"]) > 0  # analytic count for our Keras ViT
+    names = {p.name for p in out.glob("benchmark-infer-*.csv")}
+    assert any(n.endswith("-xla.csv") for n in names) and any(n.endswith("-graph.csv") for n in names)
+
+
+def test_help_validate_and_torch_paths_do_not_import_tensorflow():
+    code = ("import sys; from typer.testing import CliRunner; from vitbench.cli import app; "
+            "from vitbench.suite import expand, load_suite; "
+            "r = CliRunner().invoke(app, ['--help']); assert r.exit_code == 0; "
+            "expand(load_suite('vitbench/suites/vit.yaml'), 'cpu'); "
+            "from vitbench.runner import torch_worker, executor; "
+            "bad = [m for m in ('tensorflow', 'keras', 'jax') if m in sys.modules]; assert not bad, bad")
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                         cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    assert res.returncode == 0, res.stderr[-2000:]

@@ -51,6 +51,8 @@ class Settings(_Strict):
     min_seconds: float | None = Field(None, ge=0)
     max_iters: int | None = Field(None, ge=1)
     timeout_s: float | None = Field(None, gt=0)
+    max_steal_pct: float | None = Field(None, ge=0, le=100, description="re-time when the VM lost more CPU")
+    timing_attempts: int | None = Field(None, ge=1, le=10)
     numerics_batch: int | None = Field(None, ge=1)
     tolerance: Tolerance | None = None
     seed: int | None = None
@@ -70,7 +72,8 @@ class Settings(_Strict):
 
 BUILTIN_DEFAULTS = Settings(
     batch_sizes=[1], precision=["fp32"], compile=["eager"], compile_options=CompileOptions(), warmup_iters=5,
-    min_iters=10, min_seconds=1.0, max_iters=100_000, timeout_s=600, numerics_batch=2, tolerance=Tolerance(), seed=0,
+    min_iters=10, min_seconds=1.0, max_iters=100_000, timeout_s=600, max_steal_pct=5.0, timing_attempts=3,
+    numerics_batch=2, tolerance=Tolerance(), seed=0,
 )
 
 
@@ -171,6 +174,8 @@ class Case:
     min_seconds: float
     max_iters: int
     timeout_s: float
+    max_steal_pct: float
+    timing_attempts: int
     numerics_batch: int
     seed: int
     tolerance_max_abs: float
@@ -246,7 +251,8 @@ def expand(
                             batch_size=bs, img_size=s.get("img_size"), tokens=s.get("tokens"), dim=s.get("dim"),
                             warmup_iters=s["warmup_iters"],
                             min_iters=s["min_iters"], min_seconds=s["min_seconds"], max_iters=s["max_iters"],
-                            timeout_s=s["timeout_s"], numerics_batch=s["numerics_batch"], seed=s["seed"],
+                            timeout_s=s["timeout_s"], max_steal_pct=s["max_steal_pct"],
+                            timing_attempts=s["timing_attempts"], numerics_batch=s["numerics_batch"], seed=s["seed"],
                             tolerance_max_abs=tol.max_abs, tolerance_min_cosine=tol.min_cosine,
                             compile_options=s["compile_options"].model_dump(), regions=s.get("regions"),
                             port=side.port, reference=ref if role == "candidate" else {},

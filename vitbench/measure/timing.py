@@ -106,3 +106,21 @@ def steal_pct(before: tuple[int, int] | None, after: tuple[int, int] | None) -> 
     if before is None or after is None or after[1] <= before[1]:
         return None
     return 100.0 * (after[0] - before[0]) / (after[1] - before[1])
+
+
+def time_loop_quiet(run: Callable[[], TimingResult], max_steal_pct: float, max_attempts: int
+                    ) -> tuple[TimingResult, float | None, int]:
+    """Run a timed loop; while the hypervisor took more than ``max_steal_pct`` of the CPU during it, run it
+    again (up to ``max_attempts``) and keep the least-contended attempt. Returns (timing, steal %, attempts)."""
+    best: tuple[TimingResult, float | None] | None = None
+    attempts = 0
+    for attempts in range(1, max_attempts + 1):  # noqa: B007  (attempts is reported)
+        before = cpu_times()
+        t = run()
+        steal = steal_pct(before, cpu_times())
+        if best is None or (steal is not None and (best[1] is None or steal < best[1])):
+            best = (t, steal)
+        if steal is None or steal <= max_steal_pct:
+            break
+    assert best is not None
+    return best[0], best[1], attempts

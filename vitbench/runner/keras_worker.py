@@ -12,7 +12,7 @@ import numpy as np
 
 from ..env import pkg_version
 from ..measure import memory, numerics
-from ..measure.timing import cpu_times, steal_pct, time_loop
+from ..measure.timing import time_loop, time_loop_quiet
 from .worker import artifact_path
 
 
@@ -118,10 +118,10 @@ def measure(case: dict[str, Any], run_dir: str) -> dict[str, Any]:
         row["compile_first_call_cold_s"] = time.perf_counter() - t0
         row["compile_cold_s"] = row["compile_first_call_cold_s"] - row["eager_first_call_s"]
         row["compiled_max_abs_diff"] = float(np.abs(np.asarray(y_comp) - y_eager).max())
-    cpu0 = cpu_times()
-    t = time_loop(runner, lambda: None, batch_size=case["batch_size"], warmup_iters=case["warmup_iters"],
-                  min_iters=case["min_iters"], min_seconds=case["min_seconds"], max_iters=case["max_iters"])
-    row["cpu_steal_pct"] = steal_pct(cpu0, cpu_times())
+    t, row["cpu_steal_pct"], row["timing_attempts"] = time_loop_quiet(
+        lambda: time_loop(runner, lambda: None, batch_size=case["batch_size"], warmup_iters=case["warmup_iters"],
+                          min_iters=case["min_iters"], min_seconds=case["min_seconds"], max_iters=case["max_iters"]),
+        case["max_steal_pct"], case["timing_attempts"])
     row.update(t.stats())
     row.update(samples_per_sec=t.samples_per_sec, step_time_ms=t.step_time_ms, iters=t.iters, timed_s=t.loop_s,
                first_call_s=t.first_call_s, latencies_ms=t.latencies_ms, peak_rss_mb=memory.peak_rss_mb(),

@@ -13,7 +13,7 @@ import torch
 
 from ..env import pkg_version
 from ..measure import flops, memory, numerics
-from ..measure.timing import cpu_times, steal_pct, time_loop
+from ..measure.timing import time_loop, time_loop_quiet
 from ..providers import get_provider
 from .worker import artifact_path
 
@@ -164,11 +164,14 @@ def measure(case: dict[str, Any], run_dir: str) -> dict[str, Any]:
     sync = (lambda: torch.cuda.synchronize(dev)) if dev.type == "cuda" else (lambda: None)
     if dev.type == "cuda":
         torch.cuda.reset_peak_memory_stats(dev)
-    cpu0 = cpu_times()
-    with torch.inference_mode(), autocast:
-        t = time_loop(lambda: runner(x), sync, batch_size=case["batch_size"], warmup_iters=case["warmup_iters"],
-                      min_iters=case["min_iters"], min_seconds=case["min_seconds"], max_iters=case["max_iters"])
-    row["cpu_steal_pct"] = steal_pct(cpu0, cpu_times())
+    def timed() -> Any:
+        with torch.inference_mode(), autocast:
+            return time_loop(lambda: runner(x), sync, batch_size=case["batch_size"],
+                             warmup_iters=case["warmup_iters"], min_iters=case["min_iters"],
+                             min_seconds=case["min_seconds"], max_iters=case["max_iters"])
+
+    t, row["cpu_steal_pct"], row["timing_attempts"] = time_loop_quiet(timed, case["max_steal_pct"],
+                                                                      case["timing_attempts"])
     recompiles = compile_mod.recompiles_since(row)
     if recompiles is not None:
         row["recompiles"] = recompiles
