@@ -86,6 +86,8 @@ class Side(Settings):
     label: str | None = None
     backend: Literal["tensorflow", "jax", "torch"] | None = None
     port: bool = Field(True, description="load the reference's weights into this candidate before comparing")
+    output: Literal["forward", "features"] = Field(
+        "forward", description="what is compared and timed: forward() or forward_features()")
 
 
 class Pair(Settings):
@@ -183,6 +185,7 @@ class Case:
     compile_options: dict[str, Any]
     regions: str | None
     port: bool
+    output: str = "forward"
     reference: dict[str, Any] = field(default_factory=dict)  # the pair's reference side, to port weights from
 
     @property
@@ -230,7 +233,7 @@ def expand(
         if only and not fnmatch.fnmatch(pair.name, only):
             continue
         sides = [("reference", 0, pair.reference)] + [("candidate", j + 1, c) for j, c in enumerate(pair.candidates)]
-        ref = pair.reference.model_dump(include={"provider", "model", "kwargs", "backend"})
+        ref = pair.reference.model_dump(include={"provider", "model", "kwargs", "backend", "output"})
         for role, index, side in sides:
             s = _merge(BUILTIN_DEFAULTS, suite.defaults, pair, side)
             bss = batch_sizes or s["batch_sizes"]
@@ -255,6 +258,6 @@ def expand(
                             timing_attempts=s["timing_attempts"], numerics_batch=s["numerics_batch"], seed=s["seed"],
                             tolerance_max_abs=tol.max_abs, tolerance_min_cosine=tol.min_cosine,
                             compile_options=s["compile_options"].model_dump(), regions=s.get("regions"),
-                            port=side.port, reference=ref if role == "candidate" else {},
+                            port=side.port, output=side.output, reference=ref if role == "candidate" else {},
                         ))
     return cases

@@ -35,6 +35,8 @@ def _build(case: dict[str, Any], dev: torch.device, side: dict[str, Any] | None 
     side = side or case
     torch.manual_seed(case["seed"])
     model, img = get_provider(side["provider"]).build(side["model"], dict(side["kwargs"]), case["img_size"])
+    if side.get("output") == "features":
+        model.forward = model.forward_features  # compare and time the feature map, not the classifier
     return model.eval().to(dev), (int(img) if img and not case.get("tokens") else None)
 
 

@@ -1,5 +1,5 @@
 """Our PyTorch models. Importing this package registers every model family."""
-from . import vit  # noqa: F401  (registers models)
+from . import hiera, sam, swin, swinv2_cr, vit  # noqa: F401  (registers models)
 from ._registry import create_model, is_model, list_models, register_model
 from .layers import SDPA, Attention, Mlp, PatchEmbed, sdpa
 from .vit import Block, VisionTransformer, checkpoint_filter_fn

@@ -1,0 +1,229 @@
+"""Swin Transformer V2, weight-compatible with timm's ``swin_transformer_v2_cr.py`` (the port closest to the
+authors' code).
+
+"Swin Transformer V2: Scaling Up Capacity and Resolution" - https://arxiv.org/abs/2111.09883
+
+Differences from Swin v1: post-norm residual blocks (x + norm(attn(x))), scaled cosine attention with a learned
+per-head temperature (logit_scale, clamped at log 100), and a continuous relative position bias made by a small
+MLP ("meta MLP") from log-spaced (dy, dx) offsets. Channels-last (B, H, W, C) inside.
+
+timm's FIXMEs, settled here:
+- configs (embed_dim, depths, heads, window 7 at 224) are the original SwinV2 ones (``_CONFIGS``);
+- the meta MLP's dropout (timm: 0.125) is ``meta_drop`` and, like every dropout, off in eval; benchmarks run in
+  eval, so it never changes a measured output;
+- the shifted-window roll happens on the unpadded map, padding only after it (rolling a padded map would wrap
+  padding into real windows, which pretrained SwinV2 never saw); masks are built for the padded size.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ._registry import register_model
+from .layers import Mlp
+from .swin import PatchMerging, window_partition, window_reverse
+
+
+class MetaMlp(nn.Module):
+    """(dy, dx) log offsets -> one bias per head: fc1 -> ReLU -> dropout -> fc2."""
+
+    def __init__(self, hidden: int, num_heads: int, drop: float = 0.0) -> None:
+        super().__init__()
+        self.fc1 = nn.Linear(2, hidden)
+        self.act = nn.ReLU()
+        self.drop1 = nn.Dropout(drop)
+        self.fc2 = nn.Linear(hidden, num_heads)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc2(self.drop1(self.act(self.fc1(x))))
+
+
+class WindowMultiHeadAttention(nn.Module):
+    def __init__(self, dim: int, num_heads: int, window_size: tuple[int, int], meta_hidden_dim: int = 384,
+                 meta_drop: float = 0.0) -> None:
+        super().__init__()
+        self.num_heads, self.window_size = num_heads, window_size
+        self.qkv = nn.Linear(dim, dim * 3)
+        self.proj = nn.Linear(dim, dim)
+        self.meta_mlp = MetaMlp(meta_hidden_dim, num_heads, meta_drop)
+        self.logit_scale = nn.Parameter(torch.full((num_heads,), math.log(10.0)))
+        coords = torch.stack(torch.meshgrid(torch.arange(window_size[0], dtype=torch.float32),
+                                            torch.arange(window_size[1], dtype=torch.float32), indexing="ij")).flatten(1)
+        rel = (coords[:, :, None] - coords[:, None, :]).permute(1, 2, 0).reshape(-1, 2)  # (N*N, 2)
+        self.register_buffer("relative_coordinates_log", torch.sign(rel) * torch.log1p(rel.abs()), persistent=False)
+
+    def rel_pos_bias(self) -> torch.Tensor:
+        n = self.window_size[0] * self.window_size[1]
+        return self.meta_mlp(self.relative_coordinates_log).transpose(1, 0).reshape(1, self.num_heads, n, n)
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        Bw, N, C = x.shape
+        q, k, v = self.qkv(x).view(Bw, N, 3, self.num_heads, -1).permute(2, 0, 3, 1, 4).unbind(0)  # (Bw, H, N, D)
+        scale = torch.clamp(self.logit_scale.reshape(1, -1, 1, 1), max=math.log(100.0)).exp()
+        attn = (F.normalize(q, dim=-1) @ F.normalize(k, dim=-1).transpose(-2, -1)) * scale  # cosine attention
+        attn = attn + self.rel_pos_bias()
+        if mask is not None:
+            nw = mask.shape[0]
+            attn = (attn.view(Bw // nw, nw, self.num_heads, N, N) + mask.unsqueeze(1).unsqueeze(0)).view(-1, self.num_heads, N, N)
+        x = (attn.softmax(dim=-1) @ v).transpose(1, 2).reshape(Bw, N, -1)
+        return self.proj(x)
+
+
+class SwinTransformerV2CrBlock(nn.Module):
+    def __init__(self, dim: int, num_heads: int, feat_size: tuple[int, int], window_size: tuple[int, int],
+                 shift: bool, mlp_ratio: float = 4.0, extra_norm: bool = False, meta_hidden_dim: int = 384,
+                 meta_drop: float = 0.0) -> None:
+        super().__init__()
+        self.window_size = tuple(min(f, w) for f, w in zip(feat_size, window_size))
+        self.shift_size = (tuple(0 if f <= w else w // 2 for f, w in zip(feat_size, self.window_size))
+                           if shift else (0, 0))
+        self.attn = WindowMultiHeadAttention(dim, num_heads, self.window_size, meta_hidden_dim, meta_drop)
+        self.norm1 = nn.LayerNorm(dim)
+        self.mlp = Mlp(dim, int(dim * mlp_ratio))
+        self.norm2 = nn.LayerNorm(dim)
+        self.norm3 = nn.LayerNorm(dim) if extra_norm else nn.Identity()
+        self.register_buffer("attn_mask", self._mask(feat_size), persistent=False)
+
+    def _mask(self, feat: tuple[int, int]) -> torch.Tensor | None:
+        if not any(self.shift_size):
+            return None
+        (wh, ww), (sh, sw) = self.window_size, self.shift_size
+        H, W = -(-feat[0] // wh) * wh, -(-feat[1] // ww) * ww  # the padded map the windows cover
+        region, label = torch.zeros(1, H, W, 1), 0
+        for hs in (slice(0, -wh), slice(-wh, -sh), slice(-sh, None)):
+            for ws in (slice(0, -ww), slice(-ww, -sw), slice(-sw, None)):
+                region[:, hs, ws, :] = label
+                label += 1
+        win = window_partition(region, self.window_size).squeeze(-1)
+        diff = win.unsqueeze(1) - win.unsqueeze(2)
+        return diff.masked_fill(diff != 0, -100.0).masked_fill(diff == 0, 0.0)
+
+    def _shifted_window_attn(self, x: torch.Tensor) -> torch.Tensor:
+        B, H, W, C = x.shape
+        if any(self.shift_size):  # roll the real map first ...
+            x = torch.roll(x, shifts=(-self.shift_size[0], -self.shift_size[1]), dims=(1, 2))
+        ph, pw = (-H) % self.window_size[0], (-W) % self.window_size[1]
+        x = F.pad(x, (0, 0, 0, pw, 0, ph))  # ... then pad
+        y = self.attn(window_partition(x, self.window_size), mask=self.attn_mask)
+        x = window_reverse(y, self.window_size, H + ph, W + pw)[:, :H, :W, :]
+        if any(self.shift_size):
+            x = torch.roll(x, shifts=self.shift_size, dims=(1, 2))
+        return x
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Post-norm: (B, H, W, C) -> (B, H, W, C)."""
+        B, H, W, C = x.shape
+        x = x + self.norm1(self._shifted_window_attn(x))
+        x = x.reshape(B, -1, C)
+        x = self.norm3(x + self.norm2(self.mlp(x)))
+        return x.reshape(B, H, W, C)
+
+
+class SwinTransformerV2CrStage(nn.Module):
+    def __init__(self, dim: int, depth: int, downscale: bool, feat_size: tuple[int, int], num_heads: int,
+                 window_size: tuple[int, int], mlp_ratio: float = 4.0, extra_norm_period: int = 0,
+                 extra_norm_stage: bool = False, meta_hidden_dim: int = 384, meta_drop: float = 0.0) -> None:
+        super().__init__()
+        self.downsample = PatchMerging(dim, 2 * dim) if downscale else nn.Identity()
+        dim = 2 * dim if downscale else dim
+        feat = tuple((s + 1) // 2 for s in feat_size) if downscale else feat_size
+
+        def extra(i: int) -> bool:
+            return bool(extra_norm_period and i % extra_norm_period == 0) or (extra_norm_stage and i == depth)
+
+        self.blocks = nn.Sequential(*[
+            SwinTransformerV2CrBlock(dim, num_heads, feat, window_size, shift=j % 2 == 1, mlp_ratio=mlp_ratio,
+                                     extra_norm=extra(j + 1), meta_hidden_dim=meta_hidden_dim, meta_drop=meta_drop)
+            for j in range(depth)])
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.blocks(self.downsample(x))
+
+
+class PatchEmbed(nn.Module):
+    """(B, 3, H, W) -> (B, H/p, W/p, C) with LayerNorm."""
+
+    def __init__(self, img_size: int, patch_size: int, embed_dim: int) -> None:
+        super().__init__()
+        self.img_size, self.grid_size = img_size, (img_size // patch_size, img_size // patch_size)
+        self.proj = nn.Conv2d(3, embed_dim, kernel_size=patch_size, stride=patch_size)
+        self.norm = nn.LayerNorm(embed_dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if tuple(x.shape[-2:]) != (self.img_size, self.img_size):
+            raise ValueError(f"PatchEmbed: input {tuple(x.shape[-2:])} does not match img_size {self.img_size}")
+        return self.norm(self.proj(x).permute(0, 2, 3, 1))
+
+
+class ClassifierHead(nn.Module):
+    def __init__(self, dim: int, num_classes: int) -> None:
+        super().__init__()
+        self.fc = nn.Linear(dim, num_classes) if num_classes > 0 else nn.Identity()
+
+    def forward(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
+        x = x.mean(dim=(1, 2))
+        return x if pre_logits else self.fc(x)
+
+
+class SwinTransformerV2Cr(nn.Module):
+    def __init__(self, *, img_size: int = 224, patch_size: int = 4, num_classes: int = 1000, embed_dim: int = 96,
+                 depths: tuple[int, ...] = (2, 2, 6, 2), num_heads: tuple[int, ...] = (3, 6, 12, 24),
+                 window_size: int | None = None, window_ratio: int = 8, mlp_ratio: float = 4.0,
+                 extra_norm_period: int = 0, extra_norm_stage: bool = False, meta_hidden_dim: int = 384,
+                 meta_drop: float = 0.0) -> None:
+        super().__init__()
+        self.patch_embed = PatchEmbed(img_size, patch_size, embed_dim)
+        grid = self.patch_embed.grid_size
+        ws = (window_size, window_size) if window_size else tuple(max(1, g // window_ratio) for g in grid)
+        stages, dim, scale = [], embed_dim, 1
+        for i, (depth, heads) in enumerate(zip(depths, num_heads)):
+            stages.append(SwinTransformerV2CrStage(
+                dim, depth, downscale=i != 0, feat_size=tuple((g + scale - 1) // scale for g in grid),
+                num_heads=heads, window_size=ws, mlp_ratio=mlp_ratio, extra_norm_period=extra_norm_period,
+                extra_norm_stage=extra_norm_stage or i == len(depths) - 1,  # the last stage ends with a norm
+                meta_hidden_dim=meta_hidden_dim, meta_drop=meta_drop))
+            if i != 0:
+                dim, scale = dim * 2, scale * 2
+        self.stages = nn.Sequential(*stages)
+        self.num_features = dim
+        self.head = ClassifierHead(dim, num_classes)
+        self.compile_regions = tuple(f"stages.{i}.blocks" for i in range(len(depths)))
+
+    def forward_stages(self, x: torch.Tensor) -> list[torch.Tensor]:
+        x, out = self.patch_embed(x), []
+        for stage in self.stages:
+            x = stage(x)
+            out.append(x)
+        return out
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        return self.stages(self.patch_embed(x))  # (B, H/32, W/32, C)
+
+    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
+        return self.head(x, pre_logits=pre_logits)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.forward_head(self.forward_features(x))
+
+
+_CONFIGS = {  # the original SwinV2 sizes (Liu et al. 2022, Table 1)
+    "swinv2_cr_tiny_224": dict(embed_dim=96, depths=(2, 2, 6, 2), num_heads=(3, 6, 12, 24)),
+    "swinv2_cr_tiny_ns_224": dict(embed_dim=96, depths=(2, 2, 6, 2), num_heads=(3, 6, 12, 24), extra_norm_stage=True),
+    "swinv2_cr_small_224": dict(embed_dim=96, depths=(2, 2, 18, 2), num_heads=(3, 6, 12, 24)),
+    "swinv2_cr_base_224": dict(embed_dim=128, depths=(2, 2, 18, 2), num_heads=(4, 8, 16, 32)),
+}
+
+
+def _entry(name: str, cfg: dict):  # type: ignore[no-untyped-def]
+    def make(**kwargs) -> SwinTransformerV2Cr:
+        return SwinTransformerV2Cr(**{**cfg, **kwargs})
+
+    make.__name__ = name
+    return make
+
+
+for _name, _cfg in _CONFIGS.items():
+    register_model(_entry(_name, _cfg))
