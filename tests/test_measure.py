@@ -71,3 +71,19 @@ def test_time_loop_quiet_retimes_contended_windows(monkeypatch):
     monkeypatch.setattr(timing, "cpu_times", lambda: next(readings))
     t, steal, attempts = timing.time_loop_quiet(lambda: "only", max_steal_pct=50.0, max_attempts=3)
     assert (t, attempts, steal) == ("only", 1, 20.0)
+
+
+def test_perturb_std_changes_only_the_reference_side_and_is_seeded():
+    from vitbench.runner.torch_worker import _build
+
+    base = {"seed": 0, "img_size": 32, "perturb_std": 0.02, "tokens": None, "role": "reference",
+            "provider": "import", "model": "vitbench.testing:TinyNet", "kwargs": {}}
+    dev = torch.device("cpu")
+    plain, _ = _build({**base, "perturb_std": None}, dev)
+    ref1, _ = _build(base, dev)
+    ref2, _ = _build(base, dev)
+    cand, _ = _build({**base, "role": "candidate"}, dev)  # a candidate gets the reference's weights by port
+    w = "stem.weight"
+    assert not torch.equal(plain.state_dict()[w], ref1.state_dict()[w])
+    assert torch.equal(ref1.state_dict()[w], ref2.state_dict()[w])
+    assert torch.equal(plain.state_dict()[w], cand.state_dict()[w])

@@ -70,3 +70,10 @@ def test_errors_name_file_and_field(write_suite, text, message):
 def test_missing_file():
     with pytest.raises(SuiteError, match="not found"):
         load_suite("nope/missing.yaml")
+
+
+def test_token_input_needs_tokens_and_dim(write_suite):
+    path = write_suite("name: t\npairs:\n  - name: a\n    tokens: 10\n"
+                       "    reference: {provider: import, model: 'vitbench.models.torch:SDPA'}\n", "tok.yaml")
+    with pytest.raises(SuiteError, match="needs both 'tokens' and 'dim'"):
+        expand(load_suite(path), "cpu")

@@ -54,6 +54,8 @@ class Settings(_Strict):
     max_steal_pct: float | None = Field(None, ge=0, le=100, description="re-time when the VM lost more CPU")
     timing_attempts: int | None = Field(None, ge=1, le=10)
     numerics_batch: int | None = Field(None, ge=1)
+    perturb_std: float | None = Field(None, ge=0, description="add N(0, std) to the reference's weights: zero-"
+                                      "initialised tables (rel-pos, pos-embed) then take part in the comparison")
     tolerance: Tolerance | None = None
     seed: int | None = None
 
@@ -179,6 +181,7 @@ class Case:
     max_steal_pct: float
     timing_attempts: int
     numerics_batch: int
+    perturb_std: float | None
     seed: int
     tolerance_max_abs: float
     tolerance_min_cosine: float | None
@@ -255,7 +258,8 @@ def expand(
                             warmup_iters=s["warmup_iters"],
                             min_iters=s["min_iters"], min_seconds=s["min_seconds"], max_iters=s["max_iters"],
                             timeout_s=s["timeout_s"], max_steal_pct=s["max_steal_pct"],
-                            timing_attempts=s["timing_attempts"], numerics_batch=s["numerics_batch"], seed=s["seed"],
+                            timing_attempts=s["timing_attempts"], numerics_batch=s["numerics_batch"],
+                            perturb_std=s.get("perturb_std"), seed=s["seed"],
                             tolerance_max_abs=tol.max_abs, tolerance_min_cosine=tol.min_cosine,
                             compile_options=s["compile_options"].model_dump(), regions=s.get("regions"),
                             port=side.port, output=side.output, reference=ref if role == "candidate" else {},

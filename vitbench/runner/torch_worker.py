@@ -35,6 +35,12 @@ def _build(case: dict[str, Any], dev: torch.device, side: dict[str, Any] | None 
     side = side or case
     torch.manual_seed(case["seed"])
     model, img = get_provider(side["provider"]).build(side["model"], dict(side["kwargs"]), case["img_size"])
+    building_reference = side is not case or case["role"] == "reference"  # prepare() passes the reference side
+    if case.get("perturb_std") and building_reference:
+        g = torch.Generator().manual_seed(case["seed"] + 2)  # the reference's weights, the same in every worker
+        with torch.no_grad():
+            for p in model.parameters():
+                p.add_(torch.randn(p.shape, generator=g) * case["perturb_std"])
     if side.get("output") == "features":
         model.forward = model.forward_features  # compare and time the feature map, not the classifier
     return model.eval().to(dev), (int(img) if img and not case.get("tokens") else None)
