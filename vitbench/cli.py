@@ -208,11 +208,11 @@ def _finish(runner: Any, out_dir: Path, info: dict[str, Any], device: str, inter
     rows = runner.store.rows()
     tables = write_timm_tables(rows, out_dir, info.get("torch", {}).get("version", "unknown"),
                                {device: env_mod.device_tag(device, info)})
-    from .report.plots import compile_plot
+    from .report.plots import compile_plot, token_sweep
 
-    plot = compile_plot(rows, out_dir / "compile.png")
-    if plot:
-        tables.append(plot)
+    for plot in (compile_plot(rows, out_dir / "compile.png"), token_sweep(rows, out_dir / "token_sweep.png")):
+        if plot:
+            tables.append(plot)
     _summary(rows)
     console.print(f"results: {out_dir / 'cases.csv'}" + "".join(f"\n         {t}" for t in tables))
     if not interrupted:
@@ -365,6 +365,7 @@ def plot_cmd(
         if case_rows:
             written += [plots.latency_percentiles(case_rows, out / "latency_percentiles.png"),
                         plots.compile_plot(case_rows, out / "compile.png"),
+                        plots.token_sweep(case_rows, out / "token_sweep.png"),
                         plots.numeric_diff(case_rows, out / "numeric_diff.png")]
         written = [w for w in written if w]
         if not written:

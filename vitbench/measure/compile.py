@@ -105,6 +105,9 @@ def prepare(
             blk.compile(**opts)  # in place: the module tree and state_dict keys stay as they were
         runner = model
         row["regions"] = f"{where} x{len(blocks)}"
+    from .timing import cpu_times, steal_pct
+
+    cpu0 = cpu_times()
     with torch.inference_mode(), autocast:
         first, y_comp = _timed_call(lambda: runner(x), sync)
     c = _counters()
@@ -112,6 +115,11 @@ def prepare(
     row[f"compile_first_call_{key}_s"] = first
     row[f"compile_{key}_s"] = first - eager_first
     row[f"compile_cache_hits_{key}"] = c["cache_hits"]
+    row[f"compile_steal_pct_{key}"] = steal_pct(cpu0, cpu_times())
+    from torch._dynamo.utils import compile_times
+
+    print(f"compile ({mode}, {key}) first call {first:.2f}s; dynamo/inductor phases:\n{compile_times(repr='str')}",
+          flush=True)
     row["graph_breaks"] = c["graph_breaks"]
     row["_frames_after_first_call"] = c["frames"]
     diff = (_first_tensor(y_comp).float() - _first_tensor(y_eager).float()).abs().max().item()

@@ -24,3 +24,39 @@ def nvml_used_mb(index: int) -> float | None:
             pynvml.nvmlShutdown()
     except Exception:  # noqa: BLE001  (no driver, no NVML: the column stays empty)
         return None
+
+
+class RssSampler:
+    """Samples this process's RSS in a thread while a block runs: ``peak_delta_mb`` is the highest RSS seen minus
+    the RSS at the start, i.e. what the timed work itself held on the CPU (large tensors are mmapped and given
+    back on free, so earlier phases such as FLOP counting do not leak into it)."""
+
+    def __init__(self, interval_s: float = 0.01) -> None:
+        import threading
+
+        import psutil
+
+        self._proc = psutil.Process()
+        self._interval = interval_s
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self.baseline = self.peak = 0
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            self.peak = max(self.peak, self._proc.memory_info().rss)
+            self._stop.wait(self._interval)
+
+    def __enter__(self) -> RssSampler:
+        self.baseline = self.peak = self._proc.memory_info().rss
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+        self.peak = max(self.peak, self._proc.memory_info().rss)
+
+    @property
+    def peak_delta_mb(self) -> float:
+        return (self.peak - self.baseline) / 1e6

@@ -150,3 +150,41 @@ def numeric_diff(rows: list[dict[str, Any]], path: Path) -> Path | None:
     fig.savefig(path, dpi=120)
     plt.close(fig)
     return path
+
+
+def token_sweep(rows: list[dict[str, Any]], path: Path) -> Path | None:
+    """Latency (p50) and timed-loop memory vs token count (token-input cases) and vs image size (image cases),
+    one line per implementation: where quadratic attention stops being the cost that matters."""
+    ok = [r for r in rows if r.get("status") == "ok" and _f(r.get("latency_ms_p50"))]
+    panels = []
+    for kind, key in (("tokens", "tokens"), ("image size, px", "img_size")):
+        sub = [r for r in ok if _f(r.get(key)) and (key == "tokens" or not _f(r.get("tokens")))]
+        if len({_f(r[key]) for r in sub}) > 1:
+            panels.append((kind, key, sub))
+    if not panels:
+        return None
+    plt = _plt()
+    fig, axes = plt.subplots(len(panels), 2, figsize=(12, 4.5 * len(panels)), squeeze=False)
+    cmap = plt.get_cmap("tab10")
+    for row_axes, (kind, key, sub) in zip(axes, panels, strict=True):
+        labels = sorted({r["label"] for r in sub}, key=lambda s: (s != "exact", s))
+        for metric, ax, ylabel in (("latency_ms_p50", row_axes[0], "latency p50, ms per batch"),
+                                   ("loop_rss_delta_mb", row_axes[1], "memory during timed loop, MB")):
+            for i, label in enumerate(labels):
+                pts = sorted((_f(r[key]), _f(r.get(metric))) for r in sub if r["label"] == label)
+                pts = [p for p in pts if p[1] is not None]
+                if pts:
+                    ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", color=cmap(i % 10), label=label,
+                            linewidth=2.5 if label == "exact" else 1.5)
+            ax.set_xscale("log")
+            ax.set_yscale("log")
+            ax.set_xlabel(kind)
+            ax.set_ylabel(ylabel)
+            ax.grid(True, which="both", alpha=0.3)
+            ax.legend(fontsize=8)
+        row_axes[0].set_title(f"latency vs {kind}")
+        row_axes[1].set_title(f"memory vs {kind}")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path

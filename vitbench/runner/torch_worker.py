@@ -172,11 +172,14 @@ def measure(case: dict[str, Any], run_dir: str) -> dict[str, Any]:
     sync = (lambda: torch.cuda.synchronize(dev)) if dev.type == "cuda" else (lambda: None)
     if dev.type == "cuda":
         torch.cuda.reset_peak_memory_stats(dev)
+    loop_rss: list[float] = []
+
     def timed() -> Any:
-        with torch.inference_mode(), autocast:
-            return time_loop(lambda: runner(x), sync, batch_size=case["batch_size"],
-                             warmup_iters=case["warmup_iters"], min_iters=case["min_iters"],
-                             min_seconds=case["min_seconds"], max_iters=case["max_iters"])
+        with torch.inference_mode(), autocast, memory.RssSampler() as rss:
+            t = time_loop(lambda: runner(x), sync, batch_size=case["batch_size"], warmup_iters=case["warmup_iters"],
+                          min_iters=case["min_iters"], min_seconds=case["min_seconds"], max_iters=case["max_iters"])
+        loop_rss.append(rss.peak_delta_mb)
+        return t
 
     t, row["cpu_steal_pct"], row["timing_attempts"] = time_loop_quiet(timed, case["max_steal_pct"],
                                                                       case["timing_attempts"])
@@ -191,5 +194,6 @@ def measure(case: dict[str, Any], run_dir: str) -> dict[str, Any]:
                    cuda_peak_reserved_mb=torch.cuda.max_memory_reserved(dev) / 1e6,
                    nvml_used_mb=memory.nvml_used_mb(dev.index or 0))
     row["peak_rss_mb"] = memory.peak_rss_mb()
+    row["loop_rss_delta_mb"] = max(loop_rss)
     row["duration_s"] = time.perf_counter() - t_start
     return row

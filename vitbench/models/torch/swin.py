@@ -76,7 +76,8 @@ class SwinTransformerBlock(nn.Module):
         # a window never exceeds the feature map; then nothing is shifted (as timm without always_partition)
         ws = tuple(min(r, window_size) for r in input_resolution)
         self.window_size = ws
-        self.shift_size = tuple(0 if r <= w else w // 2 for r, w in zip(input_resolution, ws)) if shift else (0, 0)
+        shift_size = tuple(0 if r <= w else w // 2 for r, w in zip(input_resolution, ws, strict=True))
+        self.shift_size = shift_size if shift else (0, 0)
         self.norm1 = nn.LayerNorm(dim)
         self.attn = WindowAttention(dim, num_heads, ws, qkv_bias)
         self.norm2 = nn.LayerNorm(dim)

@@ -50,8 +50,8 @@ class WindowMultiHeadAttention(nn.Module):
         self.proj = nn.Linear(dim, dim)
         self.meta_mlp = MetaMlp(meta_hidden_dim, num_heads, meta_drop)
         self.logit_scale = nn.Parameter(torch.full((num_heads,), math.log(10.0)))
-        coords = torch.stack(torch.meshgrid(torch.arange(window_size[0], dtype=torch.float32),
-                                            torch.arange(window_size[1], dtype=torch.float32), indexing="ij")).flatten(1)
+        ys, xs = (torch.arange(w, dtype=torch.float32) for w in window_size)
+        coords = torch.stack(torch.meshgrid(ys, xs, indexing="ij")).flatten(1)  # (2, N)
         rel = (coords[:, :, None] - coords[:, None, :]).permute(1, 2, 0).reshape(-1, 2)  # (N*N, 2)
         self.register_buffer("relative_coordinates_log", torch.sign(rel) * torch.log1p(rel.abs()), persistent=False)
 
@@ -67,7 +67,8 @@ class WindowMultiHeadAttention(nn.Module):
         attn = attn + self.rel_pos_bias()
         if mask is not None:
             nw = mask.shape[0]
-            attn = (attn.view(Bw // nw, nw, self.num_heads, N, N) + mask.unsqueeze(1).unsqueeze(0)).view(-1, self.num_heads, N, N)
+            attn = attn.view(Bw // nw, nw, self.num_heads, N, N) + mask.unsqueeze(1).unsqueeze(0)
+            attn = attn.view(-1, self.num_heads, N, N)
         x = (attn.softmax(dim=-1) @ v).transpose(1, 2).reshape(Bw, N, -1)
         return self.proj(x)
 
@@ -77,8 +78,8 @@ class SwinTransformerV2CrBlock(nn.Module):
                  shift: bool, mlp_ratio: float = 4.0, extra_norm: bool = False, meta_hidden_dim: int = 384,
                  meta_drop: float = 0.0) -> None:
         super().__init__()
-        self.window_size = tuple(min(f, w) for f, w in zip(feat_size, window_size))
-        self.shift_size = (tuple(0 if f <= w else w // 2 for f, w in zip(feat_size, self.window_size))
+        self.window_size = tuple(min(f, w) for f, w in zip(feat_size, window_size, strict=True))
+        self.shift_size = (tuple(0 if f <= w else w // 2 for f, w in zip(feat_size, self.window_size, strict=True))
                            if shift else (0, 0))
         self.attn = WindowMultiHeadAttention(dim, num_heads, self.window_size, meta_hidden_dim, meta_drop)
         self.norm1 = nn.LayerNorm(dim)
@@ -179,7 +180,7 @@ class SwinTransformerV2Cr(nn.Module):
         grid = self.patch_embed.grid_size
         ws = (window_size, window_size) if window_size else tuple(max(1, g // window_ratio) for g in grid)
         stages, dim, scale = [], embed_dim, 1
-        for i, (depth, heads) in enumerate(zip(depths, num_heads)):
+        for i, (depth, heads) in enumerate(zip(depths, num_heads, strict=True)):
             stages.append(SwinTransformerV2CrStage(
                 dim, depth, downscale=i != 0, feat_size=tuple((g + scale - 1) // scale for g in grid),
                 num_heads=heads, window_size=ws, mlp_ratio=mlp_ratio, extra_norm_period=extra_norm_period,

@@ -37,11 +37,12 @@ class Block(nn.Module):
         qk_norm: bool = False,
         init_values: float | None = None,
         fused_attn: bool = True,
+        attn: nn.Module | None = None,
     ) -> None:
         super().__init__()
         self.norm1 = _layer_norm(dim)
-        self.attn = Attention(dim, num_heads=num_heads, qkv_bias=qkv_bias, qk_norm=qk_norm,
-                              norm_layer=_layer_norm, fused_attn=fused_attn)
+        self.attn = attn or Attention(dim, num_heads=num_heads, qkv_bias=qkv_bias, qk_norm=qk_norm,
+                                      norm_layer=_layer_norm, fused_attn=fused_attn)
         self.ls1 = LayerScale(dim, init_values) if init_values else nn.Identity()
         self.norm2 = _layer_norm(dim)
         self.mlp = Mlp(dim, int(dim * mlp_ratio))
@@ -80,7 +81,11 @@ class VisionTransformer(nn.Module):
         init_values: float | None = None,
         class_token: bool = True,
         fused_attn: bool = True,
+        attention: str = "exact",
+        attention_kwargs: dict | None = None,
     ) -> None:
+        """``attention``: exact | linformer | performer | nystrom | atrous | hybrid (efficient_attention.py);
+        ``attention_kwargs`` go to the variant (e.g. k, nb_features, num_landmarks, window, rates)."""
         super().__init__()
         if global_pool not in ("token", "avg"):
             raise ValueError(f"VisionTransformer: global_pool must be 'token' or 'avg', not {global_pool!r}")
@@ -93,9 +98,27 @@ class VisionTransformer(nn.Module):
         self.patch_embed = PatchEmbed(img_size, patch_size, in_chans, embed_dim)
         self.cls_token = nn.Parameter(torch.zeros(1, 1, embed_dim)) if class_token else None
         self.pos_embed = nn.Parameter(torch.zeros(1, self.patch_embed.num_patches + self.num_prefix_tokens, embed_dim))
+        self.attention = attention
+
+        def attn() -> nn.Module | None:
+            if attention == "exact":
+                return None
+            from .efficient_attention import VARIANTS
+
+            if attention not in VARIANTS:
+                raise ValueError(f"VisionTransformer: attention must be exact or one of {sorted(VARIANTS)}, "
+                                 f"not {attention!r}")
+            kw = dict(attention_kwargs or {})
+            if attention == "linformer":
+                kw.setdefault("seq_len", self.patch_embed.num_patches + self.num_prefix_tokens)
+            if attention in ("atrous", "hybrid"):
+                kw.setdefault("grid", self.patch_embed.grid_size)
+                kw.setdefault("num_prefix_tokens", self.num_prefix_tokens)
+            return VARIANTS[attention](embed_dim, num_heads, qkv_bias, **kw)
+
         self.blocks = nn.Sequential(*[
             Block(embed_dim, num_heads=num_heads, mlp_ratio=mlp_ratio, qkv_bias=qkv_bias, qk_norm=qk_norm,
-                  init_values=init_values, fused_attn=fused_attn)
+                  init_values=init_values, fused_attn=fused_attn, attn=attn())
             for _ in range(depth)
         ])
         use_fc_norm = global_pool == "avg"  # timm: with avg pooling the final norm moves after the pool
@@ -178,14 +201,17 @@ def resample_pos_embed(pos_embed: torch.Tensor, new_grid: tuple[int, int], num_p
 
 
 def checkpoint_filter_fn(state_dict: dict[str, torch.Tensor], model: VisionTransformer) -> dict[str, torch.Tensor]:
-    """timm ViT state_dict -> ours: keys are identical; strip compile wrappers, resize pos_embed if needed."""
+    """timm ViT state_dict -> ours: keys are identical; strip compile wrappers, resize pos_embed if needed; with an
+    efficient attention variant, its extra parameters (Linformer's E/F, the atrous gate) keep their own init."""
+    from .efficient_attention import checkpoint_filter_fn as variant_filter
+
     out = {}
     for k, v in state_dict.items():
         k = k.replace("_orig_mod.", "")
         if k == "pos_embed" and v.shape != model.pos_embed.shape:
             v = resample_pos_embed(v, model.patch_embed.grid_size, model.num_prefix_tokens)
         out[k] = v
-    return out
+    return variant_filter(out, model)
 
 
 def _entry(name: str, cfg: dict):  # type: ignore[no-untyped-def]
