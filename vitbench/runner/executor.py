@@ -4,6 +4,7 @@ from __future__ import annotations
 import contextlib
 import multiprocessing as mp
 import os
+import shutil
 import signal
 import tempfile
 import time
@@ -108,12 +109,24 @@ class Runner:
         log = self.logs / f"{case.case_id}.log"
         if case.role == "candidate" and case.port:
             self._ensure_reference(case)
-        env: dict[str, str] = {}
-        cache_dir = None
-        if case.framework == "torch" and case.compile_mode in ("full", "regional"):
-            cache_dir = tempfile.mkdtemp(prefix=f"vitbench-inductor-{case.case_id}-")
-            env = {"TORCHINDUCTOR_CACHE_DIR": cache_dir, "TRITON_CACHE_DIR": f"{cache_dir}/triton"}
-        out = run_job(case.to_dict(), self.out, "measure", case.timeout_s, log, env)
+        compiled = case.framework == "torch" and case.compile_mode in ("full", "regional")
+        out, cache_dir, env = None, None, {}
+        for attempt in range(1, (case.timing_attempts if compiled else 1) + 1):  # noqa: B007  (reported below)
+            if cache_dir:
+                shutil.rmtree(cache_dir, ignore_errors=True)
+            if compiled:  # a fresh, private Inductor cache: the first compiled call is a cold start
+                cache_dir = tempfile.mkdtemp(prefix=f"vitbench-inductor-{case.case_id}-")
+                env = {"TORCHINDUCTOR_CACHE_DIR": cache_dir, "TRITON_CACHE_DIR": f"{cache_dir}/triton"}
+            trial = run_job(case.to_dict(), self.out, "measure", case.timeout_s, log, env)
+            steal = trial.result.get("compile_steal_pct_cold") if trial.status == "ok" else None
+            if out is None or (steal is not None and steal < (out.result.get("compile_steal_pct_cold") or 1e9)):
+                out = trial
+            if steal is None or steal <= case.max_steal_pct:
+                break  # a cold compile the hypervisor took over 5% of is timed again, in a fresh worker and cache
+        assert out is not None
+        if compiled and out.status == "ok":
+            out.result["compile_attempts"] = attempt  # cold compiles run; the least-contended one is kept
+        # the warm start below reuses the on-disk cache of the last cold compile (each one compiled the same case)
         row: dict[str, Any] = {**self.env_row, **_case_columns(case), "started_at": started}
         row.update(out.result)
         latencies = row.pop("latencies_ms", None)
@@ -126,8 +139,6 @@ class Runner:
             else:
                 row["error"] = f"warm compile: {warm.error}"
         if cache_dir:
-            import shutil
-
             shutil.rmtree(cache_dir, ignore_errors=True)
         if row.get("numerics_status") == "error" and not row.get("numerics_error"):
             row["numerics_error"] = self._prepared.get(str(worker.artifact_path(self.out, case.pair, case.device)))
