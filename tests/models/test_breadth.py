@@ -41,8 +41,10 @@ def test_swin_matches_timm(img, kw):
     assert len(stages) == len(kw["depths"]) and stages[-1].shape[-1] == kw["embed_dim"] * 2 ** (len(kw["depths"]) - 1)
 
 
-@pytest.mark.parametrize("name", ["swin_tiny_patch4_window7_224", "swin_small_patch4_window7_224",
-                                  "swin_base_patch4_window7_224", "samvit_base_patch16"])
+TWINS = [n for n in ours.list_models() if n.startswith(("swin", "samvit", "sam2_hiera"))]
+
+
+@pytest.mark.parametrize("name", TWINS)
 def test_registered_configs_load_timm_weights_strictly(name):
     with torch.device("meta"):
         theirs = timm.create_model(name)

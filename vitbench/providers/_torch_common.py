@@ -7,6 +7,14 @@ from typing import Any
 import numpy as np
 
 
+def unknown_model(kind: str, name: str, known: list[str]) -> str:
+    """'unknown <kind> model 'x' (did you mean 'y'?)'."""
+    import difflib
+
+    close = difflib.get_close_matches(name, known, n=1)
+    return f"unknown {kind} model '{name}'" + (f" (did you mean '{close[0]}'?)" if close else "")
+
+
 def build_with_img_size(factory: Callable[..., Any], kwargs: dict[str, Any], img_size: int | None) -> Any:
     """Pass ``img_size`` to the constructor when given; models without that argument get it as input size only."""
     if img_size is None or "img_size" in kwargs:

@@ -1,10 +1,9 @@
 """timm models by registry name (random init: pretrained weights are never fetched)."""
 from __future__ import annotations
 
-import difflib
 from typing import Any
 
-from ._torch_common import build_with_img_size, default_img_size, load_numpy_state
+from ._torch_common import build_with_img_size, default_img_size, load_numpy_state, unknown_model
 
 FRAMEWORK = "torch"
 
@@ -14,9 +13,7 @@ def check(name: str) -> str | None:
 
     if timm.is_model(name):
         return None
-    close = difflib.get_close_matches(name, timm.list_models(), n=1)
-    hint = f" (did you mean '{close[0]}'?)" if close else ""
-    return f"unknown timm model '{name}'{hint}"
+    return unknown_model("timm", name, timm.list_models())
 
 
 def build(name: str, kwargs: dict[str, Any], img_size: int | None) -> Any:

@@ -2,8 +2,9 @@
 attention layers ``Attention`` (kwargs dim, num_heads, qkv_bias) and ``SDPA`` (kwargs num_heads, impl)."""
 from __future__ import annotations
 
-import difflib
 from typing import Any
+
+from ._torch_common import unknown_model
 
 FRAMEWORK = "keras"
 LAYERS = ("Attention", "SDPA")
@@ -18,9 +19,7 @@ def _names() -> list[str]:
 def check(name: str) -> str | None:
     if name in _names():
         return None
-    close = difflib.get_close_matches(name, _names(), n=1)
-    hint = f" (did you mean '{close[0]}'?)" if close else ""
-    return f"unknown vitbench_keras model '{name}'{hint}"
+    return unknown_model("vitbench_keras", name, _names())
 
 
 def build(name: str, kwargs: dict[str, Any], img_size: int | None) -> Any:

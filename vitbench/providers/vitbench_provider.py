@@ -1,10 +1,9 @@
 """Our own PyTorch models (``vitbench.models.torch``), weight-compatible with their timm twins."""
 from __future__ import annotations
 
-import difflib
 from typing import Any
 
-from ._torch_common import build_with_img_size, default_img_size, load_numpy_state
+from ._torch_common import build_with_img_size, default_img_size, load_numpy_state, unknown_model
 
 FRAMEWORK = "torch"
 
@@ -14,9 +13,7 @@ def check(name: str) -> str | None:
 
     if ours.is_model(name):
         return None
-    close = difflib.get_close_matches(name, ours.list_models(), n=1)
-    hint = f" (did you mean '{close[0]}'?)" if close else ""
-    return f"unknown vitbench model '{name}'{hint}"
+    return unknown_model("vitbench", name, ours.list_models())
 
 
 def build(name: str, kwargs: dict[str, Any], img_size: int | None) -> Any:

@@ -14,6 +14,18 @@ def register_model(fn: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
     return fn
 
 
+def register_configs(configs: dict[str, dict], cls: Callable[..., nn.Module]) -> None:
+    """Register one entry point per config: ``create_model(name, **overrides)`` builds ``cls(**config, **overrides)``.
+    Configs are data; the entry points are generated, as timm's one-line ``@register_model`` functions are."""
+    for name, cfg in configs.items():
+        def make(_cfg: dict = cfg, **kwargs) -> nn.Module:
+            return cls(**{**_cfg, **kwargs})
+
+        make.__name__ = name
+        make.__doc__ = f"{cls.__name__}: {cfg}"
+        register_model(make)
+
+
 def list_models(pattern: str = "*") -> list[str]:
     return sorted(n for n in _MODELS if fnmatch.fnmatch(n, pattern))
 

@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ._registry import register_model
+from ._registry import register_configs
 from .layers import Mlp
 
 
@@ -183,13 +183,4 @@ _CONFIGS = {
 }
 
 
-def _entry(name: str, cfg: dict):  # type: ignore[no-untyped-def]
-    def make(**kwargs) -> HieraDet:
-        return HieraDet(**{**cfg, **kwargs})
-
-    make.__name__ = name
-    return make
-
-
-for _name, _cfg in _CONFIGS.items():
-    register_model(_entry(_name, _cfg))
+register_configs(_CONFIGS, HieraDet)

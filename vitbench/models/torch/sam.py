@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ._registry import register_model
+from ._registry import register_configs
 from .layers import Mlp
 
 
@@ -270,14 +270,5 @@ _CONFIGS = {
 }
 
 
-def _entry(name: str, cls: type, cfg: dict):  # type: ignore[no-untyped-def]
-    def make(**kwargs) -> nn.Module:
-        return cls(**{**cfg, **kwargs})
-
-    make.__name__ = name
-    return make
-
-
-for _name, _cfg in _CONFIGS.items():
-    register_model(_entry(_name, VisionTransformerSAM, _cfg))
-register_model(_entry("rsbuilding_vit_base", RSBuildingBackbone, _CONFIGS["samvit_base_patch16"]))
+register_configs(_CONFIGS, VisionTransformerSAM)
+register_configs({"rsbuilding_vit_base": _CONFIGS["samvit_base_patch16"]}, RSBuildingBackbone)

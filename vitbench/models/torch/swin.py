@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ._registry import register_model
+from ._registry import register_configs
 from .layers import Mlp
 
 
@@ -36,6 +36,23 @@ def relative_position_index(wh: int, ww: int) -> torch.Tensor:
     coords = torch.stack(torch.meshgrid(torch.arange(wh), torch.arange(ww), indexing="ij")).flatten(1)  # (2, N)
     rel = (coords[:, :, None] - coords[:, None, :]).permute(1, 2, 0)  # (N, N, 2)
     return (rel[..., 0] + wh - 1) * (2 * ww - 1) + (rel[..., 1] + ww - 1)
+
+
+def shift_window_mask(feat: tuple[int, int], ws: tuple[int, int], shift: tuple[int, int]) -> torch.Tensor | None:
+    """(nW, N, N) additive mask (0 / -100) for shifted windows over the map padded to multiples of ws: after the
+    cyclic roll, tokens that were not neighbours (different regions) must not attend to each other."""
+    if not any(shift):
+        return None
+    (wh, ww), (sh, sw) = ws, shift
+    H, W = -(-feat[0] // wh) * wh, -(-feat[1] // ww) * ww
+    region, label = torch.zeros(1, H, W, 1), 0
+    for hs in (slice(0, -wh), slice(-wh, -sh), slice(-sh, None)):
+        for wsl in (slice(0, -ww), slice(-ww, -sw), slice(-sw, None)):
+            region[:, hs, wsl, :] = label
+            label += 1
+    win = window_partition(region, ws).squeeze(-1)  # (nW, N)
+    diff = win.unsqueeze(1) - win.unsqueeze(2)
+    return diff.masked_fill(diff != 0, -100.0).masked_fill(diff == 0, 0.0)
 
 
 class WindowAttention(nn.Module):
@@ -82,22 +99,7 @@ class SwinTransformerBlock(nn.Module):
         self.attn = WindowAttention(dim, num_heads, ws, qkv_bias)
         self.norm2 = nn.LayerNorm(dim)
         self.mlp = Mlp(dim, int(dim * mlp_ratio))
-        self.register_buffer("attn_mask", self._mask(input_resolution), persistent=False)
-
-    def _mask(self, res: tuple[int, int]) -> torch.Tensor | None:
-        if not any(self.shift_size):
-            return None
-        (wh, ww), (sh, sw) = self.window_size, self.shift_size
-        H, W = -(-res[0] // wh) * wh, -(-res[1] // ww) * ww
-        region = torch.zeros(1, H, W, 1)
-        label = 0
-        for hs in (slice(0, -wh), slice(-wh, -sh), slice(-sh, None)):
-            for ws in (slice(0, -ww), slice(-ww, -sw), slice(-sw, None)):
-                region[:, hs, ws, :] = label
-                label += 1
-        win = window_partition(region, self.window_size).squeeze(-1)  # (nW, N)
-        diff = win.unsqueeze(1) - win.unsqueeze(2)
-        return diff.masked_fill(diff != 0, -100.0).masked_fill(diff == 0, 0.0)
+        self.register_buffer("attn_mask", shift_window_mask(input_resolution, ws, self.shift_size), persistent=False)
 
     def _attn(self, x: torch.Tensor) -> torch.Tensor:
         B, H, W, C = x.shape
@@ -232,13 +234,4 @@ _CONFIGS = {
 }
 
 
-def _entry(name: str, cfg: dict):  # type: ignore[no-untyped-def]
-    def make(**kwargs) -> SwinTransformer:
-        return SwinTransformer(**{**cfg, **kwargs})
-
-    make.__name__ = name
-    return make
-
-
-for _name, _cfg in _CONFIGS.items():
-    register_model(_entry(_name, _cfg))
+register_configs(_CONFIGS, SwinTransformer)

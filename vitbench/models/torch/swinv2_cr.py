@@ -22,9 +22,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ._registry import register_model
+from ._registry import register_configs
 from .layers import Mlp
-from .swin import PatchMerging, window_partition, window_reverse
+from .swin import ClassifierHead, PatchEmbed, PatchMerging, shift_window_mask, window_partition, window_reverse
 
 
 class MetaMlp(nn.Module):
@@ -86,21 +86,9 @@ class SwinTransformerV2CrBlock(nn.Module):
         self.mlp = Mlp(dim, int(dim * mlp_ratio))
         self.norm2 = nn.LayerNorm(dim)
         self.norm3 = nn.LayerNorm(dim) if extra_norm else nn.Identity()
-        self.register_buffer("attn_mask", self._mask(feat_size), persistent=False)
-
-    def _mask(self, feat: tuple[int, int]) -> torch.Tensor | None:
-        if not any(self.shift_size):
-            return None
-        (wh, ww), (sh, sw) = self.window_size, self.shift_size
-        H, W = -(-feat[0] // wh) * wh, -(-feat[1] // ww) * ww  # the padded map the windows cover
-        region, label = torch.zeros(1, H, W, 1), 0
-        for hs in (slice(0, -wh), slice(-wh, -sh), slice(-sh, None)):
-            for ws in (slice(0, -ww), slice(-ww, -sw), slice(-sw, None)):
-                region[:, hs, ws, :] = label
-                label += 1
-        win = window_partition(region, self.window_size).squeeze(-1)
-        diff = win.unsqueeze(1) - win.unsqueeze(2)
-        return diff.masked_fill(diff != 0, -100.0).masked_fill(diff == 0, 0.0)
+        # masks are built for the padded map (the roll happens before padding, see the module docstring)
+        self.register_buffer("attn_mask", shift_window_mask(feat_size, self.window_size, self.shift_size),
+                             persistent=False)
 
     def _shifted_window_attn(self, x: torch.Tensor) -> torch.Tensor:
         B, H, W, C = x.shape
@@ -142,31 +130,6 @@ class SwinTransformerV2CrStage(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.blocks(self.downsample(x))
-
-
-class PatchEmbed(nn.Module):
-    """(B, 3, H, W) -> (B, H/p, W/p, C) with LayerNorm."""
-
-    def __init__(self, img_size: int, patch_size: int, embed_dim: int) -> None:
-        super().__init__()
-        self.img_size, self.grid_size = img_size, (img_size // patch_size, img_size // patch_size)
-        self.proj = nn.Conv2d(3, embed_dim, kernel_size=patch_size, stride=patch_size)
-        self.norm = nn.LayerNorm(embed_dim)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if tuple(x.shape[-2:]) != (self.img_size, self.img_size):
-            raise ValueError(f"PatchEmbed: input {tuple(x.shape[-2:])} does not match img_size {self.img_size}")
-        return self.norm(self.proj(x).permute(0, 2, 3, 1))
-
-
-class ClassifierHead(nn.Module):
-    def __init__(self, dim: int, num_classes: int) -> None:
-        super().__init__()
-        self.fc = nn.Linear(dim, num_classes) if num_classes > 0 else nn.Identity()
-
-    def forward(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
-        x = x.mean(dim=(1, 2))
-        return x if pre_logits else self.fc(x)
 
 
 class SwinTransformerV2Cr(nn.Module):
@@ -218,13 +181,4 @@ _CONFIGS = {  # the original SwinV2 sizes (Liu et al. 2022, Table 1)
 }
 
 
-def _entry(name: str, cfg: dict):  # type: ignore[no-untyped-def]
-    def make(**kwargs) -> SwinTransformerV2Cr:
-        return SwinTransformerV2Cr(**{**cfg, **kwargs})
-
-    make.__name__ = name
-    return make
-
-
-for _name, _cfg in _CONFIGS.items():
-    register_model(_entry(_name, _cfg))
+register_configs(_CONFIGS, SwinTransformerV2Cr)

@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..configs import VIT_CONFIGS
-from ._registry import register_model
+from ._registry import register_configs
 from .layers import Attention, LayerScale, Mlp, PatchEmbed
 
 
@@ -214,15 +214,5 @@ def checkpoint_filter_fn(state_dict: dict[str, torch.Tensor], model: VisionTrans
     return variant_filter(out, model)
 
 
-def _entry(name: str, cfg: dict):  # type: ignore[no-untyped-def]
-    def make(**kwargs) -> VisionTransformer:
-        return VisionTransformer(**{**cfg, **kwargs})
-
-    make.__name__ = name
-    make.__doc__ = f"{name}: {cfg}"
-    return make
-
-
 # Configs are data (vitbench.models.configs, shared with the Keras twin); each becomes a registered entry point.
-for _name, _cfg in VIT_CONFIGS.items():
-    register_model(_entry(_name, _cfg))
+register_configs(VIT_CONFIGS, VisionTransformer)
