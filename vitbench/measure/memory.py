@@ -28,8 +28,8 @@ def nvml_used_mb(index: int) -> float | None:
 
 class RssSampler:
     """Samples this process's RSS in a thread while a block runs: ``peak_delta_mb`` is the highest RSS seen minus
-    the RSS at the start, i.e. what the timed work itself held on the CPU (large tensors are mmapped and given
-    back on free, so earlier phases such as FLOP counting do not leak into it)."""
+    the RSS at the start. Meaningful only before the process has freed large buffers (the C allocator keeps some
+    and reuses them without RSS growth), so the worker takes it first."""
 
     def __init__(self, interval_s: float = 0.01) -> None:
         import threading

@@ -169,7 +169,7 @@ def token_sweep(rows: list[dict[str, Any]], path: Path) -> Path | None:
     for row_axes, (kind, key, sub) in zip(axes, panels, strict=True):
         labels = sorted({r["label"] for r in sub}, key=lambda s: (s != "exact", s))
         for metric, ax, ylabel in (("latency_ms_p50", row_axes[0], "latency p50, ms per batch"),
-                                   ("loop_rss_delta_mb", row_axes[1], "memory during timed loop, MB")):
+                                   ("forward_rss_delta_mb", row_axes[1], "memory of one forward (RSS growth), MB")):
             for i, label in enumerate(labels):
                 pts = sorted((_f(r[key]), _f(r.get(metric))) for r in sub if r["label"] == label)
                 pts = [p for p in pts if p[1] is not None]

@@ -22,7 +22,7 @@ CASE_COLUMNS = [
     "param_count_m", "gmacs", "macts_m", "flops_method",
     "numerics_status", "numerics_error", "max_abs_diff", "mean_abs_diff", "rel_err", "cosine_sim",
     "top1_agreement", "tolerance_max_abs",
-    "peak_rss_mb", "loop_rss_delta_mb", "cuda_peak_allocated_mb", "cuda_peak_reserved_mb", "nvml_used_mb",
+    "peak_rss_mb", "forward_rss_delta_mb", "cuda_peak_allocated_mb", "cuda_peak_reserved_mb", "nvml_used_mb",
     "threads", "tf32", "seed", "torch_version", "timm_version", "keras_version", "tf_version",
     "vitbench_version", "git_sha", "started_at", "duration_s",
 ]

@@ -153,6 +153,14 @@ def measure(case: dict[str, Any], run_dir: str) -> dict[str, Any]:
         "torch_version": torch.__version__,
     }
     row["timm_version"] = pkg_version("timm")  # from metadata: importing timm costs seconds per worker
+    if dev.type == "cpu":
+        # memory first, before any other phase has allocated: freed memory that the C allocator keeps would
+        # otherwise hide what a forward pass needs (eager, fp32, the case's batch size)
+        x0 = _input(case, case["batch_size"], img, dev)
+        with torch.inference_mode(), memory.RssSampler(0.002) as rss:
+            model(x0)
+        row["forward_rss_delta_mb"] = rss.peak_delta_mb
+        del x0
     row.update(_numerics(case, model, run_dir, dev, img))
 
     try:
@@ -172,14 +180,11 @@ def measure(case: dict[str, Any], run_dir: str) -> dict[str, Any]:
     sync = (lambda: torch.cuda.synchronize(dev)) if dev.type == "cuda" else (lambda: None)
     if dev.type == "cuda":
         torch.cuda.reset_peak_memory_stats(dev)
-    loop_rss: list[float] = []
-
     def timed() -> Any:
-        with torch.inference_mode(), autocast, memory.RssSampler() as rss:
-            t = time_loop(lambda: runner(x), sync, batch_size=case["batch_size"], warmup_iters=case["warmup_iters"],
-                          min_iters=case["min_iters"], min_seconds=case["min_seconds"], max_iters=case["max_iters"])
-        loop_rss.append(rss.peak_delta_mb)
-        return t
+        with torch.inference_mode(), autocast:
+            return time_loop(lambda: runner(x), sync, batch_size=case["batch_size"],
+                             warmup_iters=case["warmup_iters"], min_iters=case["min_iters"],
+                             min_seconds=case["min_seconds"], max_iters=case["max_iters"])
 
     t, row["cpu_steal_pct"], row["timing_attempts"] = time_loop_quiet(timed, case["max_steal_pct"],
                                                                       case["timing_attempts"])
@@ -194,6 +199,5 @@ def measure(case: dict[str, Any], run_dir: str) -> dict[str, Any]:
                    cuda_peak_reserved_mb=torch.cuda.max_memory_reserved(dev) / 1e6,
                    nvml_used_mb=memory.nvml_used_mb(dev.index or 0))
     row["peak_rss_mb"] = memory.peak_rss_mb()
-    row["loop_rss_delta_mb"] = max(loop_rss)
     row["duration_s"] = time.perf_counter() - t_start
     return row
