@@ -11,7 +11,7 @@ from typing import Any
 # cases.csv columns, in order (units in the names). Empty cell = not measured (status/error say why).
 CASE_COLUMNS = [
     "case_id", "suite", "pair", "role", "label", "provider", "model", "framework", "backend", "device",
-    "device_name", "precision", "compile_mode", "batch_size", "img_size", "tokens", "status", "error",
+    "device_name", "precision", "compile_mode", "batch_size", "img_size", "tokens", "attention", "status", "error",
     "samples_per_sec", "step_time_ms", "latency_ms_p50", "latency_ms_p90", "latency_ms_p99", "latency_ms_mean",
     "latency_ms_stdev", "latency_ms_min", "iters", "timed_s", "cpu_steal_pct", "timing_attempts", "first_call_s",
     "eager_first_call_s",
