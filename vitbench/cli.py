@@ -397,18 +397,19 @@ def scan_cmd(
         fam = res.families
         counts = fam.status.value_counts().to_dict()
         console.print(f"{len(res.models)} models in {len(fam)} families: " +
-                      ", ".join(f"{counts.get(k, 0)} {k}" for k in ("new", "uncovered", "covered")) +
+                      ", ".join(f"{counts.get(k, 0)} {k}" for k in ("new", "new, covered", "uncovered", "covered"))
+                      +
                       (" (no --previous: nothing is marked new)" if previous is None else ""))
         t = Table(title=f"families (top {top}; score = samples/s relative to the size trend, 1.0 = on trend)")
         for col in ("family", "status", "timm module", "models", "best model", "params M", "samples/s", "score",
                     "examples"):
             t.add_column(col, justify="right" if col in ("models", "params M", "samples/s", "score") else "left")
         for r in fam.head(top).itertuples():
-            colour = {"new": "green", "covered": "cyan"}.get(r.status, "white")
+            colour = {"new": "green", "new, covered": "green", "covered": "cyan"}.get(r.status, "white")
             t.add_row(r.family, f"[{colour}]{r.status}[/]", r.architecture, str(r.models), r.best_model,
                       _fmt(r.param_count_m), _fmt(r.samples_per_sec), _fmt(r.score), r.examples)
         console.print(t)
-        new = fam[fam.status == "new"]
+        new = fam[fam.status.str.startswith("new")]
         if len(new):
             console.print("new families since --previous: " + ", ".join(new.family), soft_wrap=True)
         console.print(f"scan CSV (use as next --previous): {csv_out}")

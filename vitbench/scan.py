@@ -92,11 +92,10 @@ def scan(tables: list[str], previous: str | None = None, suites_dir: Path | None
     prev_families = {family_of(m) for m in prev_models} if previous else None
 
     def status(fam: str) -> str:
-        if fam in covered:
-            return "covered"
-        if prev_families is not None and fam not in prev_families:
-            return "new"
-        return "uncovered"
+        """Two facts: new since --previous (or not), covered by our suites (or not)."""
+        new = prev_families is not None and fam not in prev_families
+        cov = fam in covered
+        return "new, covered" if new and cov else "new" if new else "covered" if cov else "uncovered"
 
     df["status"] = df.family.map(status)
     df["new_model"] = ~df.model.isin(prev_models) if previous else False
@@ -107,7 +106,7 @@ def scan(tables: list[str], previous: str | None = None, suites_dir: Path | None
                      "models": len(g), "best_model": best.model, "param_count_m": best.param_count_m,
                      "samples_per_sec": best.samples_per_sec, "score": best.score,
                      "examples": ", ".join(g.model.head(3))})
-    order = {"new": 0, "uncovered": 1, "covered": 2}
+    order = {"new": 0, "new, covered": 1, "uncovered": 2, "covered": 3}
     families = pd.DataFrame(fams)
     families = families.assign(_o=families.status.map(order)).sort_values(["_o", "score"], ascending=[True, False])
     families = families.drop(columns="_o").reset_index(drop=True)
@@ -117,7 +116,8 @@ def scan(tables: list[str], previous: str | None = None, suites_dir: Path | None
 
 
 def emit_suite(result: ScanResult, path: Path, top: int) -> int:
-    """Write a suite with timm references for the top new (else uncovered) families. Returns the pair count."""
+    """Write a suite with timm references for the top new families our suites do not cover yet (else the top
+    uncovered ones). Returns the pair count."""
     import yaml
 
     pick = result.families[result.families.status == "new"].head(top)
