@@ -2,7 +2,6 @@
 snapshot, and which are fastest for their size (throughput relative to a log-log fit on parameter count)."""
 from __future__ import annotations
 
-import math
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -132,6 +131,3 @@ def emit_suite(result: ScanResult, path: Path, top: int) -> int:
     Path(path).write_text(yaml.safe_dump(doc, sort_keys=False))
     return len(pairs)
 
-
-def fmt_score(v: float) -> str:
-    return "" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v:.2f}"

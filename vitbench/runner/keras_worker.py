@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import os
 import time
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -132,6 +131,3 @@ def measure(case: dict[str, Any], run_dir: str) -> dict[str, Any]:
 def prepare(case: dict[str, Any], run_dir: str) -> dict[str, Any]:
     raise NotImplementedError("a Keras reference cannot write artifacts yet: use a torch reference")
 
-
-def artifact_exists(run_dir: str, case: dict[str, Any]) -> bool:
-    return Path(artifact_path(run_dir, case["pair"], case["device"])).exists()

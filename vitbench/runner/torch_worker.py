@@ -180,6 +180,7 @@ def measure(case: dict[str, Any], run_dir: str) -> dict[str, Any]:
     sync = (lambda: torch.cuda.synchronize(dev)) if dev.type == "cuda" else (lambda: None)
     if dev.type == "cuda":
         torch.cuda.reset_peak_memory_stats(dev)
+
     def timed() -> Any:
         with torch.inference_mode(), autocast:
             return time_loop(lambda: runner(x), sync, batch_size=case["batch_size"],

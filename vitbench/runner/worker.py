@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import os
 import sys
-import time
 import traceback
 from pathlib import Path
 from typing import Any
@@ -73,6 +72,3 @@ def main(case: dict[str, Any], run_dir: str, conn: Any, log_path: str, env: dict
     finally:
         conn.close()
 
-
-def elapsed(t0: float) -> float:
-    return time.perf_counter() - t0
