@@ -159,7 +159,10 @@ def token_sweep(rows: list[dict[str, Any]], path: Path) -> Path | None:
     panels = []
     for kind, key in (("tokens", "tokens"), ("image size, px", "img_size")):
         sub = [r for r in ok if _f(r.get(key)) and (key == "tokens" or not _f(r.get("tokens")))]
-        if len({_f(r[key]) for r in sub}) > 1:
+        sizes: dict[str, set] = {}
+        for r in sub:
+            sizes.setdefault(r["label"], set()).add(_f(r[key]))
+        if any(len(v) > 1 for v in sizes.values()):  # a sweep: some implementation measured at several sizes
             panels.append((kind, key, sub))
     if not panels:
         return None
