@@ -68,14 +68,16 @@ def _timed_call(fn: Callable[[], Any], sync: Callable[[], None]) -> tuple[float,
     return time.perf_counter() - t0, y
 
 
-def _first_tensor(y: Any) -> torch.Tensor:
+def output_tensor(y: Any) -> torch.Tensor:
+    """The tensor of a model's output that is compared: the output itself, the last of a list/tuple (e.g. the
+    deepest level of a multi-level backbone), or the first value of a dict."""
     if isinstance(y, torch.Tensor):
         return y
-    if isinstance(y, (list, tuple)):
-        return _first_tensor(y[-1])
-    if isinstance(y, dict):
-        return _first_tensor(next(iter(y.values())))
-    raise TypeError(f"unsupported output type {type(y).__name__}")
+    if isinstance(y, (list, tuple)) and y:
+        return output_tensor(y[-1])
+    if isinstance(y, dict) and y:
+        return output_tensor(next(iter(y.values())))
+    raise TypeError(f"cannot compare a model output of type {type(y).__name__}")
 
 
 def prepare(
@@ -122,7 +124,7 @@ def prepare(
           flush=True)
     row["graph_breaks"] = c["graph_breaks"]
     row["_frames_after_first_call"] = c["frames"]
-    diff = (_first_tensor(y_comp).float() - _first_tensor(y_eager).float()).abs().max().item()
+    diff = (output_tensor(y_comp).float() - output_tensor(y_eager).float()).abs().max().item()
     row["compiled_max_abs_diff"] = diff
     return runner, row
 

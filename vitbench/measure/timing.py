@@ -6,6 +6,9 @@ import statistics
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import TypeVar
+
+T = TypeVar("T")
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -108,19 +111,29 @@ def steal_pct(before: tuple[int, int] | None, after: tuple[int, int] | None) -> 
     return 100.0 * (after[0] - before[0]) / (after[1] - before[1])
 
 
-def time_loop_quiet(run: Callable[[], TimingResult], max_steal_pct: float, max_attempts: int
-                    ) -> tuple[TimingResult, float | None, int]:
-    """Run a timed loop; while the hypervisor took more than ``max_steal_pct`` of the CPU during it, run it
-    again (up to ``max_attempts``) and keep the least-contended attempt. Returns (timing, steal %, attempts)."""
-    best: tuple[TimingResult, float | None] | None = None
-    attempts = 0
-    for attempts in range(1, max_attempts + 1):  # noqa: B007  (attempts is reported)
-        before = cpu_times()
-        t = run()
-        steal = steal_pct(before, cpu_times())
+def least_contended(attempt: Callable[[], tuple[T, float | None]], max_steal_pct: float, max_attempts: int
+                    ) -> tuple[T, float | None, int]:
+    """Run ``attempt() -> (result, steal %)`` until the hypervisor took at most ``max_steal_pct`` of the CPU during
+    it (or ``max_attempts`` ran); keep the least-contended result. Returns (result, its steal %, attempts run)."""
+    best: tuple[T, float | None] | None = None
+    n = 0
+    for n in range(1, max_attempts + 1):  # noqa: B007  (n is reported)
+        result, steal = attempt()
         if best is None or (steal is not None and (best[1] is None or steal < best[1])):
-            best = (t, steal)
+            best = (result, steal)
         if steal is None or steal <= max_steal_pct:
             break
     assert best is not None
-    return best[0], best[1], attempts
+    return best[0], best[1], n
+
+
+def time_loop_quiet(run: Callable[[], TimingResult], max_steal_pct: float, max_attempts: int
+                    ) -> tuple[TimingResult, float | None, int]:
+    """A timed loop, re-timed while the hypervisor took more than ``max_steal_pct`` of the CPU during it."""
+
+    def attempt() -> tuple[TimingResult, float | None]:
+        before = cpu_times()
+        t = run()
+        return t, steal_pct(before, cpu_times())
+
+    return least_contended(attempt, max_steal_pct, max_attempts)

@@ -3,6 +3,7 @@ timm's fused qkv weights are split into its query/key/value kernels), and ``dot_
 (keras.ops, wrapped as a layer, kwargs num_heads)."""
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 import numpy as np
@@ -47,7 +48,8 @@ def port_mha(mha: Any, state: dict[str, np.ndarray]) -> None:
     mha.output_dense.bias.assign(state["proj.bias"])
 
 
-def _mha_wrapper():  # type: ignore[no-untyped-def]
+@functools.cache
+def _mha_wrapper():  # type: ignore[no-untyped-def]  (one class, made on first use: keras is imported lazily)
     import keras
 
     class _KerasMHA(keras.layers.Layer):

@@ -4,6 +4,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from .timm_table import as_float
+
 
 def _plt():  # type: ignore[no-untyped-def]
     import matplotlib
@@ -12,14 +14,6 @@ def _plt():  # type: ignore[no-untyped-def]
     import matplotlib.pyplot as plt
 
     return plt
-
-
-def _f(v: Any) -> float | None:
-    try:
-        f = float(v)
-    except (TypeError, ValueError):
-        return None
-    return None if f != f else f
 
 
 def compile_plot(rows: list[dict[str, Any]], path: Path) -> Path | None:
@@ -37,13 +31,13 @@ def compile_plot(rows: list[dict[str, Any]], path: Path) -> Path | None:
     colours = {"eager": "#999999", "full": "#1f77b4", "regional": "#ff7f0e"}
     for j, mode in enumerate(m for m in modes if m != "eager"):
         for kind, alpha, hatch in (("cold", 1.0, ""), ("warm", 0.45, "//")):
-            vals = [_f(by.get((g[0], g[1], mode), {}).get(f"compile_{kind}_s")) or 0 for g in groups]
+            vals = [as_float(by.get((g[0], g[1], mode), {}).get(f"compile_{kind}_s")) or 0 for g in groups]
             ax1.bar([x + (j - 0.5) * 0.4 + (0.1 if kind == "warm" else -0.1) for x in xs], vals, 0.2,
                     color=colours[mode], alpha=alpha, hatch=hatch, label=f"{mode} {kind}")
     ax1.set_ylabel("compile time, s (first call minus eager first call)")
     ax1.set_title("cold vs warm compile")
     for j, mode in enumerate(modes):
-        vals = [_f(by.get((g[0], g[1], mode), {}).get("samples_per_sec")) or 0 for g in groups]
+        vals = [as_float(by.get((g[0], g[1], mode), {}).get("samples_per_sec")) or 0 for g in groups]
         ax2.bar([x + (j - (len(modes) - 1) / 2) * width for x in xs], vals, width, color=colours[mode], label=mode)
     ax2.set_ylabel("steady-state samples/s")
     ax2.set_title("throughput after compile")
@@ -72,7 +66,7 @@ def throughput_vs_params(sets: list[Any], path: Path) -> Path | None:
     points = []
     for res in sets:
         for r in res.df.to_dict("records"):
-            x, y = _f(r.get("param_count_m")), _f(r.get("samples_per_sec"))
+            x, y = as_float(r.get("param_count_m")), as_float(r.get("samples_per_sec"))
             if r.get("status", "ok") == "ok" and x and y:
                 points.append((_impl(r, res.source, res.kind), x, y, str(r["label"]), r.get("batch_size")))
     if not points:
@@ -107,7 +101,7 @@ def throughput_vs_params(sets: list[Any], path: Path) -> Path | None:
 
 def latency_percentiles(rows: list[dict[str, Any]], path: Path) -> Path | None:
     """p50 / p90 / p99 latency per case (horizontal bars, ms per batch)."""
-    ok = [r for r in rows if r.get("status") == "ok" and _f(r.get("latency_ms_p50"))]
+    ok = [r for r in rows if r.get("status") == "ok" and as_float(r.get("latency_ms_p50"))]
     if not ok:
         return None
     plt = _plt()
@@ -115,7 +109,7 @@ def latency_percentiles(rows: list[dict[str, Any]], path: Path) -> Path | None:
     names = [f"{r['label']} {r.get('compile_mode', '')} {r.get('precision', '')} bs{r.get('batch_size', '')}"
              for r in ok]
     for q, colour in (("p99", "#d62728"), ("p90", "#ff7f0e"), ("p50", "#1f77b4")):
-        ax.barh(names, [_f(r.get(f"latency_ms_{q}")) or 0 for r in ok], color=colour, label=q)
+        ax.barh(names, [as_float(r.get(f"latency_ms_{q}")) or 0 for r in ok], color=colour, label=q)
     ax.set_xscale("log")
     ax.set_xlabel("latency, ms per batch (log)")
     ax.set_title("latency percentiles per case")
@@ -130,16 +124,16 @@ def latency_percentiles(rows: list[dict[str, Any]], path: Path) -> Path | None:
 
 def numeric_diff(rows: list[dict[str, Any]], path: Path) -> Path | None:
     """Max abs diff of each candidate vs its reference (log), with the tolerance."""
-    c = [r for r in rows if r.get("role") == "candidate" and _f(r.get("max_abs_diff")) is not None]
+    c = [r for r in rows if r.get("role") == "candidate" and as_float(r.get("max_abs_diff")) is not None]
     if not c:
         return None
     plt = _plt()
     fig, ax = plt.subplots(figsize=(10, 0.45 * len(c) + 1.5))
     names = [f"{r.get('pair', '')}: {r['label']} {r.get('compile_mode', '')} bs{r.get('batch_size', '')}" for r in c]
-    vals = [max(_f(r["max_abs_diff"]) or 0.0, 1e-12) for r in c]
+    vals = [max(as_float(r["max_abs_diff"]) or 0.0, 1e-12) for r in c]
     colours = ["#2ca02c" if r.get("numerics_status") == "ok" else "#d62728" for r in c]
     ax.barh(names, vals, color=colours)
-    tols = {_f(r.get("tolerance_max_abs")) for r in c} - {None}
+    tols = {as_float(r.get("tolerance_max_abs")) for r in c} - {None}
     for t in tols:
         ax.axvline(t, color="k", linestyle="--", linewidth=1)
     ax.set_xscale("log")
@@ -155,13 +149,13 @@ def numeric_diff(rows: list[dict[str, Any]], path: Path) -> Path | None:
 def token_sweep(rows: list[dict[str, Any]], path: Path) -> Path | None:
     """Latency (p50) and timed-loop memory vs token count (token-input cases) and vs image size (image cases),
     one line per implementation: where quadratic attention stops being the cost that matters."""
-    ok = [r for r in rows if r.get("status") == "ok" and _f(r.get("latency_ms_p50"))]
+    ok = [r for r in rows if r.get("status") == "ok" and as_float(r.get("latency_ms_p50"))]
     panels = []
     for kind, key in (("tokens", "tokens"), ("image size, px", "img_size")):
-        sub = [r for r in ok if _f(r.get(key)) and (key == "tokens" or not _f(r.get("tokens")))]
+        sub = [r for r in ok if as_float(r.get(key)) and (key == "tokens" or not as_float(r.get("tokens")))]
         sizes: dict[str, set] = {}
         for r in sub:
-            sizes.setdefault(r["label"], set()).add(_f(r[key]))
+            sizes.setdefault(r["label"], set()).add(as_float(r[key]))
         if any(len(v) > 1 for v in sizes.values()):  # a sweep: some implementation measured at several sizes
             panels.append((kind, key, sub))
     if not panels:
@@ -174,7 +168,7 @@ def token_sweep(rows: list[dict[str, Any]], path: Path) -> Path | None:
         for metric, ax, ylabel in (("latency_ms_p50", row_axes[0], "latency p50, ms per batch"),
                                    ("forward_rss_delta_mb", row_axes[1], "memory of one forward (RSS growth), MB")):
             for i, label in enumerate(labels):
-                pts = sorted((_f(r[key]), _f(r.get(metric))) for r in sub if r["label"] == label)
+                pts = sorted((as_float(r[key]), as_float(r.get(metric))) for r in sub if r["label"] == label)
                 pts = [p for p in pts if p[1] is not None]
                 if pts:
                     ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", color=cmap(i % 10), label=label,

@@ -19,7 +19,8 @@ def table_name(precision: str, torch_version: str, device_tag: str, compile_mode
            f"{MODE_SUFFIX.get(compile_mode, '-' + compile_mode)}.csv"
 
 
-def _num(v: Any) -> float | None:
+def as_float(v: Any) -> float | None:
+    """A CSV cell as a float; None for empty, NaN or text."""
     try:
         f = float(v)
     except (TypeError, ValueError):
@@ -29,12 +30,12 @@ def _num(v: Any) -> float | None:
 
 def timm_row(r: dict[str, Any]) -> dict[str, Any]:
     def rnd(key: str, nd: int) -> Any:
-        v = _num(r.get(key))
+        v = as_float(r.get(key))
         return "" if v is None else round(v, nd)
 
     return {
         "model": r["label"],
-        "infer_img_size": rnd("img_size", 0) if _num(r.get("img_size")) is None else int(float(r["img_size"])),
+        "infer_img_size": "" if as_float(r.get("img_size")) is None else int(float(r["img_size"])),
         "infer_samples_per_sec": rnd("samples_per_sec", 2),
         "infer_step_time": rnd("step_time_ms", 3),
         "infer_batch_size": int(float(r["batch_size"])),

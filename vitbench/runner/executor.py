@@ -14,6 +14,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+from ..measure.timing import least_contended
 from ..suite import Case
 from . import worker
 from .store import ResultStore
@@ -110,23 +111,23 @@ class Runner:
         if case.role == "candidate" and case.port:
             self._ensure_reference(case)
         compiled = case.framework == "torch" and case.compile_mode in ("full", "regional")
-        out, cache_dir, env = None, None, {}
-        for attempt in range(1, (case.timing_attempts if compiled else 1) + 1):  # noqa: B007  (reported below)
-            if cache_dir:
-                shutil.rmtree(cache_dir, ignore_errors=True)
+        cache: dict[str, Any] = {"dir": None, "env": {}}
+
+        def attempt() -> tuple[JobOutcome, float | None]:
+            if cache["dir"]:
+                shutil.rmtree(cache["dir"], ignore_errors=True)
             if compiled:  # a fresh, private Inductor cache: the first compiled call is a cold start
-                cache_dir = tempfile.mkdtemp(prefix=f"vitbench-inductor-{case.case_id}-")
-                env = {"TORCHINDUCTOR_CACHE_DIR": cache_dir, "TRITON_CACHE_DIR": f"{cache_dir}/triton"}
-            trial = run_job(case.to_dict(), self.out, "measure", case.timeout_s, log, env)
-            steal = trial.result.get("compile_steal_pct_cold") if trial.status == "ok" else None
-            if out is None or (steal is not None and steal < (out.result.get("compile_steal_pct_cold") or 1e9)):
-                out = trial
-            if steal is None or steal <= case.max_steal_pct:
-                break  # a cold compile the hypervisor took over 5% of is timed again, in a fresh worker and cache
-        assert out is not None
+                d = tempfile.mkdtemp(prefix=f"vitbench-inductor-{case.case_id}-")
+                cache.update(dir=d, env={"TORCHINDUCTOR_CACHE_DIR": d, "TRITON_CACHE_DIR": f"{d}/triton"})
+            trial = run_job(case.to_dict(), self.out, "measure", case.timeout_s, log, cache["env"])
+            return trial, trial.result.get("compile_steal_pct_cold") if trial.status == "ok" else None
+
+        # a cold compile the hypervisor took too much CPU from is timed again, in a fresh worker and cache
+        out, _, attempts = least_contended(attempt, case.max_steal_pct, case.timing_attempts if compiled else 1)
         if compiled and out.status == "ok":
-            out.result["compile_attempts"] = attempt  # cold compiles run; the least-contended one is kept
+            out.result["compile_attempts"] = attempts  # cold compiles run; the least-contended one is kept
         # the warm start below reuses the on-disk cache of the last cold compile (each one compiled the same case)
+        cache_dir, env = cache["dir"], cache["env"]
         row: dict[str, Any] = {**self.env_row, **_case_columns(case), "started_at": started}
         row.update(out.result)
         latencies = row.pop("latencies_ms", None)

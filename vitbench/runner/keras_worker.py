@@ -10,9 +10,9 @@ from typing import Any
 import numpy as np
 
 from ..env import pkg_version
-from ..measure import memory, numerics
+from ..measure import memory
 from ..measure.timing import time_loop, time_loop_quiet
-from .worker import artifact_path
+from .worker import compare_candidate
 
 
 def _setup(case: dict[str, Any]) -> str:
@@ -39,27 +39,16 @@ def _numerics(case: dict[str, Any], model: Any, run_dir: str) -> dict[str, Any]:
 
     if case["role"] == "reference":
         return {"numerics_status": "reference", "numerics_error": "a Keras reference writes no artifacts yet"}
-    if not case["port"]:
-        return {"numerics_status": "skipped", "numerics_error": "port: false in the suite"}
-    path = artifact_path(run_dir, case["pair"], case["device"])
-    if not path.exists():
-        return {"numerics_status": "error", "numerics_error": "no reference artifacts (did the reference fail?)"}
     import keras
 
-    art = np.load(path)
-    state = {k[2:]: art[k] for k in art.files if k.startswith("w/")}
-    try:
-        x = art["x"]
+    def run_candidate(state: dict[str, np.ndarray], x: np.ndarray) -> np.ndarray:
         if x.ndim == 4:
             x = x.transpose(0, 2, 3, 1)  # NCHW (torch reference) -> NHWC
         model(x[:1])  # build
         get_provider(case["provider"]).port(model, state)
-        y = keras.ops.convert_to_numpy(model(x))
-        res = numerics.compare(art["y"], y)
-    except Exception as e:  # noqa: BLE001  (a failed port is a numerics error; timing still counts)
-        return {"numerics_status": "error", "numerics_error": f"{type(e).__name__}: {str(e).splitlines()[0]}"[:400]}
-    ok = res["max_abs_diff"] <= case["tolerance_max_abs"]
-    return {**res, "numerics_status": "ok" if ok else "fail", "tolerance_max_abs": case["tolerance_max_abs"]}
+        return keras.ops.convert_to_numpy(model(x))
+
+    return compare_candidate(case, run_dir, run_candidate)
 
 
 def _macs(model: Any, case: dict[str, Any]) -> dict[str, Any]:

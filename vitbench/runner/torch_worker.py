@@ -12,10 +12,11 @@ import numpy as np
 import torch
 
 from ..env import pkg_version
-from ..measure import flops, memory, numerics
+from ..measure import flops, memory
+from ..measure.compile import output_tensor
 from ..measure.timing import time_loop, time_loop_quiet
 from ..providers import get_provider
-from .worker import artifact_path
+from .worker import artifact_path, compare_candidate
 
 DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16, "amp": torch.float16, "amp_bf16": torch.bfloat16}
 
@@ -53,20 +54,10 @@ def _input(case: dict[str, Any], batch: int, img: int | None, dev: torch.device)
     return torch.randn(*shape, generator=g).to(dev)
 
 
-def _out_tensor(y: Any) -> torch.Tensor:
-    if isinstance(y, torch.Tensor):
-        return y
-    if isinstance(y, (list, tuple)) and y and isinstance(y[-1], torch.Tensor):
-        return y[-1]
-    if isinstance(y, dict):
-        return next(v for v in y.values() if isinstance(v, torch.Tensor))
-    raise TypeError(f"cannot compare a model output of type {type(y).__name__}")
-
-
 def _write_artifact(path: Path, model: Any, img: int | None, case: dict[str, Any], dev: torch.device) -> None:
     x = _input(case, case["numerics_batch"], img, dev)
     with torch.inference_mode():
-        y = _out_tensor(model(x))
+        y = output_tensor(model(x))
     weights = {f"w/{k}": v.detach().float().cpu().numpy() for k, v in model.state_dict().items()}
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp.npz")
@@ -89,24 +80,13 @@ def _numerics(case: dict[str, Any], model: Any, run_dir: str, dev: torch.device,
         if not path.exists():
             _write_artifact(path, model, img, case, dev)
         return {"numerics_status": "reference"}
-    if not case["port"]:
-        return {"numerics_status": "skipped", "numerics_error": "port: false in the suite"}
-    if not path.exists():
-        return {"numerics_status": "error", "numerics_error": "no reference artifacts (did the reference fail?)"}
-    art = np.load(path)
-    state = {k[2:]: art[k] for k in art.files if k.startswith("w/")}
-    try:
+
+    def run_candidate(state: dict[str, np.ndarray], x: np.ndarray) -> np.ndarray:
         get_provider(case["provider"]).port(model, state)
-        x = torch.from_numpy(art["x"]).to(dev)
         with torch.inference_mode():
-            y = _out_tensor(model(x)).float().cpu().numpy()
-        res = numerics.compare(art["y"], y)
-    except Exception as e:  # noqa: BLE001  (a failed port is a numerics error, the timing still counts)
-        return {"numerics_status": "error", "numerics_error": f"{type(e).__name__}: {str(e).splitlines()[0]}"[:400]}
-    ok = res["max_abs_diff"] <= case["tolerance_max_abs"]
-    if case.get("tolerance_min_cosine") is not None:
-        ok = ok and res["cosine_sim"] >= case["tolerance_min_cosine"]
-    return {**res, "numerics_status": "ok" if ok else "fail", "tolerance_max_abs": case["tolerance_max_abs"]}
+            return output_tensor(model(torch.from_numpy(x).to(dev))).float().cpu().numpy()
+
+    return compare_candidate(case, run_dir, run_candidate)
 
 
 def _device_name(dev: torch.device) -> str:

@@ -7,8 +7,11 @@ from __future__ import annotations
 import os
 import sys
 import traceback
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+
+import numpy as np
 
 ARTIFACT = "reference.npz"
 
@@ -35,6 +38,30 @@ def classify(e: BaseException) -> str:
     if name == "OutOfMemoryError" or isinstance(e, MemoryError) or oom_text:
         return "oom"
     return "error"
+
+
+def compare_candidate(case: dict[str, Any], run_dir: str | Path,
+                      run_candidate: Callable[[dict[str, np.ndarray], np.ndarray], np.ndarray]) -> dict[str, Any]:
+    """A candidate's numerics, the same for every framework: load the reference's artifacts, let the worker port
+    the weights and run the input (``run_candidate(state, x) -> output``), compare, judge against the tolerance.
+    A failed port is a numerics error; the case's timing still counts."""
+    from ..measure import numerics
+
+    if not case["port"]:
+        return {"numerics_status": "skipped", "numerics_error": "port: false in the suite"}
+    path = artifact_path(run_dir, case["pair"], case["device"])
+    if not path.exists():
+        return {"numerics_status": "error", "numerics_error": "no reference artifacts (did the reference fail?)"}
+    art = np.load(path)
+    state = {k[2:]: art[k] for k in art.files if k.startswith("w/")}
+    try:
+        res = numerics.compare(art["y"], run_candidate(state, art["x"]))
+    except Exception as e:  # noqa: BLE001
+        return {"numerics_status": "error", "numerics_error": one_line(e)}
+    ok = res["max_abs_diff"] <= case["tolerance_max_abs"]
+    if case.get("tolerance_min_cosine") is not None:
+        ok = ok and res["cosine_sim"] >= case["tolerance_min_cosine"]
+    return {**res, "numerics_status": "ok" if ok else "fail", "tolerance_max_abs": case["tolerance_max_abs"]}
 
 
 def main(case: dict[str, Any], run_dir: str, conn: Any, log_path: str, env: dict[str, str], job: str) -> None:

@@ -21,6 +21,7 @@ from torch import nn
 
 from ._registry import register_configs
 from .layers import Mlp
+from .swin import ClassifierHead
 
 
 def window_partition(x: torch.Tensor, ws: int) -> tuple[torch.Tensor, tuple[int, int]]:
@@ -126,18 +127,6 @@ class LayerNorm2d(nn.LayerNorm):
         return super().forward(x.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
 
 
-class ClassifierHead(nn.Module):
-    """Global average pool of a (B, C, H, W) map, then ``fc``."""
-
-    def __init__(self, dim: int, num_classes: int) -> None:
-        super().__init__()
-        self.fc = nn.Linear(dim, num_classes) if num_classes > 0 else nn.Identity()
-
-    def forward(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
-        x = x.mean(dim=(2, 3))
-        return x if pre_logits else self.fc(x)
-
-
 class PatchEmbed(nn.Module):
     """(B, 3, H, W) -> (B, H/p, W/p, C)."""
 
@@ -181,7 +170,7 @@ class VisionTransformerSAM(nn.Module):
         self.neck = nn.Sequential(nn.Conv2d(embed_dim, neck_chans, 1, bias=False), LayerNorm2d(neck_chans),
                                   nn.Conv2d(neck_chans, neck_chans, 3, padding=1, bias=False), LayerNorm2d(neck_chans))
         self.num_features = neck_chans
-        self.head = ClassifierHead(neck_chans, num_classes)
+        self.head = ClassifierHead(neck_chans, num_classes, pool_dims=(2, 3))  # the neck map is NCHW
         self.compile_regions = ("blocks",)  # windowed and global blocks differ: dynamo keeps a graph for each kind
 
     def _embed(self, x: torch.Tensor) -> torch.Tensor:

@@ -171,14 +171,15 @@ class PatchEmbed(nn.Module):
 
 
 class ClassifierHead(nn.Module):
-    """Average over (H, W), then ``fc`` (timm's ClassifierHead key names)."""
+    """Average over the spatial axes ((1, 2) for channels-last, (2, 3) for NCHW), then ``fc`` (timm's key names)."""
 
-    def __init__(self, dim: int, num_classes: int) -> None:
+    def __init__(self, dim: int, num_classes: int, pool_dims: tuple[int, int] = (1, 2)) -> None:
         super().__init__()
+        self.pool_dims = pool_dims
         self.fc = nn.Linear(dim, num_classes) if num_classes > 0 else nn.Identity()
 
     def forward(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
-        x = x.mean(dim=(1, 2))
+        x = x.mean(dim=self.pool_dims)
         return x if pre_logits else self.fc(x)
 
 
