@@ -180,6 +180,128 @@ def run(
     raise typer.Exit(code)
 
 
+@app.command()
+def finetune(
+    suite: Annotated[Path | None, typer.Argument(help="Suite YAML; its finetune: section sets the training "
+                                                      "(default: the embedded suites/finetune.yaml).",
+                                                 show_default=False)] = None,
+    dataset: Annotated[str | None, typer.Option("--dataset", help="Built-in dataset (animal-shape, digits, "
+                                                "mnist-5k) or an image folder (<class>/*.jpg or train/ + val/).")]
+    = None,
+    steps: Annotated[int | None, typer.Option("--steps", help="Optimizer steps per model.", min=1)] = None,
+    batch_size: Annotated[int | None, typer.Option("--batch-size", "-b", help="Training batch size.", min=1)] = None,
+    device: DeviceOpt = "cpu",
+    out: OutOpt = None,
+    only: OnlyOpt = None,
+    resume: ResumeOpt = None,
+) -> None:
+    """Fine-tune every PyTorch side of a suite's pairs on one dataset: top-k accuracy, loss curve, training
+    samples/s, peak memory, FLOPs, params; TensorBoard events, weights and sample grids per model."""
+    from pydantic import ValidationError
+
+    from . import env as env_mod
+    from .finetune.data import resolve_dataset
+    from .finetune.plan import expand, resolve_settings
+    from .finetune.runner import FinetuneRunner
+    from .suite import load_suite
+
+    with _errors():
+        path = suite if suite is not None else _embedded("finetune.yaml")
+        s = load_suite(path)
+        try:
+            settings = resolve_settings(s, dataset=dataset, steps=steps, batch_size=batch_size)
+        except ValidationError as e:
+            err = e.errors()[0]
+            raise InputError(f"finetune.{'.'.join(map(str, err['loc']))}: {err['msg']}") from None
+        where = "--dataset" if dataset is not None else f"{path.name}: finetune.dataset"
+        spec = resolve_dataset(settings.dataset, where)
+        env_mod.check_device(device)
+        cases = expand(s, settings, spec, device, only=only)
+        if not cases:
+            raise InputError(f"--only '{only}': no pair of {path.name} matches "
+                             f"(pairs: {', '.join(p.name for p in s.pairs)})")
+        out_dir = _out_dir(out, resume, f"{s.name}-finetune")
+        out_dir.mkdir(parents=True, exist_ok=True)
+        runner = FinetuneRunner(out_dir, env_mod.row_versions())
+        if resume is not None:
+            dropped = runner.store.drop_unfinished()
+            done = runner.store.done_ids()
+            todo = [c for c in cases if c.case_id not in done]
+            console.print(f"resuming {out_dir}: {len(cases) - len(todo)} cases done, {len(todo)} to run"
+                          + (f" ({dropped} failed rows will run again)" if dropped else ""))
+            cases = todo
+        info = env_mod.collect()
+        (out_dir / "env.json").write_text(json.dumps(info, indent=2))
+        (out_dir / "suite.yaml").write_text(path.read_text())
+        (out_dir / "finetune.json").write_text(json.dumps({"settings": settings.model_dump(),
+                                                           "dataset": spec.to_dict()}, indent=2))
+        console.print(f"vitbench finetune {path} on {device}: {len(cases)} models x {settings.steps} steps "
+                      f"(batch {settings.batch_size}) on {spec.label} ({len(spec.classes)} classes) -> {out_dir}")
+        interrupted = False
+        try:
+            _run_with_progress(runner, cases)
+        except KeyboardInterrupt:
+            interrupted = True
+        code = _finish_finetune(runner, out_dir, info, device, interrupted, len(spec.classes))
+    raise typer.Exit(code)
+
+
+def _embedded(name: str) -> Path:
+    local = Path("suites") / name
+    return local if local.is_file() else suites_dir() / name
+
+
+def _finish_finetune(runner: Any, out_dir: Path, info: dict[str, Any], device: str, interrupted: bool,
+                     num_classes: int) -> int:
+    from rich.table import Table
+
+    from . import env as env_mod
+    from .report.plots import finetune_accuracy_vs_throughput, finetune_curves
+    from .report.timm_table import write_train_tables
+
+    rows = [r for r in runner.store.rows() if r.get("task") == "finetune"]
+    written = write_train_tables(rows, out_dir, info.get("torch", {}).get("version", "unknown"),
+                                 {device: env_mod.device_tag(device, info)})
+    curves = out_dir / "curves.csv"
+    for plot in (finetune_accuracy_vs_throughput(rows, out_dir / "finetune_accuracy_vs_throughput.png"),
+                 finetune_curves(curves, out_dir / "finetune_curves.png") if curves.exists() else None):
+        if plot:
+            written.append(plot)
+    t = Table(title=f"vitbench finetune (chance top-1 = {100 / num_classes:.1f}%)")
+    for col in ("implementation", "init", "status", "top-1 %", "top-5 %", "val loss", "train img/s", "step ms",
+                "peak MB", "train GMACs/img", "params M"):
+        t.add_column(col, justify="left" if col in ("implementation", "init", "status") else "right")
+    for r in rows:
+        status = r["status"] if r["status"] == "ok" else f"[red]{r['status']}[/]"
+        mem = r.get("cuda_peak_allocated_mb") or r.get("peak_rss_mb")
+        init = (r.get("init") or "").split(";")[0].split(",")[0]
+        t.add_row(r["label"], init, status, _fmt(r.get("top1")), _fmt(r.get("top5")), _fmt(r.get("val_loss"), 3),
+                  _fmt(r.get("samples_per_sec"), 1), _fmt(r.get("step_time_ms"), 1), _fmt(mem, 0),
+                  _fmt(r.get("train_gmacs"), 3), _fmt(r.get("param_count_m"), 3))
+    console.print(t)
+    for r in rows:
+        if r["status"] not in ("ok", "skipped"):
+            console.print(f"[red]{r['status']}[/] {r['label']}: {r['error']}", soft_wrap=True)
+        elif "port failed" in (r.get("init") or "") or "no reference weights" in (r.get("init") or ""):
+            console.print(f"[yellow]note:[/] {r['label']} trained from its own init: {r['init']}", soft_wrap=True)
+    console.print(f"results: {out_dir / 'cases.csv'}" + "".join(f"\n         {w}" for w in written) +
+                  f"\n         TensorBoard: tensorboard --logdir {out_dir / 'tensorboard'}"
+                  f"\n         weights: {out_dir / 'weights'}, sample grids: {out_dir / 'samples'}")
+    if interrupted:
+        err_console.print(f"[bold red]interrupted:[/] {len(rows)} finished rows kept in {out_dir}; "
+                          f"continue with: vitbench finetune ... --resume {out_dir}")
+        return 130
+    import shutil
+
+    shutil.rmtree(out_dir / "artifacts", ignore_errors=True)  # initial weights: only needed to resume
+    failed = [r for r in rows if r["status"] not in ("ok", "skipped")]
+    if failed:
+        err_console.print(f"[bold red]{len(failed)} model(s) failed[/] (status/error in cases.csv, logs in "
+                          f"{out_dir / 'logs'})")
+        return 2
+    return 0
+
+
 def _run_with_progress(runner: Any, cases: list[Any]) -> None:
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 

@@ -98,10 +98,49 @@ class Pair(Settings):
     candidates: list[Side] = Field(default_factory=list)
 
 
+class FinetuneSettings(_Strict):
+    """The ``finetune:`` section: how ``vitbench finetune`` trains every torch side of the suite's pairs."""
+
+    dataset: str = Field("animal-shape", min_length=1, description="built-in name or image-folder path")
+    steps: int = Field(300, ge=1)
+    batch_size: int = Field(64, ge=1)
+    eval_batch_size: int = Field(256, ge=1)
+    img_size: int | None = Field(None, gt=0, description="default: the suite's img_size, else the model's own")
+    val_fraction: float = Field(0.2, gt=0, lt=1, description="held out per class when a dataset has no val split")
+    optimizer: Literal["adamw", "sgd"] = "adamw"
+    lr: float = Field(2e-3, gt=0)
+    weight_decay: float = Field(0.05, ge=0)
+    momentum: float = Field(0.9, ge=0, lt=1, description="sgd only")
+    schedule: Literal["cosine", "linear", "constant"] = "cosine"
+    warmup_steps: int = Field(20, ge=0)
+    label_smoothing: float = Field(0.1, ge=0, lt=1)
+    grad_clip: float | None = Field(1.0, gt=0)
+    precision: Literal["fp32", "amp", "amp_bf16"] = "fp32"
+    topk: list[int] = Field(default_factory=lambda: [1, 5], min_length=1)
+    eval_every: int = Field(100, ge=1)
+    log_every: int = Field(10, ge=1)
+    timing_warmup_steps: int = Field(5, ge=0, description="first steps left out of samples/s")
+    num_workers: int = Field(0, ge=0, description="DataLoader workers for image folders")
+    mean: list[float] | None = Field(None, min_length=3, max_length=3, description="default: the model's config")
+    std: list[float] | None = Field(None, min_length=3, max_length=3)
+    init: Literal["reference", "own"] = Field(
+        "reference", description="candidates start from the reference's initial weights (ported), or their own")
+    seed: int = 0
+    timeout_s: float = Field(3600, gt=0)
+
+    @field_validator("topk")
+    @classmethod
+    def _ks(cls, v: list[int]) -> list[int]:
+        if any(k < 1 for k in v):
+            raise ValueError("top-k values must be integers >= 1")
+        return sorted(set(v))
+
+
 class Suite(_Strict):
     name: str = Field(min_length=1)
     description: str = ""
     defaults: Settings = Field(default_factory=Settings)
+    finetune: FinetuneSettings | None = None
     pairs: list[Pair] = Field(min_length=1)
 
     @model_validator(mode="after")

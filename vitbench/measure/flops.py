@@ -36,3 +36,21 @@ def count_macs_acts(model, example):  # type: ignore[no-untyped-def]
     with torch.no_grad(), sdpa_kernel([SDPBackend.MATH]), counter, acts:
         model(example)
     return counter.get_total_flops() / 2, acts.acts
+
+
+TRAIN_METHOD = "torch.utils.flop_counter, sdpa=math, forward + backward of batch 2 / 2"
+
+
+def count_train_macs(model, example, targets, loss_fn) -> float:  # type: ignore[no-untyped-def]
+    """MACs per image of one training step's forward and backward (optimizer update not included). Gradients
+    are left on the parameters: call before ``zero_grad`` or on a model that is done training."""
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from ..finetune.loop import logits_of
+
+    counter = FlopCounterMode(display=False)
+    with sdpa_kernel([SDPBackend.MATH]), counter:
+        loss_fn(logits_of(model(example)).float(), targets).backward()
+    model.zero_grad(set_to_none=True)
+    return counter.get_total_flops() / 2 / len(example)

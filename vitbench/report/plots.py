@@ -185,3 +185,67 @@ def token_sweep(rows: list[dict[str, Any]], path: Path) -> Path | None:
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path
+
+
+def finetune_accuracy_vs_throughput(rows: list[dict[str, Any]], path: Path) -> Path | None:
+    """Final top-1 (and top-5 where measured) vs training samples/s, one point per fine-tuned model."""
+    ok = [r for r in rows if r.get("task") == "finetune" and r.get("status") == "ok"
+          and as_float(r.get("top1")) is not None and as_float(r.get("samples_per_sec"))]
+    if not ok:
+        return None
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(8, 5))
+    for i, r in enumerate(ok):
+        x, top1, top5 = as_float(r["samples_per_sec"]), as_float(r["top1"]), as_float(r.get("top5"))
+        colour = f"C{i % 10}"
+        ax.scatter([x], [top1], s=60, color=colour, label=f"{r['label']} ({r.get('pair', '')})")
+        ax.annotate(f"{top1:.1f}", (x, top1), textcoords="offset points", xytext=(6, 4), fontsize=8)
+        if top5 is not None:
+            ax.scatter([x], [top5], s=40, marker="^", facecolors="none", edgecolors=colour)
+    n = as_float(ok[0].get("num_classes"))
+    if n:
+        ax.axhline(100 / n, color="grey", ls=":", lw=1, label=f"chance top-1 ({100 / n:.0f}%)")
+    ax.set_xlabel("training samples/s (optimizer steps, data loading excluded)")
+    ax.set_ylabel("validation accuracy, %  (o top-1, ^ top-5)")
+    r0 = ok[0]
+    ax.set_title(f"fine-tune: {r0.get('dataset')}, {r0.get('train_steps')} steps x batch {r0.get('batch_size')}, "
+                 f"{r0.get('device')} {r0.get('precision')}", fontsize=10)
+    ax.set_ylim(0, 102)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, loc="lower right")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def finetune_curves(curves_csv: Path, path: Path) -> Path | None:
+    """Training loss (raw and smoothed) and validation top-1 per step, per fine-tuned model."""
+    import pandas as pd
+
+    df = pd.read_csv(curves_csv)
+    if df.empty:
+        return None
+    plt = _plt()
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(12, 4.5))
+    for i, (_cid, g) in enumerate(df.groupby("case_id", sort=False)):
+        label, colour = g["label"].iloc[0], f"C{i % 10}"
+        loss = g[g.metric == "train_loss"].sort_values("step")
+        if len(loss):
+            ax1.plot(loss.step, loss.value, color=colour, alpha=0.25, lw=0.8)
+            ax1.plot(loss.step, loss.value.rolling(10, min_periods=1).mean(), color=colour, label=label)
+        top1 = g[g.metric == "val_top1"].sort_values("step")
+        if len(top1):
+            ax2.plot(top1.step, top1.value, "o-", color=colour, label=label)
+    ax1.set_xlabel("step")
+    ax1.set_ylabel("training loss (label-smoothed CE; line = 10-step mean)")
+    ax2.set_xlabel("step")
+    ax2.set_ylabel("validation top-1, %")
+    for ax in (ax1, ax2):
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    fig.suptitle(f"fine-tune curves ({curves_csv.parent.name})", fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path

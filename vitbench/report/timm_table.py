@@ -13,9 +13,13 @@ MODE_SUFFIX = {"eager": "", "full": "-dynamo", "regional": "-regional", "graph":
                "jit": "-jit"}
 
 
-def table_name(precision: str, torch_version: str, device_tag: str, compile_mode: str) -> str:
+TIMM_TRAIN_COLUMNS = ["model", "train_samples_per_sec", "train_step_time", "train_batch_size", "train_img_size",
+                      "param_count"]
+
+
+def table_name(precision: str, torch_version: str, device_tag: str, compile_mode: str, task: str = "infer") -> str:
     ver = torch_version.split("+")[0].replace(".", "")
-    return f"benchmark-infer-{PRECISION_TAG.get(precision, precision)}-nchw-pt{ver}-{device_tag}" \
+    return f"benchmark-{task}-{PRECISION_TAG.get(precision, precision)}-nchw-pt{ver}-{device_tag}" \
            f"{MODE_SUFFIX.get(compile_mode, '-' + compile_mode)}.csv"
 
 
@@ -51,7 +55,7 @@ def write_timm_tables(rows: list[dict[str, Any]], out_dir: Path, torch_version: 
     as in timm (cases.csv keeps them with their errors)."""
     groups: dict[tuple[str, str, str], list[dict[str, Any]]] = defaultdict(list)
     for r in rows:
-        if r.get("status") == "ok":
+        if r.get("status") == "ok" and r.get("task") != "finetune":
             groups[(r["device"], r["precision"], r["compile_mode"])].append(timm_row(r))
     written = []
     for (device, precision, mode), trs in sorted(groups.items()):
@@ -59,6 +63,34 @@ def write_timm_tables(rows: list[dict[str, Any]], out_dir: Path, torch_version: 
         path = Path(out_dir) / table_name(precision, torch_version, device_tags.get(device, device), mode)
         with path.open("w", newline="") as f:
             w = csv.DictWriter(f, fieldnames=TIMM_COLUMNS, lineterminator="\r\n")
+            w.writeheader()
+            w.writerows(trs)
+        written.append(path)
+    return written
+
+
+def write_train_tables(rows: list[dict[str, Any]], out_dir: Path, torch_version: str,
+                       device_tags: dict[str, str]) -> list[Path]:
+    """timm's train benchmark table (benchmark-train-*.csv) from fine-tune rows: samples/s and mean step time
+    of the optimizer steps (forward, backward, update; data loading excluded, as timm's synthetic-input bench)."""
+    groups: dict[tuple[str, str], list[dict[str, Any]]] = defaultdict(list)
+    for r in rows:
+        if r.get("status") == "ok" and r.get("task") == "finetune":
+            v = as_float(r.get("samples_per_sec"))
+            step = as_float(r.get("step_time_ms"))
+            params = as_float(r.get("param_count_m"))
+            groups[(r["device"], r["precision"])].append({
+                "model": r["label"], "train_samples_per_sec": "" if v is None else round(v, 2),
+                "train_step_time": "" if step is None else round(step, 3),
+                "train_batch_size": int(float(r["batch_size"])),
+                "train_img_size": "" if as_float(r.get("img_size")) is None else int(float(r["img_size"])),
+                "param_count": "" if params is None else round(params, 2)})
+    written = []
+    for (device, precision), trs in sorted(groups.items()):
+        trs.sort(key=lambda t: t["train_samples_per_sec"] or 0, reverse=True)
+        path = Path(out_dir) / table_name(precision, torch_version, device_tags.get(device, device), "eager", "train")
+        with path.open("w", newline="") as f:
+            w = csv.DictWriter(f, fieldnames=TIMM_TRAIN_COLUMNS, lineterminator="\r\n")
             w.writeheader()
             w.writerows(trs)
         written.append(path)

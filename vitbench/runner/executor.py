@@ -166,11 +166,12 @@ def _case_columns(case: Case) -> dict[str, Any]:
             "compile_mode", "batch_size", "img_size", "tokens", "seed", "tolerance_max_abs", "regions")
     out = {k: d[k] for k in keep}
     out["case_id"] = case.case_id
+    out["task"] = "infer"
     out["attention"] = attention_of(case)
     return out
 
 
-def attention_of(case: Case) -> str | None:
+def attention_of(case: Any) -> str | None:
     """The attention variant a case runs: our ViT's ``attention=`` kwarg, or an efficient-attention layer class."""
     if case.kwargs.get("attention"):
         return str(case.kwargs["attention"])

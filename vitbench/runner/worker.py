@@ -66,7 +66,7 @@ def compare_candidate(case: dict[str, Any], run_dir: str | Path,
 
 def main(case: dict[str, Any], run_dir: str, conn: Any, log_path: str, env: dict[str, str], job: str) -> None:
     """Entry point of the child process. ``job``: 'measure', 'prepare' (reference
-    artifacts only) or 'warm' (second-launch compile time)."""
+    artifacts only), 'warm' (second-launch compile time), 'finetune' or 'finetune_init' (a pair's initial weights)."""
     if hasattr(os, "setsid"):
         os.setsid()  # own process group: the runner ends it whole, compile-worker pools included
     fd = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
@@ -81,7 +81,11 @@ def main(case: dict[str, Any], run_dir: str, conn: Any, log_path: str, env: dict
             # artifacts come from the pair's reference, whatever framework this candidate is
             case = {**case, "framework": "keras" if case["reference"]["provider"] in ("keras", "vitbench_keras")
                     else "torch"}
-        if case["framework"] == "keras":
+        if job.startswith("finetune"):
+            from ..finetune import job as finetune_job
+
+            jobs = {"finetune": finetune_job.finetune, "finetune_init": finetune_job.init_weights}
+        elif case["framework"] == "keras":
             from . import keras_worker
 
             jobs = {"measure": keras_worker.measure, "prepare": keras_worker.prepare}

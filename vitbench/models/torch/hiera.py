@@ -167,6 +167,10 @@ class HieraDet(nn.Module):
                 out.append(x)
         return out
 
+    def no_weight_decay(self) -> set[str]:
+        """Parameters trained without weight decay (as timm's Hiera): the position tables."""
+        return {"pos_embed", "pos_embed_window"}
+
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         return self.blocks(self._pos_embed(self.patch_embed(x)))
 

@@ -188,6 +188,10 @@ class VisionTransformerSAM(nn.Module):
                 out.append(x.permute(0, 3, 1, 2))
         return out
 
+    def no_weight_decay(self) -> set[str]:
+        """Parameters trained without weight decay (as timm's): the absolute position table."""
+        return {"pos_embed"}
+
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         """(B, 3, H, W) -> neck features (B, neck_chans, H/p, W/p)."""
         return self.neck(self.blocks(self._embed(x)).permute(0, 3, 1, 2))

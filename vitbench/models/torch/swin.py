@@ -212,6 +212,10 @@ class SwinTransformer(nn.Module):
             out.append(x)
         return out
 
+    def no_weight_decay(self) -> set[str]:
+        """Parameters trained without weight decay (as timm's): every relative-position bias table."""
+        return {n for n, _ in self.named_parameters() if "relative_position_bias_table" in n}
+
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         return self.norm(self.layers(self.patch_embed(x)))  # (B, H/32, W/32, C)
 

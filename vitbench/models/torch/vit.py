@@ -143,6 +143,10 @@ class VisionTransformer(nn.Module):
             x = torch.cat([self.cls_token.expand(x.shape[0], -1, -1), x], dim=1)  # (B, N, C)
         return x + self.pos_embed
 
+    def no_weight_decay(self) -> set[str]:
+        """Parameters trained without weight decay (as timm's): the learned tokens and position table."""
+        return {"pos_embed", "cls_token"}
+
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         """(B, 3, H, W) -> normed tokens (B, N, C)."""
         return self.norm(self.blocks(self._embed(x)))

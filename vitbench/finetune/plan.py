@@ -1,0 +1,99 @@
+"""A suite's pairs as fine-tune cases: every side (reference first, then candidates) trained once with the suite's
+``finetune:`` settings (built-in defaults when it has none), overridable from the command line."""
+from __future__ import annotations
+
+import fnmatch
+import hashlib
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ..runner.worker import artifact_path
+from ..suite import FinetuneSettings, Suite, framework_of, side_label
+from .data import DatasetSpec
+
+
+@dataclass(frozen=True)
+class FinetuneCase:
+    suite: str
+    pair: str
+    role: str  # reference | candidate
+    index: int
+    provider: str
+    model: str
+    label: str
+    framework: str
+    backend: str | None
+    kwargs: dict[str, Any]
+    device: str
+    img_size: int | None
+    port: bool
+    settings: dict[str, Any]  # FinetuneSettings, resolved
+    dataset: dict[str, Any]  # DatasetSpec.to_dict()
+    reference: dict[str, Any] = field(default_factory=dict)  # the pair's reference side (provider, model, kwargs)
+    task: str = "finetune"
+
+    @property
+    def precision(self) -> str:
+        return str(self.settings["precision"])
+
+    @property
+    def compile_mode(self) -> str:
+        return "eager"
+
+    @property
+    def batch_size(self) -> int:
+        return int(self.settings["batch_size"])
+
+    @property
+    def seed(self) -> int:
+        return int(self.settings["seed"])
+
+    @property
+    def timeout_s(self) -> float:
+        return float(self.settings["timeout_s"])
+
+    @property
+    def case_id(self) -> str:
+        what = {k: v for k, v in self.settings.items() if k not in ("timeout_s", "num_workers")}
+        key = (f"finetune|{self.pair}|{self.role}|{self.index}|{self.provider}|{self.model}|{self.backend}|"
+               f"{self.device}|{self.img_size}|{json.dumps(self.kwargs, sort_keys=True, default=str)}|"
+               f"{self.dataset['kind']}:{self.dataset['name']}|{json.dumps(what, sort_keys=True)}")
+        return hashlib.sha1(key.encode()).hexdigest()[:12]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**asdict(self), "precision": self.precision, "batch_size": self.batch_size, "seed": self.seed,
+                "timeout_s": self.timeout_s}
+
+
+def resolve_settings(suite: Suite, **overrides: Any) -> FinetuneSettings:
+    """The suite's finetune section (or the defaults) with command-line overrides (None = keep)."""
+    base = suite.finetune or FinetuneSettings()
+    changes = {k: v for k, v in overrides.items() if v is not None}
+    return FinetuneSettings.model_validate({**base.model_dump(), **changes})
+
+
+def expand(suite: Suite, settings: FinetuneSettings, dataset: DatasetSpec, device: str,
+           only: str | None = None) -> list[FinetuneCase]:
+    cases: list[FinetuneCase] = []
+    s = settings.model_dump()
+    for pair in suite.pairs:
+        if only and not fnmatch.fnmatch(pair.name, only):
+            continue
+        ref = pair.reference.model_dump(include={"provider", "model", "kwargs", "backend"})
+        sides = [("reference", 0, pair.reference)] + [("candidate", j + 1, c) for j, c in enumerate(pair.candidates)]
+        for role, index, side in sides:
+            img = settings.img_size or side.img_size or pair.img_size or suite.defaults.img_size
+            cases.append(FinetuneCase(
+                suite=suite.name, pair=pair.name, role=role, index=index, provider=side.provider, model=side.model,
+                label=side_label(side), framework=framework_of(side.provider), backend=side.backend,
+                kwargs=dict(side.kwargs), device=device, img_size=img, port=side.port, settings=s,
+                dataset=dataset.to_dict(), reference=ref if role == "candidate" else {},
+            ))
+    return cases
+
+
+def init_path(run_dir: str | Path, pair: str, device: str) -> Path:
+    """Where a pair's initial weights (its reference, freshly built) are kept while the run lasts."""
+    return artifact_path(run_dir, pair, device).with_name("finetune-init.npz")

@@ -1,0 +1,83 @@
+"""Parent side of ``vitbench finetune``: one worker process per case (timeout, process group ended), the pair's
+initial weights made once, rows appended to the same result store as inference cases."""
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from ..runner.executor import attention_of, run_job
+from ..runner.store import ResultStore
+from .data import DatasetSpec
+from .plan import FinetuneCase, init_path
+
+CASE_KEYS = ("suite", "pair", "role", "label", "provider", "model", "framework", "backend", "device", "precision",
+             "batch_size", "img_size", "seed")
+
+
+class FinetuneRunner:
+    def __init__(self, out_dir: Path, env_row: dict[str, Any]) -> None:
+        self.out = Path(out_dir)
+        self.store = ResultStore(self.out)
+        self.logs = self.out / "logs"
+        self.logs.mkdir(parents=True, exist_ok=True)
+        self.env_row = env_row
+        self._init_errors: dict[str, str] = {}
+
+    def _ensure_init(self, case: FinetuneCase) -> None:
+        """The pair's reference, built once with the dataset's classes: the initial weights of every side."""
+        if case.settings["init"] != "reference":
+            return
+        path = init_path(self.out, case.pair, case.device)
+        if path.exists() or str(path) in self._init_errors:
+            return
+        ref_fw = "keras" if case.reference.get("provider", case.provider) in ("keras", "vitbench_keras") else "torch"
+        if ref_fw != "torch":
+            self._init_errors[str(path)] = "the reference is a Keras model"
+            return
+        d = {**case.to_dict(), "case_id": case.case_id, "framework": "torch"}
+        out = run_job(d, self.out, "finetune_init", case.timeout_s, self.logs / f"init-{case.case_id}.log")
+        self._init_errors[str(path)] = out.error
+
+    def run_case(self, case: FinetuneCase) -> dict[str, Any]:
+        started = datetime.now(timezone.utc).isoformat(timespec="seconds")
+        t0 = time.perf_counter()
+        row: dict[str, Any] = {**self.env_row, **{k: getattr(case, k) for k in CASE_KEYS}, "task": "finetune",
+                               "case_id": case.case_id, "compile_mode": "eager", "attention": attention_of(case),
+                               "started_at": started, "dataset": DatasetSpec.from_dict(case.dataset).label,
+                               "train_steps": case.settings["steps"], "optimizer": case.settings["optimizer"],
+                               "lr": case.settings["lr"], "schedule": case.settings["schedule"]}
+        curve: list[dict[str, Any]] = []
+        latencies = None
+        if case.framework != "torch":
+            row.update(status="skipped", error="fine-tuning runs PyTorch models; this Keras side was not trained")
+        else:
+            self._ensure_init(case)
+            d = {**case.to_dict(), "case_id": case.case_id}
+            out = run_job(d, self.out, "finetune", case.timeout_s, self.logs / f"{case.case_id}.log")
+            row.update(out.result)
+            curve = row.pop("curve", None) or []
+            latencies = row.pop("latencies_ms", None)
+            row["status"], row["error"] = out.status, out.error
+            init_error = self._init_errors.get(str(init_path(self.out, case.pair, case.device)))
+            if init_error and row.get("init", "").startswith("own"):
+                row["init"] = f"{row['init']} (init job: {init_error})"
+        row["duration_s"] = time.perf_counter() - t0
+        self.store.append(row, latencies)
+        if curve:
+            self.store.append_curve(case.case_id, case.label, curve)
+        return row
+
+    def run(self, cases: list[FinetuneCase], on_start: Callable[[int, FinetuneCase], None] | None = None,
+            on_done: Callable[[int, FinetuneCase, dict[str, Any]], None] | None = None) -> list[dict[str, Any]]:
+        rows = []
+        for i, case in enumerate(cases):
+            if on_start:
+                on_start(i, case)
+            row = self.run_case(case)
+            rows.append(row)
+            if on_done:
+                on_done(i, case, row)
+        return rows
