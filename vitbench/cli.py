@@ -79,6 +79,12 @@ def validate(suite: Annotated[Path, typer.Argument(help="Suite YAML to check.")]
         s = load_suite(suite)
         n = len(expand(s, "cpu"))
         console.print(f"{suite}: ok ({len(s.pairs)} pairs, {n} cases per device)")
+        if s.finetune is not None:
+            from .finetune.data import resolve_dataset
+
+            spec = resolve_dataset(s.finetune.dataset, f"{suite.name}: finetune.dataset")
+            console.print(f"finetune: {s.finetune.steps} steps x batch {s.finetune.batch_size} per model on "
+                          f"{spec.label} ({len(spec.classes)} classes)")
 
 
 @app.command("list")
@@ -475,7 +481,8 @@ def plot_cmd(
     results: Annotated[list[str], typer.Argument(help="Results dirs, cases.csv files or timm-format tables.")],
     out: Annotated[Path, typer.Option("--out", "-o", help="Directory for the PNGs.")] = Path("plots"),
 ) -> None:
-    """PNG plots: throughput vs params (log), latency percentiles, compile time per mode, numeric diff."""
+    """PNG plots: throughput vs params (log), latency percentiles, compile time per mode, numeric diff, fine-tune
+    accuracy vs training throughput."""
     from .report import plots
     from .report.results import load
 
@@ -484,11 +491,15 @@ def plot_cmd(
         out.mkdir(parents=True, exist_ok=True)
         written = [plots.throughput_vs_params(sets, out / "throughput_vs_params.png")]
         case_rows = [row for s in sets if s.kind == "cases" for row in s.df.to_dict("records")]
-        if case_rows:
-            written += [plots.latency_percentiles(case_rows, out / "latency_percentiles.png"),
-                        plots.compile_plot(case_rows, out / "compile.png"),
-                        plots.token_sweep(case_rows, out / "token_sweep.png"),
-                        plots.numeric_diff(case_rows, out / "numeric_diff.png")]
+        infer_rows = [r for r in case_rows if r.get("task") != "finetune"]
+        if infer_rows:
+            written += [plots.latency_percentiles(infer_rows, out / "latency_percentiles.png"),
+                        plots.compile_plot(infer_rows, out / "compile.png"),
+                        plots.token_sweep(infer_rows, out / "token_sweep.png"),
+                        plots.numeric_diff(infer_rows, out / "numeric_diff.png")]
+        if len(infer_rows) < len(case_rows):
+            written.append(plots.finetune_accuracy_vs_throughput(case_rows,
+                                                                 out / "finetune_accuracy_vs_throughput.png"))
         written = [w for w in written if w]
         if not written:
             raise InputError("plot: nothing to draw (no measured rows)")

@@ -11,8 +11,9 @@ import pandas as pd
 
 from .results import Results
 
-CASE_KEY = ["label", "framework", "device", "precision", "compile_mode", "batch_size", "img_size"]
-HIGHER_BETTER = ["samples_per_sec"]
+CASE_KEY = ["task", "label", "framework", "device", "precision", "compile_mode", "batch_size", "img_size", "dataset",
+            "train_steps"]
+HIGHER_BETTER = ["samples_per_sec", "top1", "top5"]
 LOWER_BETTER = ["latency_ms_p50", "latency_ms_p90", "latency_ms_p99", "compile_cold_s", "compile_warm_s",
                 "peak_rss_mb", "cuda_peak_allocated_mb"]
 LATENCY_BASED = {"samples_per_sec", "latency_ms_p50", "latency_ms_p90", "latency_ms_p99"}
@@ -83,6 +84,8 @@ def diff(old: Results, new: Results, threshold_pct: float = 5.0) -> DiffReport:
     metrics = [m for m in HIGHER_BETTER + LOWER_BETTER if m in a.columns and m in b.columns]
     if "timm" in (old.kind, new.kind):
         metrics = ["samples_per_sec"]
+    keep = list(dict.fromkeys(key + metrics + ["case_id"]))  # only what is compared: a narrow, quick merge
+    a, b = a[[c for c in keep if c in a.columns]], b[[c for c in keep if c in b.columns]]
     merged = a.merge(b, on=key, how="outer", suffixes=("_old", "_new"), indicator=True)
     added = [_case_name(r, key) for _, r in merged[merged._merge == "right_only"].iterrows()]
     removed = [_case_name(r, key) for _, r in merged[merged._merge == "left_only"].iterrows()]
@@ -112,7 +115,8 @@ def diff(old: Results, new: Results, threshold_pct: float = 5.0) -> DiffReport:
                         "change_pct": change, "noise_pct": m_noise, "verdict": verdict})
     # a case that measured before and fails now is a regression too
     if "status" in old.df and "status" in new.df and old.kind == new.kind == "cases":
-        st = old.df.merge(new.df, on=key, suffixes=("_old", "_new"))
+        cols = [c for c in key + ["status", "error"] if c in old.df.columns and c in new.df.columns]
+        st = old.df[cols].merge(new.df[cols], on=key, suffixes=("_old", "_new"))
         for _, r in st[(st.status_old == "ok") & (st.status_new != "ok")].iterrows():
             out.append({"case": _case_name(r, key), **{k: r[k] for k in key}, "metric": "status", "old": "ok",
                         "new": f"{r.status_new}: {r.get('error_new', '')}", "change_pct": None, "noise_pct": None,

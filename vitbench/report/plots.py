@@ -67,7 +67,7 @@ def throughput_vs_params(sets: list[Any], path: Path) -> Path | None:
     for res in sets:
         for r in res.df.to_dict("records"):
             x, y = as_float(r.get("param_count_m")), as_float(r.get("samples_per_sec"))
-            if r.get("status", "ok") == "ok" and x and y:
+            if r.get("status", "ok") == "ok" and r.get("task") != "finetune" and x and y:
                 points.append((_impl(r, res.source, res.kind), x, y, str(r["label"]), r.get("batch_size")))
     if not points:
         plt.close(fig)
@@ -230,13 +230,14 @@ def finetune_curves(curves_csv: Path, path: Path) -> Path | None:
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(12, 4.5))
     for i, (_cid, g) in enumerate(df.groupby("case_id", sort=False)):
         label, colour = g["label"].iloc[0], f"C{i % 10}"
+        style = ("-", "--", "-.", ":")[i % 4]  # identical curves (a faithful port) stay visible on top of each other
         loss = g[g.metric == "train_loss"].sort_values("step")
         if len(loss):
-            ax1.plot(loss.step, loss.value, color=colour, alpha=0.25, lw=0.8)
-            ax1.plot(loss.step, loss.value.rolling(10, min_periods=1).mean(), color=colour, label=label)
+            ax1.plot(loss.step, loss.value, color=colour, alpha=0.2, lw=0.7)
+            ax1.plot(loss.step, loss.value.rolling(10, min_periods=1).mean(), color=colour, ls=style, label=label)
         top1 = g[g.metric == "val_top1"].sort_values("step")
         if len(top1):
-            ax2.plot(top1.step, top1.value, "o-", color=colour, label=label)
+            ax2.plot(top1.step, top1.value, marker="o", color=colour, ls=style, label=label)
     ax1.set_xlabel("step")
     ax1.set_ylabel("training loss (label-smoothed CE; line = 10-step mean)")
     ax2.set_xlabel("step")
