@@ -150,21 +150,13 @@ def test_sample_grid_png(tmp_path):
     assert path.stat().st_size > 2000 and path.read_bytes()[:4] == b"\x89PNG"
 
 
-class _TinyViTish(nn.Module):
-    def __init__(self, n: int) -> None:
-        super().__init__()
-        self.stem = nn.Conv2d(3, 32, 4, 4)
-        self.norm = nn.LayerNorm(32)
-        self.head = nn.Linear(32, n)
-
-    def forward(self, x):
-        return self.head(self.norm(self.stem(x).flatten(2).mean(-1)))
-
-
 def test_loss_decreases_over_a_few_dozen_steps():
     torch.manual_seed(0)
     data = D.load_dataset(D.resolve_dataset("animal-shape"), 0.2, img_size=16)
-    model = _TinyViTish(10)
+    from vitbench.models import torch as ours
+
+    model = ours.create_model("vit_tiny_patch16_224", patch_size=4, embed_dim=32, depth=1, num_heads=2, img_size=16,
+                              num_classes=10)
     opt = make_optimizer(model, "adamw", 3e-3, 0.01)
     sched = make_scheduler(opt, 40, 4, "cosine")
     prep = lambda x: D.to_model_input(x, 16, (0.5,) * 3, (0.5,) * 3)  # noqa: E731
@@ -279,3 +271,77 @@ def test_finetune_bad_dataset_path_exits_2_with_one_line(cli, write_suite, tmp_p
     assert res.exit_code == 2
     assert "--dataset" in res.output and "no such directory" in res.output and "Traceback" not in res.output
     assert not (tmp_path / "o").exists()
+
+
+def test_diff_flags_an_accuracy_drop_and_never_matches_different_training(tmp_path):
+    from vitbench.report.diff import diff
+    from vitbench.report.results import load
+    from vitbench.runner.store import ResultStore
+
+    base = {"task": "finetune", "label": "mine", "framework": "torch", "device": "cpu", "precision": "fp32",
+            "compile_mode": "eager", "batch_size": 64, "img_size": 32, "dataset": "animal-shape", "status": "ok",
+            "samples_per_sec": 500.0}
+    for name, rows in (("old", [{**base, "case_id": "a", "train_steps": 300, "top1": 62.7},
+                                {**base, "case_id": "b", "train_steps": 100, "top1": 36.0, "label": "other"}]),
+                       ("new", [{**base, "case_id": "a", "train_steps": 300, "top1": 55.0},
+                                {**base, "case_id": "c", "train_steps": 300, "top1": 60.0, "label": "other"}])):
+        store = ResultStore(tmp_path / name)
+        for r in rows:
+            store.append(r)
+    rep = diff(load(str(tmp_path / "old")), load(str(tmp_path / "new")), 5.0)
+    assert rep.regressions[["label", "metric"]].values.tolist() == [["mine", "top1"]]
+    assert len(rep.added) == 1 and len(rep.removed) == 1  # 'other' trained 100 vs 300 steps: not the same case
+
+
+def test_validate_checks_the_finetune_dataset(cli, write_suite):
+    base = "name: t\npairs:\n  - name: p\n    reference: {provider: timm, model: test_vit}\n"
+    ok = cli("validate", write_suite(base + "finetune: {dataset: animal-shape, steps: 5}\n"))
+    assert ok.exit_code == 0 and "finetune: 5 steps" in ok.output
+    bad = cli("validate", write_suite(base + "finetune: {dataset: /no/such/folder}\n"))
+    assert bad.exit_code == 2 and "finetune.dataset /no/such/folder: no such directory" in bad.output
+
+
+FT_RESUMABLE = """
+name: ftr
+defaults: {img_size: 16}
+finetune: {steps: 15, batch_size: 16, eval_every: 100, timing_warmup_steps: 1, timeout_s: 120}
+pairs:
+  - name: tiny
+    reference: {provider: import, model: "vitbench.testing:TinyNet"}
+    candidates:
+      - {provider: import, model: "vitbench.testing:TinyNet", label: b}
+      - {provider: import, model: "vitbench.testing:TinyNet", label: c}
+"""
+
+
+@pytest.mark.slow
+def test_finetune_ctrl_c_keeps_rows_and_resume_finishes(write_suite, tmp_path):
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    def rows(out):
+        with open(out / "cases.csv", newline="") as f:
+            return list(csv.DictReader(f))
+
+    suite, out = write_suite(FT_RESUMABLE), tmp_path / "out"
+    proc = subprocess.Popen([sys.executable, "-m", "vitbench.cli", "finetune", str(suite), "--out", str(out)],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    deadline = time.time() + 120
+    while time.time() < deadline and not ((out / "cases.csv").exists() and rows(out)):
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGINT)
+    output, _ = proc.communicate(timeout=60)
+    print(output)
+    assert proc.returncode == 130 and "--resume" in output and "Traceback" not in output
+    before = rows(out)
+    assert 1 <= len(before) < 3 and all(r["status"] == "ok" for r in before)
+    res = subprocess.run([sys.executable, "-m", "vitbench.cli", "finetune", str(suite), "--resume", str(out)],
+                         capture_output=True, text=True, timeout=300, env={**os.environ, "COLUMNS": "200"})
+    print(res.stdout, res.stderr)
+    assert res.returncode == 0 and f"{len(before)} cases done" in res.stdout
+    after = rows(out)
+    assert len(after) == 3 and after[: len(before)] == before
+    assert all(r["init"] == "reference" for r in after if r["role"] == "candidate")
