@@ -138,6 +138,16 @@ def _out_dir(out: Path | None, resume: Path | None, suite_name: str) -> Path:
     return out
 
 
+def _still_to_run(runner: Any, cases: list[Any], out_dir: Path) -> list[Any]:
+    """--resume: forget rows that did not end ok, skip the cases that did."""
+    dropped = runner.store.drop_unfinished()
+    done = runner.store.done_ids()
+    todo = [c for c in cases if c.case_id not in done]
+    console.print(f"resuming {out_dir}: {len(cases) - len(todo)} cases done, {len(todo)} to run"
+                  + (f" ({dropped} failed rows will run again)" if dropped else ""))
+    return todo
+
+
 @app.command()
 def run(
     suite: SuiteArg = None,
@@ -164,15 +174,8 @@ def run(
         out_dir = _out_dir(out, resume, s.name)
         out_dir.mkdir(parents=True, exist_ok=True)
         runner = Runner(out_dir, env_mod.row_versions())
-        skipped = 0
         if resume is not None:
-            dropped = runner.store.drop_unfinished()
-            done = runner.store.done_ids()
-            todo = [c for c in cases if c.case_id not in done]
-            skipped = len(cases) - len(todo)
-            console.print(f"resuming {out_dir}: {skipped} cases done, {len(todo)} to run"
-                          + (f" ({dropped} failed rows will run again)" if dropped else ""))
-            cases = todo
+            cases = _still_to_run(runner, cases, out_dir)
         info = env_mod.collect()
         (out_dir / "env.json").write_text(json.dumps(info, indent=2))
         (out_dir / "suite.yaml").write_text(path.read_text())
@@ -230,12 +233,7 @@ def finetune(
         out_dir.mkdir(parents=True, exist_ok=True)
         runner = FinetuneRunner(out_dir, env_mod.row_versions())
         if resume is not None:
-            dropped = runner.store.drop_unfinished()
-            done = runner.store.done_ids()
-            todo = [c for c in cases if c.case_id not in done]
-            console.print(f"resuming {out_dir}: {len(cases) - len(todo)} cases done, {len(todo)} to run"
-                          + (f" ({dropped} failed rows will run again)" if dropped else ""))
-            cases = todo
+            cases = _still_to_run(runner, cases, out_dir)
         info = env_mod.collect()
         (out_dir / "env.json").write_text(json.dumps(info, indent=2))
         (out_dir / "suite.yaml").write_text(path.read_text())

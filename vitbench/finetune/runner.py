@@ -3,13 +3,11 @@ initial weights made once, rows appended to the same result store as inference c
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from ..runner.executor import attention_of, run_job
-from ..runner.store import ResultStore
+from ..runner.executor import Runner, attention_of, run_job
 from .data import DatasetSpec
 from .plan import FinetuneCase, init_path
 
@@ -17,13 +15,11 @@ CASE_KEYS = ("suite", "pair", "role", "label", "provider", "model", "framework",
              "batch_size", "img_size", "seed")
 
 
-class FinetuneRunner:
+class FinetuneRunner(Runner):
+    """Runner's store, logs and case loop; run_case trains instead of timing inference."""
+
     def __init__(self, out_dir: Path, env_row: dict[str, Any]) -> None:
-        self.out = Path(out_dir)
-        self.store = ResultStore(self.out)
-        self.logs = self.out / "logs"
-        self.logs.mkdir(parents=True, exist_ok=True)
-        self.env_row = env_row
+        super().__init__(out_dir, env_row)
         self._init_errors: dict[str, str] = {}
 
     def _ensure_init(self, case: FinetuneCase) -> None:
@@ -41,7 +37,7 @@ class FinetuneRunner:
         out = run_job(d, self.out, "finetune_init", case.timeout_s, self.logs / f"init-{case.case_id}.log")
         self._init_errors[str(path)] = out.error
 
-    def run_case(self, case: FinetuneCase) -> dict[str, Any]:
+    def run_case(self, case: FinetuneCase) -> dict[str, Any]:  # type: ignore[override]
         started = datetime.now(timezone.utc).isoformat(timespec="seconds")
         t0 = time.perf_counter()
         row: dict[str, Any] = {**self.env_row, **{k: getattr(case, k) for k in CASE_KEYS}, "task": "finetune",
@@ -69,15 +65,3 @@ class FinetuneRunner:
         if curve:
             self.store.append_curve(case.case_id, case.label, curve)
         return row
-
-    def run(self, cases: list[FinetuneCase], on_start: Callable[[int, FinetuneCase], None] | None = None,
-            on_done: Callable[[int, FinetuneCase, dict[str, Any]], None] | None = None) -> list[dict[str, Any]]:
-        rows = []
-        for i, case in enumerate(cases):
-            if on_start:
-                on_start(i, case)
-            row = self.run_case(case)
-            rows.append(row)
-            if on_done:
-                on_done(i, case, row)
-        return rows

@@ -32,41 +32,61 @@ def as_float(v: Any) -> float | None:
     return None if f != f else f
 
 
-def timm_row(r: dict[str, Any]) -> dict[str, Any]:
-    def rnd(key: str, nd: int) -> Any:
-        v = as_float(r.get(key))
-        return "" if v is None else round(v, nd)
+def _rounded(r: dict[str, Any], key: str, nd: int) -> Any:
+    v = as_float(r.get(key))
+    return "" if v is None else round(v, nd)
 
+
+def _int(r: dict[str, Any], key: str) -> Any:
+    v = as_float(r.get(key))
+    return "" if v is None else int(v)
+
+
+def timm_row(r: dict[str, Any]) -> dict[str, Any]:
     return {
         "model": r["label"],
-        "infer_img_size": "" if as_float(r.get("img_size")) is None else int(float(r["img_size"])),
-        "infer_samples_per_sec": rnd("samples_per_sec", 2),
-        "infer_step_time": rnd("step_time_ms", 3),
-        "infer_batch_size": int(float(r["batch_size"])),
-        "param_count": rnd("param_count_m", 2),
-        "infer_gmacs": rnd("gmacs", 2),
-        "infer_macts": rnd("macts_m", 2),
+        "infer_img_size": _int(r, "img_size"),
+        "infer_samples_per_sec": _rounded(r, "samples_per_sec", 2),
+        "infer_step_time": _rounded(r, "step_time_ms", 3),
+        "infer_batch_size": _int(r, "batch_size"),
+        "param_count": _rounded(r, "param_count_m", 2),
+        "infer_gmacs": _rounded(r, "gmacs", 2),
+        "infer_macts": _rounded(r, "macts_m", 2),
     }
+
+
+def timm_train_row(r: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "model": r["label"],
+        "train_samples_per_sec": _rounded(r, "samples_per_sec", 2),
+        "train_step_time": _rounded(r, "step_time_ms", 3),
+        "train_batch_size": _int(r, "batch_size"),
+        "train_img_size": _int(r, "img_size"),
+        "param_count": _rounded(r, "param_count_m", 2),
+    }
+
+
+def _write(path: Path, columns: list[str], rows: list[dict[str, Any]], speed: str) -> Path:
+    """Fastest (by the ``speed`` column) first, CRLF line ends: as timm writes its tables."""
+    rows = sorted(rows, key=lambda t: t[speed] or 0, reverse=True)
+    with path.open("w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=columns, lineterminator="\r\n")
+        w.writeheader()
+        w.writerows(rows)
+    return path
 
 
 def write_timm_tables(rows: list[dict[str, Any]], out_dir: Path, torch_version: str,
                       device_tags: dict[str, str]) -> list[Path]:
-    """One table per (device, precision, compile mode) over the rows that ended ok; failures are left out,
-    as in timm (cases.csv keeps them with their errors)."""
+    """One table per (device, precision, compile mode) over the inference rows that ended ok; failures are left
+    out, as in timm (cases.csv keeps them with their errors)."""
     groups: dict[tuple[str, str, str], list[dict[str, Any]]] = defaultdict(list)
     for r in rows:
         if r.get("status") == "ok" and r.get("task") != "finetune":
             groups[(r["device"], r["precision"], r["compile_mode"])].append(timm_row(r))
-    written = []
-    for (device, precision, mode), trs in sorted(groups.items()):
-        trs.sort(key=lambda t: t["infer_samples_per_sec"] or 0, reverse=True)
-        path = Path(out_dir) / table_name(precision, torch_version, device_tags.get(device, device), mode)
-        with path.open("w", newline="") as f:
-            w = csv.DictWriter(f, fieldnames=TIMM_COLUMNS, lineterminator="\r\n")
-            w.writeheader()
-            w.writerows(trs)
-        written.append(path)
-    return written
+    return [_write(Path(out_dir) / table_name(precision, torch_version, device_tags.get(device, device), mode),
+                   TIMM_COLUMNS, trs, "infer_samples_per_sec")
+            for (device, precision, mode), trs in sorted(groups.items())]
 
 
 def write_train_tables(rows: list[dict[str, Any]], out_dir: Path, torch_version: str,
@@ -76,22 +96,7 @@ def write_train_tables(rows: list[dict[str, Any]], out_dir: Path, torch_version:
     groups: dict[tuple[str, str], list[dict[str, Any]]] = defaultdict(list)
     for r in rows:
         if r.get("status") == "ok" and r.get("task") == "finetune":
-            v = as_float(r.get("samples_per_sec"))
-            step = as_float(r.get("step_time_ms"))
-            params = as_float(r.get("param_count_m"))
-            groups[(r["device"], r["precision"])].append({
-                "model": r["label"], "train_samples_per_sec": "" if v is None else round(v, 2),
-                "train_step_time": "" if step is None else round(step, 3),
-                "train_batch_size": int(float(r["batch_size"])),
-                "train_img_size": "" if as_float(r.get("img_size")) is None else int(float(r["img_size"])),
-                "param_count": "" if params is None else round(params, 2)})
-    written = []
-    for (device, precision), trs in sorted(groups.items()):
-        trs.sort(key=lambda t: t["train_samples_per_sec"] or 0, reverse=True)
-        path = Path(out_dir) / table_name(precision, torch_version, device_tags.get(device, device), "eager", "train")
-        with path.open("w", newline="") as f:
-            w = csv.DictWriter(f, fieldnames=TIMM_TRAIN_COLUMNS, lineterminator="\r\n")
-            w.writeheader()
-            w.writerows(trs)
-        written.append(path)
-    return written
+            groups[(r["device"], r["precision"])].append(timm_train_row(r))
+    return [_write(Path(out_dir) / table_name(precision, torch_version, device_tags.get(device, device), "eager",
+                                              "train"), TIMM_TRAIN_COLUMNS, trs, "train_samples_per_sec")
+            for (device, precision), trs in sorted(groups.items())]
