@@ -138,14 +138,29 @@ def _out_dir(out: Path | None, resume: Path | None, suite_name: str) -> Path:
     return out
 
 
-def _still_to_run(runner: Any, cases: list[Any], out_dir: Path) -> list[Any]:
-    """--resume: forget rows that did not end ok, skip the cases that did."""
-    dropped = runner.store.drop_unfinished()
-    done = runner.store.done_ids()
-    todo = [c for c in cases if c.case_id not in done]
-    console.print(f"resuming {out_dir}: {len(cases) - len(todo)} cases done, {len(todo)} to run"
-                  + (f" ({dropped} failed rows will run again)" if dropped else ""))
-    return todo
+def _start(runner_cls: Any, cases: list[Any], suite: Any, path: Path, only: str | None, out: Path | None,
+           resume: Path | None, name: str) -> tuple[Any, list[Any], Path, dict[str, Any]]:
+    """The output dir and its runner; on --resume only the cases still to run (rows that did not end ok are
+    forgotten, so they run again); env.json and the suite as run."""
+    from . import env as env_mod
+
+    if not cases:
+        raise InputError(f"--only '{only}': no pair of {path.name} matches "
+                         f"(pairs: {', '.join(p.name for p in suite.pairs)})")
+    out_dir = _out_dir(out, resume, name)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    runner = runner_cls(out_dir, env_mod.row_versions())
+    if resume is not None:
+        dropped = runner.store.drop_unfinished()
+        done = runner.store.done_ids()
+        todo = [c for c in cases if c.case_id not in done]
+        console.print(f"resuming {out_dir}: {len(cases) - len(todo)} cases done, {len(todo)} to run"
+                      + (f" ({dropped} failed rows will run again)" if dropped else ""))
+        cases = todo
+    info = env_mod.collect()
+    (out_dir / "env.json").write_text(json.dumps(info, indent=2))
+    (out_dir / "suite.yaml").write_text(path.read_text())
+    return runner, cases, out_dir, info
 
 
 @app.command()
@@ -168,17 +183,7 @@ def run(
         bss = _parse_batch_sizes(batch_sizes)
         env_mod.check_device(device)
         cases = expand(s, device, only=only, batch_sizes=bss)
-        if not cases:
-            raise InputError(f"--only '{only}': no pair of {path.name} matches "
-                             f"(pairs: {', '.join(p.name for p in s.pairs)})")
-        out_dir = _out_dir(out, resume, s.name)
-        out_dir.mkdir(parents=True, exist_ok=True)
-        runner = Runner(out_dir, env_mod.row_versions())
-        if resume is not None:
-            cases = _still_to_run(runner, cases, out_dir)
-        info = env_mod.collect()
-        (out_dir / "env.json").write_text(json.dumps(info, indent=2))
-        (out_dir / "suite.yaml").write_text(path.read_text())
+        runner, cases, out_dir, info = _start(Runner, cases, s, path, only, out, resume, s.name)
         console.print(f"vitbench run {path} on {device}: {len(cases)} cases -> {out_dir}")
         interrupted = False
         try:
@@ -226,17 +231,7 @@ def finetune(
         spec = resolve_dataset(settings.dataset, where)
         env_mod.check_device(device)
         cases = expand(s, settings, spec, device, only=only)
-        if not cases:
-            raise InputError(f"--only '{only}': no pair of {path.name} matches "
-                             f"(pairs: {', '.join(p.name for p in s.pairs)})")
-        out_dir = _out_dir(out, resume, f"{s.name}-finetune")
-        out_dir.mkdir(parents=True, exist_ok=True)
-        runner = FinetuneRunner(out_dir, env_mod.row_versions())
-        if resume is not None:
-            cases = _still_to_run(runner, cases, out_dir)
-        info = env_mod.collect()
-        (out_dir / "env.json").write_text(json.dumps(info, indent=2))
-        (out_dir / "suite.yaml").write_text(path.read_text())
+        runner, cases, out_dir, info = _start(FinetuneRunner, cases, s, path, only, out, resume, f"{s.name}-finetune")
         (out_dir / "finetune.json").write_text(json.dumps({"settings": settings.model_dump(),
                                                            "dataset": spec.to_dict()}, indent=2))
         console.print(f"vitbench finetune {path} on {device}: {len(cases)} models x {settings.steps} steps "

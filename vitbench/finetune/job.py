@@ -267,7 +267,7 @@ def finetune(case: dict[str, Any], run_dir: str) -> dict[str, Any]:
         model.eval()
         macs, acts = flops.count_macs_acts(model, x1[:1])
         model.train()
-        row.update(gmacs=macs / 1e9, macts_m=acts / 1e6, flops_method=flops.METHOD,
+        row.update(gmacs=macs / 1e9, macts_m=acts / 1e6, flops_method=f"{flops.METHOD}; train: {flops.TRAIN_METHOD}",
                    train_gmacs=flops.count_train_macs(model, x1, gy[:2].to(dev), loss_fn) / 1e9)
     except Exception as e:  # noqa: BLE001  (a count that failed is said, not zero)
         row["flops_method"] = f"failed: {one_line(e)}"

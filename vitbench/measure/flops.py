@@ -42,8 +42,8 @@ TRAIN_METHOD = "torch.utils.flop_counter, sdpa=math, forward + backward of batch
 
 
 def count_train_macs(model, example, targets, loss_fn) -> float:  # type: ignore[no-untyped-def]
-    """MACs per image of one training step's forward and backward (optimizer update not included). Gradients
-    are left on the parameters: call before ``zero_grad`` or on a model that is done training."""
+    """MACs per image of one training step's forward and backward (optimizer update not included). Clears the
+    gradients it made (``zero_grad(set_to_none=True)``): run it between steps or after training."""
     from torch.nn.attention import SDPBackend, sdpa_kernel
     from torch.utils.flop_counter import FlopCounterMode
 
