@@ -31,6 +31,22 @@ def window_reverse(windows: torch.Tensor, ws: tuple[int, int], H: int, W: int) -
     return x.reshape(-1, H, W, C)
 
 
+def shifted_window_attention(x: torch.Tensor, attn: nn.Module, ws: tuple[int, int], shift: tuple[int, int],
+                             mask: torch.Tensor | None) -> torch.Tensor:
+    """(B, H, W, C) -> (B, H, W, C): roll the real map by -shift, then pad to whole windows (the order timm's
+    pretrained weights expect), attend per window, crop, roll back. Swin and SwinV2-cr share it."""
+    B, H, W, C = x.shape
+    if any(shift):
+        x = torch.roll(x, shifts=(-shift[0], -shift[1]), dims=(1, 2))
+    ph, pw = (-H) % ws[0], (-W) % ws[1]
+    x = F.pad(x, (0, 0, 0, pw, 0, ph))
+    y = attn(window_partition(x, ws), mask=mask)
+    x = window_reverse(y, ws, H + ph, W + pw)[:, :H, :W, :]
+    if any(shift):
+        x = torch.roll(x, shifts=shift, dims=(1, 2))
+    return x
+
+
 def relative_position_index(wh: int, ww: int) -> torch.Tensor:
     """(wh*ww, wh*ww) index into a ((2wh-1)(2ww-1), heads) bias table."""
     coords = torch.stack(torch.meshgrid(torch.arange(wh), torch.arange(ww), indexing="ij")).flatten(1)  # (2, N)
@@ -101,23 +117,10 @@ class SwinTransformerBlock(nn.Module):
         self.mlp = Mlp(dim, int(dim * mlp_ratio))
         self.register_buffer("attn_mask", shift_window_mask(input_resolution, ws, self.shift_size), persistent=False)
 
-    def _attn(self, x: torch.Tensor) -> torch.Tensor:
-        B, H, W, C = x.shape
-        if any(self.shift_size):
-            x = torch.roll(x, shifts=(-self.shift_size[0], -self.shift_size[1]), dims=(1, 2))
-        ph, pw = (-H) % self.window_size[0], (-W) % self.window_size[1]
-        x = F.pad(x, (0, 0, 0, pw, 0, ph))
-        Hp, Wp = H + ph, W + pw
-        y = self.attn(window_partition(x, self.window_size), mask=self.attn_mask)
-        x = window_reverse(y, self.window_size, Hp, Wp)[:, :H, :W, :]
-        if any(self.shift_size):
-            x = torch.roll(x, shifts=self.shift_size, dims=(1, 2))
-        return x
-
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """(B, H, W, C) -> (B, H, W, C)."""
         B, H, W, C = x.shape
-        x = x + self._attn(self.norm1(x))
+        x = x + shifted_window_attention(self.norm1(x), self.attn, self.window_size, self.shift_size, self.attn_mask)
         x = x.reshape(B, -1, C)
         x = x + self.mlp(self.norm2(x))
         return x.reshape(B, H, W, C)

@@ -24,7 +24,7 @@ from torch import nn
 
 from ._registry import register_configs
 from .layers import Mlp
-from .swin import ClassifierHead, PatchEmbed, PatchMerging, shift_window_mask, window_partition, window_reverse
+from .swin import ClassifierHead, PatchEmbed, PatchMerging, shift_window_mask, shifted_window_attention
 
 
 class MetaMlp(nn.Module):
@@ -90,22 +90,10 @@ class SwinTransformerV2CrBlock(nn.Module):
         self.register_buffer("attn_mask", shift_window_mask(feat_size, self.window_size, self.shift_size),
                              persistent=False)
 
-    def _shifted_window_attn(self, x: torch.Tensor) -> torch.Tensor:
-        B, H, W, C = x.shape
-        if any(self.shift_size):  # roll the real map first ...
-            x = torch.roll(x, shifts=(-self.shift_size[0], -self.shift_size[1]), dims=(1, 2))
-        ph, pw = (-H) % self.window_size[0], (-W) % self.window_size[1]
-        x = F.pad(x, (0, 0, 0, pw, 0, ph))  # ... then pad
-        y = self.attn(window_partition(x, self.window_size), mask=self.attn_mask)
-        x = window_reverse(y, self.window_size, H + ph, W + pw)[:, :H, :W, :]
-        if any(self.shift_size):
-            x = torch.roll(x, shifts=self.shift_size, dims=(1, 2))
-        return x
-
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Post-norm: (B, H, W, C) -> (B, H, W, C)."""
         B, H, W, C = x.shape
-        x = x + self.norm1(self._shifted_window_attn(x))
+        x = x + self.norm1(shifted_window_attention(x, self.attn, self.window_size, self.shift_size, self.attn_mask))
         x = x.reshape(B, -1, C)
         x = self.norm3(x + self.norm2(self.mlp(x)))
         return x.reshape(B, H, W, C)
