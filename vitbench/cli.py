@@ -286,19 +286,25 @@ def _finish_finetune(runner: Any, out_dir: Path, info: dict[str, Any], device: s
     console.print(f"results: {out_dir / 'cases.csv'}" + "".join(f"\n         {w}" for w in written) +
                   f"\n         TensorBoard: tensorboard --logdir {out_dir / 'tensorboard'}"
                   f"\n         weights: {out_dir / 'weights'}, sample grids: {out_dir / 'samples'}")
+    return _end(rows, out_dir, interrupted, "finetune", "model(s)") or 0
+
+
+def _end(rows: list[dict[str, Any]], out_dir: Path, interrupted: bool, command: str, what: str) -> int | None:
+    """130 when interrupted (artifacts kept for --resume), 2 when a case failed, None when all ran. Artifacts
+    (reference or initial weights) are only needed to resume: removed once a run was not interrupted."""
     if interrupted:
         err_console.print(f"[bold red]interrupted:[/] {len(rows)} finished rows kept in {out_dir}; "
-                          f"continue with: vitbench finetune ... --resume {out_dir}")
+                          f"continue with: vitbench {command} ... --resume {out_dir}")
         return 130
     import shutil
 
-    shutil.rmtree(out_dir / "artifacts", ignore_errors=True)  # initial weights: only needed to resume
+    shutil.rmtree(out_dir / "artifacts", ignore_errors=True)
     failed = [r for r in rows if r["status"] not in ("ok", "skipped")]
     if failed:
-        err_console.print(f"[bold red]{len(failed)} model(s) failed[/] (status/error in cases.csv, logs in "
+        err_console.print(f"[bold red]{len(failed)} {what} failed[/] (status/error in cases.csv, logs in "
                           f"{out_dir / 'logs'})")
         return 2
-    return 0
+    return None
 
 
 def _run_with_progress(runner: Any, cases: list[Any]) -> None:
@@ -336,20 +342,10 @@ def _finish(runner: Any, out_dir: Path, info: dict[str, Any], device: str, inter
             tables.append(plot)
     _summary(rows)
     console.print(f"results: {out_dir / 'cases.csv'}" + "".join(f"\n         {t}" for t in tables))
-    if not interrupted:
-        import shutil
-
-        shutil.rmtree(out_dir / "artifacts", ignore_errors=True)  # reference weights: only needed to resume
-    if interrupted:
-        err_console.print(f"[bold red]interrupted:[/] {len(rows)} finished rows kept in {out_dir}; "
-                          f"continue with: vitbench run ... --resume {out_dir}")
-        return 130
-    failed = [r for r in rows if r["status"] != "ok"]
+    code = _end(rows, out_dir, interrupted, "run", "case(s)")
+    if code is not None:
+        return code
     numerics_failed = [r for r in rows if r.get("numerics_status") in ("fail", "error")]
-    if failed:
-        err_console.print(f"[bold red]{len(failed)} case(s) failed[/] (status/error in cases.csv, logs in "
-                          f"{out_dir / 'logs'})")
-        return 2
     if numerics_failed:
         err_console.print(f"[bold red]{len(numerics_failed)} case(s) outside numeric tolerance[/]")
         return 1

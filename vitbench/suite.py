@@ -244,7 +244,8 @@ def framework_of(provider: str) -> str:
     return "keras" if provider in ("vitbench_keras", "keras") else "torch"
 
 
-def _merge(*layers: Settings) -> dict[str, Any]:
+def merge_settings(*layers: Settings) -> dict[str, Any]:
+    """Layers of settings, least specific first: the last layer that sets a field wins."""
     out: dict[str, Any] = {}
     for layer in layers:
         for k in Settings.model_fields:
@@ -277,7 +278,7 @@ def expand(
         sides = [("reference", 0, pair.reference)] + [("candidate", j + 1, c) for j, c in enumerate(pair.candidates)]
         ref = pair.reference.model_dump(include={"provider", "model", "kwargs", "backend", "output"})
         for role, index, side in sides:
-            s = _merge(BUILTIN_DEFAULTS, suite.defaults, pair, side)
+            s = merge_settings(BUILTIN_DEFAULTS, suite.defaults, pair, side)
             bss = batch_sizes or s["batch_sizes"]
             modes = s["compile"]
             fw = framework_of(side.provider)

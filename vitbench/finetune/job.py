@@ -19,16 +19,12 @@ from ..measure import flops, memory
 from ..measure.timing import cpu_times, percentile, steal_pct
 from ..providers import get_provider
 from ..providers._torch_common import state_dict_to_numpy
-from ..runner.worker import one_line
+from ..runner.worker import one_line, safe_name
 from . import data as D
 from .loop import Step, evaluate, logits_of, make_optimizer, make_scheduler, train
 from .plan import init_path
 
 GRID = 32  # images per sample grid
-
-
-def safe(text: str) -> str:
-    return "".join(c if c.isalnum() or c in "-_." else "_" for c in text)[:80]
 
 
 def seed_all(seed: int) -> None:
@@ -137,14 +133,11 @@ def finetune(case: dict[str, Any], run_dir: str) -> dict[str, Any]:
         return D.to_model_input(x, img, mean, std)
 
     out = Path(run_dir)
-    name = f"{safe(case['label'])}-{case['case_id']}"
-    row: dict[str, Any] = {
-        "task": "finetune", "img_size": img, "device_name": _device_name(dev), "threads": torch.get_num_threads(),
+    name = f"{safe_name(case['label'])[:80]}-{case['case_id']}"
+    row: dict[str, Any] = {  # the settings' columns come from the runner: they are in failed rows too
+        "img_size": img, "device_name": _device_name(dev), "threads": torch.get_num_threads(),
         "tf32": False, "torch_version": torch.__version__, "timm_version": pkg_version("timm"),
-        "dataset": spec.label, "num_classes": len(classes), "train_samples": len(data.train),
-        "val_samples": len(data.val), "train_steps": s["steps"], "optimizer": s["optimizer"], "lr": s["lr"],
-        "weight_decay": s["weight_decay"], "schedule": s["schedule"], "warmup_steps": s["warmup_steps"],
-        "label_smoothing": s["label_smoothing"], "init": init,
+        "num_classes": len(classes), "train_samples": len(data.train), "val_samples": len(data.val), "init": init,
         "param_count_m": sum(p.numel() for p in model.parameters()) / 1e6,
         "trainable_params_m": sum(p.numel() for p in model.parameters() if p.requires_grad) / 1e6,
     }
@@ -268,7 +261,8 @@ def finetune(case: dict[str, Any], run_dir: str) -> dict[str, Any]:
         macs, acts = flops.count_macs_acts(model, x1[:1])
         model.train()
         row.update(gmacs=macs / 1e9, macts_m=acts / 1e6, flops_method=f"{flops.METHOD}; train: {flops.TRAIN_METHOD}",
-                   train_gmacs=flops.count_train_macs(model, x1, gy[:2].to(dev), loss_fn) / 1e9)
+                   train_gmacs=flops.count_train_macs(
+                       model, lambda: loss_fn(logits_of(model(x1)).float(), gy[:2].to(dev)), len(x1)) / 1e9)
     except Exception as e:  # noqa: BLE001  (a count that failed is said, not zero)
         row["flops_method"] = f"failed: {one_line(e)}"
 

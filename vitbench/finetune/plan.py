@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from ..runner.worker import artifact_path
-from ..suite import FinetuneSettings, Suite, framework_of, side_label
+from ..suite import FinetuneSettings, Suite, framework_of, merge_settings, side_label
 from .data import DatasetSpec
 
 
@@ -84,7 +84,7 @@ def expand(suite: Suite, settings: FinetuneSettings, dataset: DatasetSpec, devic
         ref = pair.reference.model_dump(include={"provider", "model", "kwargs", "backend"})
         sides = [("reference", 0, pair.reference)] + [("candidate", j + 1, c) for j, c in enumerate(pair.candidates)]
         for role, index, side in sides:
-            img = settings.img_size or side.img_size or pair.img_size or suite.defaults.img_size
+            img = settings.img_size or merge_settings(suite.defaults, pair, side).get("img_size")
             cases.append(FinetuneCase(
                 suite=suite.name, pair=pair.name, role=role, index=index, provider=side.provider, model=side.model,
                 label=side_label(side), framework=framework_of(side.provider), backend=side.backend,

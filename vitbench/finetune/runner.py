@@ -13,6 +13,7 @@ from .plan import FinetuneCase, init_path
 
 CASE_KEYS = ("suite", "pair", "role", "label", "provider", "model", "framework", "backend", "device", "precision",
              "batch_size", "img_size", "seed")
+SETTINGS_COLUMNS = ("optimizer", "lr", "weight_decay", "schedule", "warmup_steps", "label_smoothing")
 
 
 class FinetuneRunner(Runner):
@@ -43,8 +44,8 @@ class FinetuneRunner(Runner):
         row: dict[str, Any] = {**self.env_row, **{k: getattr(case, k) for k in CASE_KEYS}, "task": "finetune",
                                "case_id": case.case_id, "compile_mode": "eager", "attention": attention_of(case),
                                "started_at": started, "dataset": DatasetSpec.from_dict(case.dataset).label,
-                               "train_steps": case.settings["steps"], "optimizer": case.settings["optimizer"],
-                               "lr": case.settings["lr"], "schedule": case.settings["schedule"]}
+                               "train_steps": case.settings["steps"],
+                               **{k: case.settings[k] for k in SETTINGS_COLUMNS}}
         curve: list[dict[str, Any]] = []
         latencies = None
         if case.framework != "torch":

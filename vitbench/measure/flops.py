@@ -41,16 +41,15 @@ def count_macs_acts(model, example):  # type: ignore[no-untyped-def]
 TRAIN_METHOD = "torch.utils.flop_counter, sdpa=math, forward + backward of batch 2 / 2"
 
 
-def count_train_macs(model, example, targets, loss_fn) -> float:  # type: ignore[no-untyped-def]
-    """MACs per image of one training step's forward and backward (optimizer update not included). Clears the
-    gradients it made (``zero_grad(set_to_none=True)``): run it between steps or after training."""
+def count_train_macs(model, loss_of, batch: int) -> float:  # type: ignore[no-untyped-def]
+    """MACs per image of one training step's forward and backward (optimizer update not included): ``loss_of()``
+    runs the forward pass and returns the loss of a batch of ``batch`` images. Clears the gradients it made
+    (``zero_grad(set_to_none=True)``): run it between steps or after training."""
     from torch.nn.attention import SDPBackend, sdpa_kernel
     from torch.utils.flop_counter import FlopCounterMode
 
-    from ..finetune.loop import logits_of
-
     counter = FlopCounterMode(display=False)
     with sdpa_kernel([SDPBackend.MATH]), counter:
-        loss_fn(logits_of(model(example)).float(), targets).backward()
+        loss_of().backward()
     model.zero_grad(set_to_none=True)
-    return counter.get_total_flops() / 2 / len(example)
+    return counter.get_total_flops() / 2 / batch

@@ -16,9 +16,13 @@ import numpy as np
 ARTIFACT = "reference.npz"
 
 
+def safe_name(text: str) -> str:
+    """``text`` usable as a file or folder name: anything but letters, digits and -_. becomes _."""
+    return "".join(c if c.isalnum() or c in "-_." else "_" for c in text)
+
+
 def artifact_path(run_dir: str | Path, pair: str, device: str) -> Path:
-    safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in pair)
-    return Path(run_dir) / "artifacts" / f"{safe}-{device.replace(':', '')}" / ARTIFACT
+    return Path(run_dir) / "artifacts" / f"{safe_name(pair)}-{device.replace(':', '')}" / ARTIFACT
 
 
 def one_line(e: BaseException) -> str:
