@@ -13,6 +13,7 @@ from typing import Annotated, Any
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 from .errors import InputError, VitbenchError
 
@@ -182,12 +183,12 @@ def run(
         s = load_suite(path)
         bss = _parse_batch_sizes(batch_sizes)
         env_mod.check_device(device)
-        cases = expand(s, device, only=only, batch_sizes=bss)
-        runner, cases, out_dir, info = _start(Runner, cases, s, path, only, out, resume, s.name)
+        all_cases = expand(s, device, only=only, batch_sizes=bss)
+        runner, cases, out_dir, info = _start(Runner, all_cases, s, path, only, out, resume, s.name)
         console.print(f"vitbench run {path} on {device}: {len(cases)} cases -> {out_dir}")
         interrupted = False
         try:
-            _run_with_progress(runner, cases)
+            _run_with_progress(runner, cases, all_cases)
         except KeyboardInterrupt:
             interrupted = True
         code = _finish(runner, out_dir, info, device, interrupted)
@@ -307,7 +308,7 @@ def _end(rows: list[dict[str, Any]], out_dir: Path, interrupted: bool, command: 
     return None
 
 
-def _run_with_progress(runner: Any, cases: list[Any]) -> None:
+def _run_with_progress(runner: Any, cases: list[Any], partners: list[Any] | None = None) -> None:
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     columns = [TextColumn("[progress.description]{task.description}"), BarColumn(), MofNCompleteColumn(),
@@ -316,16 +317,17 @@ def _run_with_progress(runner: Any, cases: list[Any]) -> None:
         task = progress.add_task("starting", total=len(cases))
 
         def on_start(i: int, c: Any) -> None:
-            progress.update(task, description=f"case {i + 1}/{len(cases)} {c.label} {c.compile_mode} "
-                                              f"{c.precision} bs{c.batch_size}")
+            progress.update(task, description=escape(f"set-up {i + 1}/{len(cases)} {c.label} {c.compile_mode} "
+                                                     f"{c.precision} bs{c.batch_size}"))
 
         def on_done(i: int, c: Any, row: dict[str, Any]) -> None:
             progress.advance(task)
             if row["status"] != "ok":
-                progress.console.print(f"[red]{row['status']}[/] {c.pair} {c.label} bs{c.batch_size}: {row['error']}",
-                                       soft_wrap=True)
+                progress.console.print(f"[red]{row['status']}[/] " + escape(f"{c.pair} {c.label} bs{c.batch_size}: "
+                                                                             f"{row['error']}"), soft_wrap=True)
 
-        runner.run(cases, on_start, on_done)
+        runner.on_progress = lambda text: progress.update(task, description=escape(text))
+        runner.run(cases, on_start, on_done, partners)
 
 
 def _finish(runner: Any, out_dir: Path, info: dict[str, Any], device: str, interrupted: bool) -> int:
@@ -341,13 +343,17 @@ def _finish(runner: Any, out_dir: Path, info: dict[str, Any], device: str, inter
         if plot:
             tables.append(plot)
     _summary(rows)
+    if (out_dir / "pairs.csv").exists():
+        tables.insert(0, out_dir / "pairs.csv")
     console.print(f"results: {out_dir / 'cases.csv'}" + "".join(f"\n         {t}" for t in tables))
     code = _end(rows, out_dir, interrupted, "run", "case(s)")
     if code is not None:
         return code
-    numerics_failed = [r for r in rows if r.get("numerics_status") in ("fail", "error")]
+    numerics_failed = [r for r in rows if r.get("numerics_status") in ("fail", "error", "port_failed")]
     if numerics_failed:
-        err_console.print(f"[bold red]{len(numerics_failed)} case(s) outside numeric tolerance[/]")
+        ports = sum(r.get("numerics_status") == "port_failed" for r in numerics_failed)
+        err_console.print(f"[bold red]{len(numerics_failed)} case(s) failed the numeric check[/]"
+                          + (f" ({ports} of them: weight port failed)" if ports else ""))
         return 1
     return 0
 
@@ -365,27 +371,45 @@ def _fmt(v: Any, nd: int = 2) -> str:
 
 
 def _summary(rows: list[dict[str, Any]]) -> None:
+    """The run's table: one line per case; candidates show their paired speed ratio with its 95% interval and
+    verdict, never one sample's ratio."""
     from rich.table import Table
 
-    t = Table(title="vitbench summary", show_lines=False)
+    t = Table(title="vitbench summary (vs ref: paired speed ratio, median of rounds [95% interval] verdict)",
+              show_lines=False)
     for col in ("implementation", "mode", "prec", "bs", "status", "img/s", "p50 ms", "p99 ms", "vs ref",
                 "max|diff|", "GMACs"):
-        t.add_column(col, justify="left" if col in ("implementation", "status") else "right")
-    ref_speed = {(r["pair"], r["compile_mode"], r["precision"], r["batch_size"]): r.get("samples_per_sec")
-                 for r in rows if r["role"] == "reference" and r["status"] == "ok"}
+        t.add_column(col, justify="left" if col in ("implementation", "status", "vs ref") else "right")
+    colours = {"faster": "green", "slower": "red", "same": "cyan", "contended": "yellow"}
     for r in rows:
-        ref = (ref_speed.get((r["pair"], r["compile_mode"], r["precision"], r["batch_size"]))
-               or ref_speed.get((r["pair"], "eager", r["precision"], r["batch_size"])))  # same mode, else eager
         ratio = ""
-        if r["status"] == "ok" and ref and r["role"] == "candidate":
-            ratio = f"{float(r['samples_per_sec']) / float(ref):.3f}x"
-        status = r["status"] if r["status"] == "ok" else f"[red]{r['status']}[/]"
-        if r.get("numerics_status") == "fail":
-            status += " [red](numerics)[/]"
-        t.add_row(r["label"], r["compile_mode"], r["precision"], str(r["batch_size"]), status,
+        if r["role"] == "candidate" and r.get("speed_verdict"):
+            v = r["speed_verdict"]
+            est = (f"{float(r['speed_ratio']):.2f}x [{float(r['speed_ratio_ci_low']):.2f}, "
+                   f"{float(r['speed_ratio_ci_high']):.2f}] " if _fmt(r.get("speed_ratio")) else "")
+            ratio = f"{est}[{colours.get(v, 'white')}]{v}[/]"
+        status = r["status"] if r["status"] == "ok" else f"[red]{escape(r['status'])}[/]"
+        ns = r.get("numerics_status")
+        if ns in ("fail", "error", "port_failed"):
+            status += f" [red]({'port failed' if ns == 'port_failed' else 'numerics'})[/]"
+        t.add_row(escape(str(r["label"])), r["compile_mode"], r["precision"], str(r["batch_size"]), status,
                   _fmt(r.get("samples_per_sec")), _fmt(r.get("latency_ms_p50")), _fmt(r.get("latency_ms_p99")),
                   ratio, _fmt(r.get("max_abs_diff")), _fmt(r.get("gmacs")))
     console.print(t)
+    for r in rows:
+        ns, where = r.get("numerics_status"), escape(f"{r['pair']}: {r['label']} {r['compile_mode']} "
+                                                     f"bs{r['batch_size']}")
+        if ns == "port_failed":
+            console.print(f"[red]port failed:[/] {where}: " + escape(str(r.get("numerics_error"))), soft_wrap=True)
+        elif ns in ("fail", "error"):
+            console.print(f"[red]numerics {ns}:[/] {where}: " + escape(str(r.get("numerics_error") or "")),
+                          soft_wrap=True)
+        if r.get("speed_verdict") == "contended":
+            console.print(f"[yellow]contended:[/] {where}: the machine was busy during most rounds ("
+                          f"{_fmt(r.get('contended_blocks'), 0)} contended blocks; other processes used "
+                          f"{_fmt(r.get('foreign_cpu_pct'), 0)}% of the CPU on average, hypervisor steal "
+                          f"{_fmt(r.get('cpu_steal_pct'), 1)}%): no verdict; run again on a quiet machine",
+                          soft_wrap=True)
 
 
 @app.command("diff")

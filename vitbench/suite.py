@@ -51,7 +51,16 @@ class Settings(_Strict):
     min_seconds: float | None = Field(None, ge=0)
     max_iters: int | None = Field(None, ge=1)
     timeout_s: float | None = Field(None, gt=0)
-    max_steal_pct: float | None = Field(None, ge=0, le=100, description="re-time when the VM lost more CPU")
+    rounds: int | None = Field(None, ge=1, le=1000, description="paired rounds: each side timed once per round, "
+                               "in alternating order; the speed ratio is the median over rounds")
+    processes: int | None = Field(None, ge=1, le=100, description="fresh timing processes the rounds are spread "
+                                  "over, so one process's luck (memory layout, thread placement) does not decide")
+    max_steal_pct: float | None = Field(None, ge=0, le=100, description="a block the VM lost more CPU in is "
+                                        "contended (its round is re-run)")
+    max_foreign_cpu_pct: float | None = Field(None, ge=0, le=100, description="a block in which other processes "
+                                              "used more of the machine's CPU is contended (its round is re-run)")
+    speed_threshold_pct: float | None = Field(None, ge=0, description="smallest speed difference called faster/"
+                                              "slower; 'same' means the interval lies within it")
     timing_attempts: int | None = Field(None, ge=1, le=10)
     numerics_batch: int | None = Field(None, ge=1)
     perturb_std: float | None = Field(None, ge=0, description="add N(0, std) to the reference's weights: zero-"
@@ -74,7 +83,8 @@ class Settings(_Strict):
 
 BUILTIN_DEFAULTS = Settings(
     batch_sizes=[1], precision=["fp32"], compile=["eager"], compile_options=CompileOptions(), warmup_iters=5,
-    min_iters=10, min_seconds=1.0, max_iters=100_000, timeout_s=600, max_steal_pct=5.0, timing_attempts=3,
+    min_iters=10, min_seconds=15.0, max_iters=100_000, timeout_s=600, rounds=30, processes=3, max_steal_pct=5.0,
+    max_foreign_cpu_pct=10.0, speed_threshold_pct=2.0, timing_attempts=3,
     numerics_batch=2, tolerance=Tolerance(), seed=0,
 )
 
@@ -217,7 +227,11 @@ class Case:
     min_seconds: float
     max_iters: int
     timeout_s: float
+    rounds: int
+    processes: int
     max_steal_pct: float
+    max_foreign_cpu_pct: float
+    speed_threshold_pct: float
     timing_attempts: int
     numerics_batch: int
     perturb_std: float | None
@@ -297,7 +311,9 @@ def expand(
                             batch_size=bs, img_size=s.get("img_size"), tokens=s.get("tokens"), dim=s.get("dim"),
                             warmup_iters=s["warmup_iters"],
                             min_iters=s["min_iters"], min_seconds=s["min_seconds"], max_iters=s["max_iters"],
-                            timeout_s=s["timeout_s"], max_steal_pct=s["max_steal_pct"],
+                            timeout_s=s["timeout_s"], rounds=s["rounds"], processes=s["processes"],
+                            max_steal_pct=s["max_steal_pct"], max_foreign_cpu_pct=s["max_foreign_cpu_pct"],
+                            speed_threshold_pct=s["speed_threshold_pct"],
                             timing_attempts=s["timing_attempts"], numerics_batch=s["numerics_batch"],
                             perturb_std=s.get("perturb_std"), seed=s["seed"],
                             tolerance_max_abs=tol.max_abs, tolerance_min_cosine=tol.min_cosine,

@@ -3,6 +3,7 @@ initial weights made once, rows appended to the same result store as inference c
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -38,7 +39,20 @@ class FinetuneRunner(Runner):
         out = run_job(d, self.out, "finetune_init", case.timeout_s, self.logs / f"init-{case.case_id}.log")
         self._init_errors[str(path)] = out.error
 
-    def run_case(self, case: FinetuneCase) -> dict[str, Any]:  # type: ignore[override]
+    def run(self, cases: list[FinetuneCase], on_start: Callable[[int, FinetuneCase], None] | None = None,  # type: ignore[override]
+            on_done: Callable[[int, FinetuneCase, dict[str, Any]], None] | None = None,
+            partners: list[FinetuneCase] | None = None) -> list[dict[str, Any]]:
+        """One model after the other (training is not paired)."""
+        rows = []
+        for i, case in enumerate(cases):
+            if on_start:
+                on_start(i, case)
+            rows.append(self.run_case(case))
+            if on_done:
+                on_done(i, case, rows[-1])
+        return rows
+
+    def run_case(self, case: FinetuneCase) -> dict[str, Any]:
         started = datetime.now(timezone.utc).isoformat(timespec="seconds")
         t0 = time.perf_counter()
         row: dict[str, Any] = {**self.env_row, **{k: getattr(case, k) for k in CASE_KEYS}, "task": "finetune",
@@ -62,7 +76,7 @@ class FinetuneRunner(Runner):
             if init_error and row.get("init", "").startswith("own"):
                 row["init"] = f"{row['init']} (init job: {init_error})"
         row["duration_s"] = time.perf_counter() - t0
-        self.store.append(row, latencies)
+        self.store.append(row, [{"latencies_ms": latencies}] if latencies else None)
         if curve:
             self.store.append_curve(case.case_id, case.label, curve)
         return row

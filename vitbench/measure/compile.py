@@ -81,9 +81,12 @@ def output_tensor(y: Any) -> torch.Tensor:
 
 
 def prepare(
-    model: nn.Module, case: dict[str, Any], x: torch.Tensor, autocast: contextlib.AbstractContextManager
+    model: nn.Module, case: dict[str, Any], x: torch.Tensor, autocast: contextlib.AbstractContextManager,
+    fresh: bool = True,
 ) -> tuple[Callable[[torch.Tensor], Any], dict[str, Any]]:
-    """Apply the case's compile mode. Returns the callable to time and the compile columns of the row."""
+    """Apply the case's compile mode. Returns the callable to time and the compile columns of the row.
+    ``fresh``: reset dynamo first (a cold start); a timing session hosting several compiled sides keeps what the
+    sides before compiled."""
     mode = case["compile_mode"]
     if mode == "eager":
         return model, {}
@@ -94,10 +97,11 @@ def prepare(
     opts = {k: v for k, v in case["compile_options"].items() if v is not None}
     with torch.inference_mode(), autocast:
         eager_first, y_eager = _timed_call(lambda: model(x), sync)
-    torch.compiler.reset()
     from torch._dynamo.utils import counters
 
-    counters.clear()
+    if fresh:
+        torch.compiler.reset()
+        counters.clear()
     row: dict[str, Any] = {"eager_first_call_s": eager_first}
     if mode == "full":
         runner: Callable[[torch.Tensor], Any] = torch.compile(model, **opts)
@@ -129,8 +133,6 @@ def prepare(
     return runner, row
 
 
-def recompiles_since(row: dict[str, Any]) -> int | None:
-    """Frames compiled after the first compiled call (each one a recompile during the timed loop)."""
-    if "_frames_after_first_call" not in row:
-        return None
-    return _counters()["frames"] - row.pop("_frames_after_first_call")
+def frames_compiled() -> int:
+    """Frames dynamo has compiled in this process (after the first compiled call, each new one is a recompile)."""
+    return _counters()["frames"]

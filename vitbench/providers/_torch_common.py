@@ -7,6 +7,15 @@ from typing import Any
 import numpy as np
 
 
+class PortError(ValueError):
+    """The reference's state_dict does not fit the candidate: keys missing or unexpected (names kept)."""
+
+    def __init__(self, missing: list[str], unexpected: list[str]) -> None:
+        self.missing, self.unexpected = missing, unexpected
+        super().__init__(f"weight port: {len(missing)} missing keys (e.g. {missing[:3]}), "
+                         f"{len(unexpected)} unexpected (e.g. {unexpected[:3]})")
+
+
 def unknown_model(kind: str, name: str, known: list[str]) -> str:
     """'unknown <kind> model 'x' (did you mean 'y'?)'."""
     import difflib
@@ -42,8 +51,7 @@ def load_numpy_state(model, state: dict[str, np.ndarray], filter_fn=None) -> Non
     missing = sorted(set(own) - set(sd))
     unexpected = sorted(set(sd) - set(own))
     if missing or unexpected:
-        raise ValueError(f"weight port: {len(missing)} missing keys (e.g. {missing[:3]}), "
-                         f"{len(unexpected)} unexpected (e.g. {unexpected[:3]})")
+        raise PortError(missing, unexpected)
     bad = [k for k in own if own[k].shape != sd[k].shape]
     if bad:
         raise ValueError(f"weight port: shape mismatch at {bad[0]}: ours {tuple(own[bad[0]].shape)} "

@@ -1,11 +1,10 @@
-"""Local executor: each case in its own spawned process with a timeout; results appended as they finish."""
+"""Local executor: each case in its own spawned worker with a timeout; a pair's sides timed in paired rounds;
+results appended as each group finishes."""
 from __future__ import annotations
 
-import contextlib
-import multiprocessing as mp
+import math
 import os
 import shutil
-import signal
 import tempfile
 import time
 from collections.abc import Callable
@@ -14,80 +13,47 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from ..measure.timing import least_contended
+from ..measure.stats import RatioEstimate
+from ..measure.timing import Block, least_contended
 from ..suite import Case
 from . import worker
+from .rounds import Limits, RoundsResult, SideFailed, block_iters_for, run_rounds, summarize
+from .session import JobOutcome, Session, run_job
 from .store import ResultStore
-
-_CTX = mp.get_context("spawn")
 
 
 @dataclass
-class JobOutcome:
-    status: str  # ok | error | oom | timeout | crashed
-    result: dict[str, Any] = field(default_factory=dict)
-    error: str = ""
+class _Side:
+    case: Case
+    record: bool  # False: a partner already measured (resume) that is timed again only for the pairing
+    row: dict[str, Any] = field(default_factory=dict)
+    ok: bool = True  # set up fine: takes part in the timing
 
 
-def run_job(case: dict[str, Any], run_dir: Path, job: str, timeout_s: float, log_path: Path,
-            env: dict[str, str] | None = None) -> JobOutcome:
-    """Run one worker job in a fresh process. Never raises for what happens inside the worker."""
-    parent, child = _CTX.Pipe(duplex=False)
-    proc = _CTX.Process(target=worker.main, args=(case, str(run_dir), child, str(log_path), env or {}, job),
-                        daemon=True)
-    proc.start()
-    child.close()
-    deadline = time.monotonic() + timeout_s
-    try:
-        while True:
-            if parent.poll(0.2):
-                try:
-                    kind, payload = parent.recv()
-                except EOFError:
-                    break
-                proc.join(10)
-                if kind == "ok":
-                    return JobOutcome("ok", payload)
-                return JobOutcome(payload["status"], error=payload["error"])
-            if not proc.is_alive() and not parent.poll(0):
-                break
-            if time.monotonic() > deadline:
-                _stop(proc)
-                return JobOutcome("timeout", error=f"timed out after {timeout_s:g} s (hung or too slow; "
-                                                   "raise timeout_s in the suite)")
-    finally:
-        if proc.is_alive():
-            _stop(proc)
-        _kill_group(proc.pid)
-        parent.close()
-    proc.join(5)
-    code = proc.exitcode
-    if code is not None and code < 0:
-        sig = -code
-        hint = " (killed: out of memory?)" if sig == 9 else ""
-        return JobOutcome("crashed", error=f"worker died from signal {sig}{hint}; see {log_path}")
-    return JobOutcome("crashed", error=f"worker exited with code {code} without a result; see {log_path}")
+class _SessionSide:
+    """One side hosted by a timing session, as run_rounds sees it."""
+
+    def __init__(self, session: Session, index: int) -> None:
+        self.session, self.index = session, index
+
+    def block(self, iters: int) -> Block:
+        return self.session.block(self.index, iters)
 
 
-def _kill_group(pid: int | None) -> None:
-    """End whatever the worker left behind (e.g. Inductor's compile-worker pool), so it cannot load the CPU
-    while the next case is timed."""
-    if pid is None or not hasattr(os, "killpg"):
-        return
-    with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.killpg(pid, signal.SIGKILL)
+class _Failed:
+    def __init__(self, outcome: JobOutcome) -> None:
+        self.outcome = outcome
 
-
-def _stop(proc: Any) -> None:
-    proc.terminate()
-    proc.join(3)
-    if proc.is_alive():
-        proc.kill()
-        proc.join(3)
+    def block(self, iters: int) -> Block:
+        raise SideFailed(self.outcome)
 
 
 class Runner:
-    """Runs cases in order, skipping those already done, and appends one row per finished case."""
+    """Runs cases group by group. Each case is first set up alone in a fresh worker (memory, numerics, FLOPs,
+    compile cold/warm start); then the group's sides are timed together in paired rounds, in ``processes`` fresh
+    timing sessions (one per framework, hosting all that framework's sides), so that neither the machine's drift
+    nor one process's luck decides a comparison. Rows are appended when their group ends; cases already done
+    (``--resume``) are skipped."""
 
     def __init__(self, out_dir: Path, env_row: dict[str, Any]) -> None:
         self.out = Path(out_dir)
@@ -96,6 +62,7 @@ class Runner:
         self.logs.mkdir(parents=True, exist_ok=True)
         self.env_row = env_row
         self._prepared: dict[str, str] = {}  # artifact path -> error ("" when fine)
+        self.on_progress: Callable[[str], None] | None = None
 
     def _ensure_reference(self, case: Case) -> None:
         path = worker.artifact_path(self.out, case.pair, case.device)
@@ -104,60 +71,273 @@ class Runner:
         out = run_job(case.to_dict(), self.out, "prepare", case.timeout_s, self.logs / f"prepare-{case.case_id}.log")
         self._prepared[str(path)] = out.error
 
-    def run_case(self, case: Case) -> dict[str, Any]:
-        started = datetime.now(timezone.utc).isoformat(timespec="seconds")
-        t0 = time.perf_counter()
-        log = self.logs / f"{case.case_id}.log"
-        if case.role == "candidate" and case.port:
-            self._ensure_reference(case)
+    def _setup(self, case: Case) -> JobOutcome:
+        """The case measured but for its timing, in a fresh worker. A cold compile the hypervisor took too much
+        CPU from is run again in a fresh worker and cache (the least-contended is kept); its cache then serves
+        the warm start, a second worker."""
         compiled = case.framework == "torch" and case.compile_mode in ("full", "regional")
-        cache: dict[str, Any] = {"dir": None, "env": {}}
+        log = self.logs / f"{case.case_id}.log"
+        dirs: list[str] = []
 
-        def attempt() -> tuple[JobOutcome, float | None]:
-            if cache["dir"]:
-                shutil.rmtree(cache["dir"], ignore_errors=True)
+        def attempt() -> tuple[tuple[JobOutcome, str | None], float | None]:
+            d, env = None, {}
             if compiled:  # a fresh, private Inductor cache: the first compiled call is a cold start
                 d = tempfile.mkdtemp(prefix=f"vitbench-inductor-{case.case_id}-")
-                cache.update(dir=d, env={"TORCHINDUCTOR_CACHE_DIR": d, "TRITON_CACHE_DIR": f"{d}/triton"})
-            trial = run_job(case.to_dict(), self.out, "measure", case.timeout_s, log, cache["env"])
-            return trial, trial.result.get("compile_steal_pct_cold") if trial.status == "ok" else None
+                dirs.append(d)
+                env = _cache_env(d)
+            out = run_job(case.to_dict(), self.out, "setup", case.timeout_s, log, env)
+            return (out, d), out.result.get("compile_steal_pct_cold") if out.status == "ok" else None
 
-        # a cold compile the hypervisor took too much CPU from is timed again, in a fresh worker and cache
-        out, _, attempts = least_contended(attempt, case.max_steal_pct, case.timing_attempts if compiled else 1)
+        (out, cache_dir), _, attempts = least_contended(attempt, case.max_steal_pct,
+                                                        case.timing_attempts if compiled else 1)
         if compiled and out.status == "ok":
             out.result["compile_attempts"] = attempts  # cold compiles run; the least-contended one is kept
-        # the warm start below reuses the on-disk cache of the last cold compile (each one compiled the same case)
-        cache_dir, env = cache["dir"], cache["env"]
-        row: dict[str, Any] = {**self.env_row, **_case_columns(case), "started_at": started}
-        row.update(out.result)
-        latencies = row.pop("latencies_ms", None)
-        row["status"] = out.status
-        row["error"] = out.error
-        if out.status == "ok" and cache_dir:
-            warm = run_job(case.to_dict(), self.out, "warm", case.timeout_s, log, env)
+            warm = run_job(case.to_dict(), self.out, "warm", case.timeout_s, log, _cache_env(cache_dir))
             if warm.status == "ok":
-                row.update(warm.result)
+                out.result.update(warm.result)
             else:
-                row["error"] = f"warm compile: {warm.error}"
-        if cache_dir:
-            shutil.rmtree(cache_dir, ignore_errors=True)
-        if row.get("numerics_status") == "error" and not row.get("numerics_error"):
-            row["numerics_error"] = self._prepared.get(str(worker.artifact_path(self.out, case.pair, case.device)))
-        row["duration_s"] = time.perf_counter() - t0
-        self.store.append(row, latencies)
-        return row
+                out.error = f"warm compile: {warm.error}"
+        for d in dirs:
+            shutil.rmtree(d, ignore_errors=True)
+        return out
+
+    def run_group(self, group: list[_Side], on_start: Callable[[Case], None] | None = None) -> list[dict[str, Any]]:
+        """Set up every side, time them in paired rounds (the first side is the reference when there is one),
+        write their rows and the pairs' rows. Returns the recorded rows."""
+        started = datetime.now(timezone.utc).isoformat(timespec="seconds")
+        t0 = time.perf_counter()
+        for side in group:
+            if side.case.role == "candidate" and side.case.port:
+                self._ensure_reference(side.case)
+            if not side.record:
+                continue
+            if on_start:
+                on_start(side.case)
+            out = self._setup(side.case)
+            side.row = {**self.env_row, **_case_columns(side.case), "started_at": started, **out.result,
+                        "status": out.status, "error": out.error}
+            side.ok = out.status == "ok"
+        live = [s for s in group if s.ok]
+        result = self._time(live) if live else None
+        pair_rows = self._pair_rows(group, live, result) if result else []
+        rows = []
+        duration = time.perf_counter() - t0
+        for s in group:
+            if not s.record:
+                continue
+            if s.row.get("numerics_status") == "error" and not s.row.get("numerics_error"):
+                s.row["numerics_error"] = self._prepared.get(str(worker.artifact_path(self.out, s.case.pair,
+                                                                                      s.case.device)))
+            s.row["duration_s"] = duration
+            self.store.append(s.row, s.row.pop("_blocks", None))
+            rows.append(s.row)
+        for pr in pair_rows:
+            self.store.append_pair(pr)
+        return rows
+
+    def _time(self, live: list[_Side]) -> RoundsResult:
+        """Paired rounds over ``processes`` timing sessions per framework; rows get their timing columns."""
+        c0 = live[0].case
+        per_process = math.ceil(c0.rounds / c0.processes)
+        compiled = any(s.case.compile_mode in ("full", "regional") for s in live)
+        cache_dir = tempfile.mkdtemp(prefix="vitbench-inductor-timing-") if compiled else None
+        env = _cache_env(cache_dir) if cache_dir else {}
+        dead: dict[int, JobOutcome] = {}
+        iters: list[int] = []
+        total: RoundsResult | None = None
+        try:
+            for p in range(c0.processes):
+                sessions, sides = self._open_sessions(live, dead, env, p)
+                if not iters:
+                    iters = [block_iters_for(s.iter_s, c0.rounds, s.case.min_iters, s.case.min_seconds,
+                                             s.case.max_iters) for s in sides]
+                try:
+                    limits = Limits(c0.max_steal_pct, c0.max_foreign_cpu_pct,
+                                    _gpu_others(c0.device, {x.pid for x in sessions if x.pid})
+                                    if c0.device.startswith("cuda") else None)
+                    res = run_rounds([s.timeable for s in sides], iters, per_process, limits, seed=c0.seed + p,
+                                     on_round=self._round_progress(c0, p, per_process))
+                finally:
+                    for x in sessions:
+                        x.finish()
+                dead.update({i: o for i, o in res.failed.items()})
+                total = res if total is None else total + res
+        finally:
+            if cache_dir:
+                shutil.rmtree(cache_dir, ignore_errors=True)
+        assert total is not None
+        for i, s in enumerate(live):
+            blocks, clean = total.blocks(i)
+            s.row.update(summarize(total.used_blocks(i), s.case.batch_size))
+            s.row["contended_blocks"] = sum(1 for c in clean if not c)
+            s.row["_blocks"] = [b.to_dict() | {"clean": c} for b, c in zip(blocks, clean, strict=True)]
+            if i in dead and s.row.get("status") == "ok":
+                s.row.update(status=dead[i].status, error=f"timing: {dead[i].error}")
+        return total
+
+    def _open_sessions(self, live: list[_Side], dead: dict[int, JobOutcome], env: dict[str, str], p: int
+                       ) -> tuple[list[Session], list[Any]]:
+        """One timing session per framework (and backend), hosting every live side of it, in a fresh process."""
+        by_fw: dict[tuple[str, str | None], list[int]] = {}
+        for i, s in enumerate(live):
+            if i not in dead:
+                by_fw.setdefault((s.case.framework, s.case.backend), []).append(i)
+        sides: list[Any] = [_TimingSide(_Failed(dead[i]), live[i].case, 0.0) if i in dead else None
+                            for i in range(len(live))]
+        sessions = []
+        for (fw, backend), idx in by_fw.items():
+            name = f"timing-{live[0].case.case_id}-{fw}{'-' + backend if backend else ''}-{p}.log"
+            x = Session([live[i].case.to_dict() for i in idx], self.out, "serve", max(live[i].case.timeout_s
+                        for i in idx), self.logs / name, env)
+            sessions.append(x)
+            ready = x.receive("ready")
+            for k, i in enumerate(idx):
+                r = ready.result[k] if ready.status == "ok" else {"status": ready.status, "error": ready.error}
+                if r["status"] == "ok":
+                    sides[i] = _TimingSide(_SessionSide(x, k), live[i].case, r["iter_s"])
+                else:
+                    outcome = JobOutcome(r["status"], error=r["error"])
+                    dead[i] = outcome
+                    sides[i] = _TimingSide(_Failed(outcome), live[i].case, 0.0)
+        return sessions, sides
+
+    def _round_progress(self, c: Case, p: int, per_process: int) -> Callable[[int, int], None]:
+        def progress(clean: int, attempts: int) -> None:
+            if self.on_progress:
+                self.on_progress(f"{c.pair} bs{c.batch_size}: process {p + 1}/{c.processes}, round "
+                                 f"{clean}/{per_process}" + (f" ({attempts - clean} contended)"
+                                                             if attempts > clean else ""))
+        return progress
+
+    def _pair_rows(self, group: list[_Side], live: list[_Side], result: RoundsResult) -> list[dict[str, Any]]:
+        ref = live[0] if live and live[0].case.role == "reference" else None
+        rows = []
+        for j, s in enumerate(live):
+            if s.case.role != "candidate" or not s.record:
+                continue
+            if ref is None:
+                est = None
+            else:
+                est = result.estimate(j, s.case.speed_threshold_pct)
+            r = pair_row(s, ref, est, result)
+            s.row.update({k: r[k] for k in ("speed_ratio", "speed_ratio_ci_low", "speed_ratio_ci_high",
+                                            "speed_verdict")})
+            rows.append(r)
+        for s in group:  # candidates that could not be timed still get a pairs row
+            if s.case.role == "candidate" and s.record and s not in live:
+                rows.append(pair_row(s, ref, None, result))
+        return rows
 
     def run(self, cases: list[Case], on_start: Callable[[int, Case], None] | None = None,
-            on_done: Callable[[int, Case, dict[str, Any]], None] | None = None) -> list[dict[str, Any]]:
+            on_done: Callable[[int, Case, dict[str, Any]], None] | None = None,
+            partners: list[Case] | None = None) -> list[dict[str, Any]]:
+        """Run ``cases`` in paired groups. ``partners``: every case of the suite, so that a candidate resumed
+        without its (already measured) reference is still timed against it."""
+        index = {c.case_id: i for i, c in enumerate(cases)}
         rows = []
-        for i, case in enumerate(cases):
+
+        def started(c: Case) -> None:
             if on_start:
-                on_start(i, case)
-            row = self.run_case(case)
-            rows.append(row)
-            if on_done:
-                on_done(i, case, row)
+                on_start(index[c.case_id], c)
+
+        for group in plan_groups(cases, partners or cases):
+            for row in self.run_group(group, started):
+                rows.append(row)
+                if on_done:
+                    case = next(s.case for s in group if s.case.case_id == row["case_id"])
+                    on_done(index[case.case_id], case, row)
         return rows
+
+
+@dataclass
+class _TimingSide:
+    timeable: Any
+    case: Case
+    iter_s: float
+
+
+def _cache_env(d: str | None) -> dict[str, str]:
+    return {"TORCHINDUCTOR_CACHE_DIR": d, "TRITON_CACHE_DIR": f"{d}/triton"} if d else {}
+
+
+def plan_groups(cases: list[Case], partners: list[Case]) -> list[list[_Side]]:
+    """Groups of one reference case and the candidate cases compared with it: same pair, device, precision,
+    batch size and input; the same compile mode, else the reference's eager case (a Keras graph/XLA candidate
+    against timm eager). References come first; a case whose reference is not in the suite is timed alone."""
+    todo = {c.case_id for c in cases}
+    key = lambda c: (c.pair, c.device, c.precision, c.batch_size, c.img_size, c.tokens, c.dim)  # noqa: E731
+    refs = {(key(c), c.compile_mode): c for c in partners if c.role == "reference"}
+    groups: dict[str, list[_Side]] = {}
+    order: list[str] = []
+    for c in cases:
+        if c.role == "reference":
+            ref = c
+        else:
+            ref = refs.get((key(c), c.compile_mode)) or refs.get((key(c), "eager"))
+        gid = ref.case_id if ref is not None else c.case_id
+        if gid not in groups:
+            groups[gid] = [_Side(ref, ref.case_id in todo)] if ref is not None else []
+            order.append(gid)
+        if c is not ref:
+            groups[gid].append(_Side(c, True))
+    return [groups[g] for g in order]
+
+
+def pair_row(side: _Side, ref: _Side | None, est: RatioEstimate | None, result: RoundsResult) -> dict[str, Any]:
+    """One line of pairs.csv: a candidate at one setting against its reference."""
+    c, r = side.case, side.row
+    if est is None:
+        why = "no reference timed beside it" if ref is None else (side.row.get("error") or "not timed")
+        ratio = lo = hi = None
+        verdict = "inconclusive" if ref is not None and side.row.get("status") == "ok" else "not measured"
+        rounds = 0
+    else:
+        why = ""
+        ratio, lo, hi, rounds = est.ratio, est.low, est.high, est.rounds
+        verdict = est.verdict
+        if est.verdict == "contended":
+            why = result.why_contended()
+    return {
+        "pair": c.pair, "label": c.label, "framework": c.framework, "backend": c.backend, "device": c.device,
+        "compile_mode": c.compile_mode, "precision": c.precision, "batch_size": c.batch_size,
+        "img_size": r.get("img_size", c.img_size), "tokens": c.tokens,
+        "reference_label": ref.case.label if ref else None, "reference_compile_mode": ref.case.compile_mode if ref
+        else None, "speed_ratio": ratio, "speed_ratio_ci_low": lo, "speed_ratio_ci_high": hi, "rounds": rounds,
+        "rounds_run": result.attempts, "contended_rounds": result.attempts - result.clean_rounds,
+        "threshold_pct": c.speed_threshold_pct, "speed_verdict": verdict, "speed_note": why,
+        "samples_per_sec": r.get("samples_per_sec"),
+        "reference_samples_per_sec": ref.row.get("samples_per_sec") if ref else None,
+        "cpu_steal_pct": r.get("cpu_steal_pct"), "foreign_cpu_pct": r.get("foreign_cpu_pct"),
+        "status": r.get("status"), "numerics_status": r.get("numerics_status"),
+        "max_abs_diff": r.get("max_abs_diff"), "cosine_sim": r.get("cosine_sim"),
+        "numerics_error": r.get("numerics_error"), "case_id": c.case_id,
+        "reference_case_id": ref.case.case_id if ref else None,
+    }
+
+
+def _gpu_others(device: str, ours: set[int]) -> Callable[[], int]:
+    """Processes on the case's GPU other than this run's (NVML). Matched by pid where NVML's pids are ours (same
+    pid namespace); in a container whose pids NVML cannot see, counted beyond our own sessions instead."""
+    index = int(device.partition(":")[2] or 0)
+
+    def count() -> int:
+        try:
+            import pynvml
+
+            pynvml.nvmlInit()
+            try:
+                h = pynvml.nvmlDeviceGetHandleByIndex(index)
+                pids = {p.pid for p in pynvml.nvmlDeviceGetComputeRunningProcesses(h)}
+            finally:
+                pynvml.nvmlShutdown()
+        except Exception:  # noqa: BLE001  (no NVML: nothing to report)
+            return 0
+        mine = ours | {os.getpid()}
+        if pids & mine:
+            return len(pids - mine)
+        return max(0, len(pids) - len(ours) - 1)  # the parent may hold a context too: give it the benefit
+
+    return count
 
 
 def _case_columns(case: Case) -> dict[str, Any]:

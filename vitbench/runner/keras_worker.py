@@ -11,8 +11,7 @@ import numpy as np
 
 from ..env import pkg_version
 from ..measure import memory
-from ..measure.timing import time_loop, time_loop_quiet
-from .worker import compare_candidate
+from .worker import Timed, compare_candidate
 
 
 def _setup(case: dict[str, Any]) -> str:
@@ -41,14 +40,13 @@ def _numerics(case: dict[str, Any], model: Any, run_dir: str) -> dict[str, Any]:
         return {"numerics_status": "reference", "numerics_error": "a Keras reference writes no artifacts yet"}
     import keras
 
-    def run_candidate(state: dict[str, np.ndarray], x: np.ndarray) -> np.ndarray:
-        if x.ndim == 4:
-            x = x.transpose(0, 2, 3, 1)  # NCHW (torch reference) -> NHWC
-        model(x[:1])  # build
-        get_provider(case["provider"]).port(model, state)
-        return keras.ops.convert_to_numpy(model(x))
+    def nhwc(x: np.ndarray) -> np.ndarray:
+        return x.transpose(0, 2, 3, 1) if x.ndim == 4 else x  # NCHW (torch reference) -> NHWC
 
-    return compare_candidate(case, run_dir, run_candidate)
+    def port(state: dict[str, np.ndarray]) -> None:
+        get_provider(case["provider"]).port(model, state)
+
+    return compare_candidate(case, run_dir, port, lambda x: keras.ops.convert_to_numpy(model(nhwc(x))))
 
 
 def _macs(model: Any, case: dict[str, Any]) -> dict[str, Any]:
@@ -62,8 +60,9 @@ def _macs(model: Any, case: dict[str, Any]) -> dict[str, Any]:
     return {"flops_method": "not counted for this Keras layer"}
 
 
-def measure(case: dict[str, Any], run_dir: str) -> dict[str, Any]:
-    t_start = time.perf_counter()
+def setup(case: dict[str, Any], run_dir: str, timing_only: bool = False) -> tuple[dict[str, Any], Timed]:
+    """Build, numerics, MACs, compile (graph/xla/jit) and warm-up; the serve loop then times blocks.
+    ``timing_only`` (a timing session): no numerics or MACs."""
     backend = _setup(case)
     import keras
 
@@ -81,8 +80,9 @@ def measure(case: dict[str, Any], run_dir: str) -> dict[str, Any]:
         "keras_version": keras.__version__, "tf_version": pkg_version("tensorflow"),
         "torch_version": pkg_version("torch") if backend == "torch" else None,
     }
-    row.update(_numerics(case, model, run_dir))
-    row.update(_macs(model, case))
+    if not timing_only:
+        row.update(_numerics(case, model, run_dir))
+        row.update(_macs(model, case))
 
     def eager() -> Any:
         return keras.ops.convert_to_numpy(model(x, training=False))  # materialise: the work is done
@@ -106,15 +106,16 @@ def measure(case: dict[str, Any], run_dir: str) -> dict[str, Any]:
         row["compile_first_call_cold_s"] = time.perf_counter() - t0
         row["compile_cold_s"] = row["compile_first_call_cold_s"] - row["eager_first_call_s"]
         row["compiled_max_abs_diff"] = float(np.abs(np.asarray(y_comp) - y_eager).max())
-    t, row["cpu_steal_pct"], row["timing_attempts"] = time_loop_quiet(
-        lambda: time_loop(runner, lambda: None, batch_size=case["batch_size"], warmup_iters=case["warmup_iters"],
-                          min_iters=case["min_iters"], min_seconds=case["min_seconds"], max_iters=case["max_iters"]),
-        case["max_steal_pct"], case["timing_attempts"])
-    row.update(t.stats())
-    row.update(samples_per_sec=t.samples_per_sec, step_time_ms=t.step_time_ms, iters=t.iters, timed_s=t.loop_s,
-               first_call_s=t.first_call_s, latencies_ms=t.latencies_ms, peak_rss_mb=memory.peak_rss_mb(),
-               duration_s=time.perf_counter() - t_start)
-    return row
+    t0 = time.perf_counter()
+    runner()
+    row["first_call_s"] = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    for _ in range(case["warmup_iters"]):
+        runner()
+    n = case["warmup_iters"]
+    iter_s = (time.perf_counter() - t0) / n if n else row["first_call_s"]
+    return row, Timed(step=runner, sync=lambda: None, iter_s=iter_s,
+                      finish=lambda: {"peak_rss_mb": memory.peak_rss_mb()})
 
 
 def prepare(case: dict[str, Any], run_dir: str) -> dict[str, Any]:

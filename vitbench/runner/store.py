@@ -13,7 +13,9 @@ CASE_COLUMNS = [
     "case_id", "task", "suite", "pair", "role", "label", "provider", "model", "framework", "backend", "device",
     "device_name", "precision", "compile_mode", "batch_size", "img_size", "tokens", "attention", "status", "error",
     "samples_per_sec", "step_time_ms", "latency_ms_p50", "latency_ms_p90", "latency_ms_p99", "latency_ms_mean",
-    "latency_ms_stdev", "latency_ms_min", "iters", "timed_s", "cpu_steal_pct", "timing_attempts", "first_call_s",
+    "latency_ms_stdev", "latency_ms_min", "iters", "timed_s", "rounds", "samples_per_sec_ci_low",
+    "samples_per_sec_ci_high", "speed_ratio", "speed_ratio_ci_low", "speed_ratio_ci_high", "speed_verdict",
+    "cpu_steal_pct", "foreign_cpu_pct", "contended_blocks", "timing_attempts", "first_call_s",
     "eager_first_call_s",
     "compile_cold_s", "compile_warm_s", "compile_first_call_cold_s", "compile_first_call_warm_s",
     "compile_cache_hits_cold", "compile_cache_hits_warm", "compile_steal_pct_cold", "compile_steal_pct_warm",
@@ -33,14 +35,28 @@ CASE_COLUMNS = [
 ]
 
 
+# pairs.csv columns: one row per candidate at one setting, against its reference (paired rounds)
+PAIR_COLUMNS = [
+    "pair", "label", "framework", "backend", "device", "compile_mode", "precision", "batch_size", "img_size", "tokens",
+    "reference_label", "reference_compile_mode", "speed_ratio", "speed_ratio_ci_low", "speed_ratio_ci_high",
+    "rounds", "rounds_run", "contended_rounds", "threshold_pct", "speed_verdict", "speed_note", "samples_per_sec",
+    "reference_samples_per_sec", "cpu_steal_pct", "foreign_cpu_pct", "status", "numerics_status", "max_abs_diff",
+    "cosine_sim", "numerics_error", "case_id", "reference_case_id",
+]
+
+
 class ResultStore:
-    """``cases.csv`` (one row per case) and ``latencies.jsonl`` (raw per-iteration ms) in a run directory."""
+    """``cases.csv`` (one row per case), ``pairs.csv`` (one row per candidate and setting: the paired speed ratio)
+    and ``latencies.jsonl`` (raw per-iteration ms, by block) in a run directory. Rows are appended, flushed and
+    fsynced as they come; the files are rewritten only to upgrade an old header or (``--resume``) to drop rows of
+    cases that did not finish."""
 
     def __init__(self, out_dir: str | Path) -> None:
         self.dir = Path(out_dir)
         self.dir.mkdir(parents=True, exist_ok=True)
         self.cases = self.dir / "cases.csv"
         self.latencies = self.dir / "latencies.jsonl"
+        self.pairs = self.dir / "pairs.csv"
         self._upgrade_header()
 
     def _upgrade_header(self) -> None:
@@ -54,14 +70,7 @@ class ResultStore:
             self._rewrite(self.rows())
 
     def _rewrite(self, rows: list[dict[str, str]]) -> None:
-        tmp = self.cases.with_suffix(".tmp")
-        with tmp.open("w", newline="") as f:
-            w = csv.DictWriter(f, fieldnames=CASE_COLUMNS, extrasaction="ignore")
-            w.writeheader()
-            w.writerows(rows)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, self.cases)
+        _write_csv(self.cases, CASE_COLUMNS, rows)
 
     def rows(self) -> list[dict[str, str]]:
         if not self.cases.exists():
@@ -78,7 +87,20 @@ class ResultStore:
         keep = [r for r in rows if r.get("status") == "ok"]
         if len(keep) != len(rows):
             self._rewrite(keep)
+        if self.pairs.exists():
+            done = {r["case_id"] for r in keep}
+            pairs = [r for r in self.pair_rows() if r.get("case_id") in done]
+            _write_csv(self.pairs, PAIR_COLUMNS, pairs)
         return len(rows) - len(keep)
+
+    def pair_rows(self) -> list[dict[str, str]]:
+        if not self.pairs.exists():
+            return []
+        with self.pairs.open(newline="") as f:
+            return list(csv.DictReader(f))
+
+    def append_pair(self, row: dict[str, Any]) -> None:
+        _append_csv(self.pairs, PAIR_COLUMNS, row)
 
     def append_curve(self, case_id: str, label: str, points: list[dict[str, Any]]) -> None:
         """Fine-tune curves, long format (case_id, label, step, metric, value) in ``curves.csv``."""
@@ -92,20 +114,40 @@ class ResultStore:
             f.flush()
             os.fsync(f.fileno())
 
-    def append(self, row: dict[str, Any], latencies_ms: list[float] | None = None) -> None:
-        new = not self.cases.exists() or self.cases.stat().st_size == 0
-        with self.cases.open("a", newline="") as f:
-            w = csv.DictWriter(f, fieldnames=CASE_COLUMNS, extrasaction="ignore")
-            if new:
-                w.writeheader()
-            w.writerow({k: _cell(row.get(k)) for k in CASE_COLUMNS})
-            f.flush()
-            os.fsync(f.fileno())
-        if latencies_ms:
+    def append(self, row: dict[str, Any], blocks: list[dict[str, Any]] | None = None) -> None:
+        """One case's row; ``blocks``: its timed blocks (latencies in ms, wall time, contention, clean or not),
+        kept in latencies.jsonl with every latency flattened in ``latencies_ms``."""
+        _append_csv(self.cases, CASE_COLUMNS, row)
+        if blocks:
+            lat = [v for b in blocks for v in b["latencies_ms"]]
+            meta = [{k: v for k, v in b.items() if k != "latencies_ms"} | {"iters": len(b["latencies_ms"])}
+                    for b in blocks]
             with self.latencies.open("a") as f:
-                f.write(json.dumps({"case_id": row["case_id"], "latencies_ms": latencies_ms}) + "\n")
+                f.write(json.dumps({"case_id": row["case_id"], "latencies_ms": lat, "blocks": meta}) + "\n")
                 f.flush()
                 os.fsync(f.fileno())
+
+
+def _append_csv(path: Path, columns: list[str], row: dict[str, Any]) -> None:
+    new = not path.exists() or path.stat().st_size == 0
+    with path.open("a", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=columns, extrasaction="ignore")
+        if new:
+            w.writeheader()
+        w.writerow({k: _cell(row.get(k)) for k in columns})
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def _write_csv(path: Path, columns: list[str], rows: list[dict[str, Any]]) -> None:
+    tmp = path.with_suffix(".tmp")
+    with tmp.open("w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=columns, extrasaction="ignore")
+        w.writeheader()
+        w.writerows(rows)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
 
 
 def _cell(v: Any) -> Any:

@@ -14,9 +14,8 @@ import torch
 from ..env import pkg_version
 from ..measure import flops, memory
 from ..measure.compile import output_tensor
-from ..measure.timing import time_loop, time_loop_quiet
 from ..providers import get_provider
-from .worker import artifact_path, compare_candidate
+from .worker import Timed, artifact_path, compare_candidate
 
 DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16, "amp": torch.float16, "amp_bf16": torch.bfloat16}
 
@@ -81,12 +80,11 @@ def _numerics(case: dict[str, Any], model: Any, run_dir: str, dev: torch.device,
             _write_artifact(path, model, img, case, dev)
         return {"numerics_status": "reference"}
 
-    def run_candidate(state: dict[str, np.ndarray], x: np.ndarray) -> np.ndarray:
-        get_provider(case["provider"]).port(model, state)
+    def run(x: np.ndarray) -> np.ndarray:
         with torch.inference_mode():
             return output_tensor(model(torch.from_numpy(x).to(dev))).float().cpu().numpy()
 
-    return compare_candidate(case, run_dir, run_candidate)
+    return compare_candidate(case, run_dir, lambda state: get_provider(case["provider"]).port(model, state), run)
 
 
 def _device_name(dev: torch.device) -> str:
@@ -120,10 +118,15 @@ def warm_compile(case: dict[str, Any], run_dir: str) -> dict[str, Any]:
     return {k: v for k, v in row.items() if k.endswith("_warm") or k.endswith("_warm_s")}
 
 
-def measure(case: dict[str, Any], run_dir: str) -> dict[str, Any]:
-    t_start = time.perf_counter()
+def setup(case: dict[str, Any], run_dir: str, timing_only: bool = False) -> tuple[dict[str, Any], Timed]:
+    """Everything but the timed blocks: build, memory of one forward, numerics, FLOPs, precision, compile, warm-up.
+    ``timing_only`` (a timing session): build (a candidate with the reference's weights where they port), precision,
+    compile and warm-up only. Returns the row so far and what to time."""
     dev = _setup(case)
     model, img = _build(case, dev)
+    if timing_only:
+        _port_quietly(case, model, run_dir)
+        return _timed(case, model, img, dev, {}, fresh=False)
     row: dict[str, Any] = {
         "img_size": img,
         "param_count_m": sum(p.numel() for p in model.parameters()) / 1e6,
@@ -148,37 +151,77 @@ def measure(case: dict[str, Any], run_dir: str) -> dict[str, Any]:
         row.update(gmacs=macs / 1e9, macts_m=acts / 1e6, flops_method=flops.METHOD)
     except Exception as e:  # noqa: BLE001
         row["flops_method"] = f"failed: {type(e).__name__}: {str(e).splitlines()[0][:200]}"
+    return _timed(case, model, img, dev, row)
 
+
+def _port_quietly(case: dict[str, Any], model: Any, run_dir: str) -> None:
+    """A timing session's candidate runs with the reference's weights, as in the set-up job, where they port (a
+    failed port is reported by the set-up job; the timing goes on with the candidate's own weights)."""
+    path = artifact_path(run_dir, case["pair"], case["device"])
+    if case["role"] != "candidate" or not case["port"] or not path.exists():
+        return
+    art = np.load(path)
+    with contextlib.suppress(Exception):
+        get_provider(case["provider"]).port(model, {k[2:]: art[k] for k in art.files if k.startswith("w/")})
+
+
+def _timed(case: dict[str, Any], model: Any, img: int | None, dev: torch.device, row: dict[str, Any],
+           fresh: bool = True) -> tuple[dict[str, Any], Timed]:
+    """Precision and compile mode applied, the first call timed apart, the warm-up run."""
     model, x, autocast = _with_precision(model, _input(case, case["batch_size"], img, dev),
                                          case["precision"], dev)
 
     from ..measure import compile as compile_mod
 
-    runner, compile_row = compile_mod.prepare(model, case, x, autocast)
+    runner, compile_row = compile_mod.prepare(model, case, x, autocast, fresh)
+    frames_after_first_call = compile_row.pop("_frames_after_first_call", None)
     row.update(compile_row)
 
     sync = (lambda: torch.cuda.synchronize(dev)) if dev.type == "cuda" else (lambda: None)
+
+    def context() -> contextlib.ExitStack:
+        stack = contextlib.ExitStack()
+        stack.enter_context(torch.inference_mode())
+        stack.enter_context(autocast)
+        return stack
+
+    def step() -> Any:
+        return runner(x)
+
+    with context():  # the first call (compiled: after compile) timed apart, then the warm-up
+        sync()
+        t0 = time.perf_counter()
+        step()
+        sync()
+        row["first_call_s"] = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        for _ in range(case["warmup_iters"]):
+            step()
+        sync()
+    n = case["warmup_iters"]
+    iter_s = (time.perf_counter() - t0) / n if n else row["first_call_s"]
     if dev.type == "cuda":
         torch.cuda.reset_peak_memory_stats(dev)
+    _stop_compile_workers()
 
-    def timed() -> Any:
-        with torch.inference_mode(), autocast:
-            return time_loop(lambda: runner(x), sync, batch_size=case["batch_size"],
-                             warmup_iters=case["warmup_iters"], min_iters=case["min_iters"],
-                             min_seconds=case["min_seconds"], max_iters=case["max_iters"])
+    def finish() -> dict[str, Any]:
+        out: dict[str, Any] = {"peak_rss_mb": memory.peak_rss_mb()}
+        if frames_after_first_call is not None:
+            out["recompiles"] = compile_mod.frames_compiled() - frames_after_first_call
+        if dev.type == "cuda":
+            out.update(cuda_peak_allocated_mb=torch.cuda.max_memory_allocated(dev) / 1e6,
+                       cuda_peak_reserved_mb=torch.cuda.max_memory_reserved(dev) / 1e6,
+                       nvml_used_mb=memory.nvml_used_mb(dev.index or 0))
+        return out
 
-    t, row["cpu_steal_pct"], row["timing_attempts"] = time_loop_quiet(timed, case["max_steal_pct"],
-                                                                      case["timing_attempts"])
-    recompiles = compile_mod.recompiles_since(row)
-    if recompiles is not None:
-        row["recompiles"] = recompiles
-    row.update(t.stats())
-    row.update(samples_per_sec=t.samples_per_sec, step_time_ms=t.step_time_ms, iters=t.iters, timed_s=t.loop_s,
-               first_call_s=t.first_call_s, latencies_ms=t.latencies_ms)
-    if dev.type == "cuda":
-        row.update(cuda_peak_allocated_mb=torch.cuda.max_memory_allocated(dev) / 1e6,
-                   cuda_peak_reserved_mb=torch.cuda.max_memory_reserved(dev) / 1e6,
-                   nvml_used_mb=memory.nvml_used_mb(dev.index or 0))
-    row["peak_rss_mb"] = memory.peak_rss_mb()
-    row["duration_s"] = time.perf_counter() - t_start
-    return row
+    # between blocks another side runs on the same GPU: give back cached blocks so it finds the memory free
+    after = (lambda: torch.cuda.empty_cache()) if dev.type == "cuda" else (lambda: None)
+    return row, Timed(step=step, sync=sync, iter_s=iter_s, context=context, finish=finish, after_block=after)
+
+
+def _stop_compile_workers() -> None:
+    """Inductor's compile-worker pool is idle once compiled; end it so it holds no CPU or memory while timing."""
+    with contextlib.suppress(Exception):
+        from torch._inductor import async_compile
+
+        async_compile.shutdown_compile_workers()

@@ -4,16 +4,78 @@ Only this module's functions run in the child; torch/timm are imported here, nev
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
 import traceback
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 ARTIFACT = "reference.npz"
+
+
+@dataclass
+class Timed:
+    """What a framework worker hands the serve loop once a case is set up: the call to time (``step``), the
+    device sync, the context every block runs in (inference mode, autocast), and ``finish`` for the columns known
+    only after timing (peak memory, recompiles). ``iter_s`` is the warm-up's seconds per call."""
+
+    step: Callable[[], Any]
+    sync: Callable[[], None]
+    iter_s: float
+    context: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext
+    finish: Callable[[], dict[str, Any]] = field(default=lambda: {})
+    after_block: Callable[[], None] = field(default=lambda: None)
+
+
+Setup = Callable[[dict[str, Any], str, bool], tuple[dict[str, Any], Timed]]
+
+
+def setup_only(setup: Setup, case: dict[str, Any], run_dir: str) -> dict[str, Any]:
+    """Job 'setup': one case in a fresh process, everything measured but the timed blocks (build, memory of one
+    forward, numerics, FLOPs, compile cold start, first call, warm-up); the row so far."""
+    row, timed = setup(case, run_dir, False)
+    return {**row, **timed.finish()}
+
+
+def serve(conn: Any, setup: Setup, cases: list[dict[str, Any]], run_dir: str) -> list[dict[str, Any]]:
+    """Job 'serve': a timing session for several sides of one framework. Each is built, compiled and warmed up
+    (timing only: no memory, numerics or FLOPs), then the session says ready and times blocks on request until
+    told to finish; the parent alternates the sides (and sessions) block by block, so all see the same machine.
+    ("block", (side, iters)) -> ("block", Block.to_dict()); ("finish", None) -> ("ok", per-side finish columns).
+    A side whose set-up fails is reported in the ready message; the others go on."""
+    from ..measure.timing import time_block
+
+    ready: list[dict[str, Any]] = []
+    timed: list[Timed | None] = []
+    for case in cases:
+        try:
+            _, t = setup(case, run_dir, True)
+            timed.append(t)
+            ready.append({"status": "ok", "iter_s": t.iter_s})
+        except Exception as e:  # noqa: BLE001
+            traceback.print_exc()
+            timed.append(None)
+            ready.append({"status": classify(e), "error": one_line(e)})
+    conn.send(("ready", ready))
+    while True:
+        cmd, arg = conn.recv()
+        if cmd == "block":
+            t = timed[arg[0]]
+            if t is None:
+                raise ValueError(f"side {arg[0]} was not set up")
+            with t.context():
+                block = time_block(t.step, t.sync, int(arg[1]))
+            t.after_block()
+            conn.send(("block", block.to_dict()))
+        elif cmd == "finish":
+            return [t.finish() if t else {} for t in timed]
+        else:
+            raise ValueError(f"unknown session command {cmd!r}")
 
 
 def safe_name(text: str) -> str:
@@ -44,11 +106,12 @@ def classify(e: BaseException) -> str:
     return "error"
 
 
-def compare_candidate(case: dict[str, Any], run_dir: str | Path,
-                      run_candidate: Callable[[dict[str, np.ndarray], np.ndarray], np.ndarray]) -> dict[str, Any]:
-    """A candidate's numerics, the same for every framework: load the reference's artifacts, let the worker port
-    the weights and run the input (``run_candidate(state, x) -> output``), compare, judge against the tolerance.
-    A failed port is a numerics error; the case's timing still counts."""
+def compare_candidate(case: dict[str, Any], run_dir: str | Path, port: Callable[[dict[str, np.ndarray]], None],
+                      run: Callable[[np.ndarray], np.ndarray]) -> dict[str, Any]:
+    """A candidate's numerics, the same for every framework: load the reference's artifacts, port the weights
+    (``port(state)``), run the input (``run(x) -> output``), compare, judge against the tolerance.
+    A failed port is ``port_failed`` (with the key counts), a broken output (zeros, NaN, Inf) is ``fail`` with the
+    reason; either way the case's timing still counts."""
     from ..measure import numerics
 
     if not case["port"]:
@@ -59,18 +122,31 @@ def compare_candidate(case: dict[str, Any], run_dir: str | Path,
     art = np.load(path)
     state = {k[2:]: art[k] for k in art.files if k.startswith("w/")}
     try:
-        res = numerics.compare(art["y"], run_candidate(state, art["x"]))
+        port(state)
+    except Exception as e:  # noqa: BLE001
+        return {"numerics_status": "port_failed", "numerics_error": f"weight port failed: {port_problem(e)}"}
+    try:
+        res = numerics.compare(art["y"], run(art["x"]))
     except Exception as e:  # noqa: BLE001
         return {"numerics_status": "error", "numerics_error": one_line(e)}
-    ok = res["max_abs_diff"] <= case["tolerance_max_abs"]
-    if case.get("tolerance_min_cosine") is not None:
-        ok = ok and res["cosine_sim"] >= case["tolerance_min_cosine"]
-    return {**res, "numerics_status": "ok" if ok else "fail", "tolerance_max_abs": case["tolerance_max_abs"]}
+    verdict = numerics.judge(res, case["tolerance_max_abs"], case.get("tolerance_min_cosine"))
+    measured = {k: v for k, v in res.items() if k not in ("problem", "reference_broken")}
+    return {**measured, **verdict, "tolerance_max_abs": case["tolerance_max_abs"]}
 
 
-def main(case: dict[str, Any], run_dir: str, conn: Any, log_path: str, env: dict[str, str], job: str) -> None:
-    """Entry point of the child process. ``job``: 'measure', 'prepare' (reference
-    artifacts only), 'warm' (second-launch compile time), 'finetune' or 'finetune_init' (a pair's initial weights)."""
+def port_problem(e: BaseException) -> str:
+    """A port error as one line; the key counts and a few names when the error carries them."""
+    missing, unexpected = getattr(e, "missing", None), getattr(e, "unexpected", None)
+    if missing is None and unexpected is None:
+        return one_line(e)
+    return (f"{len(missing or [])} missing keys (e.g. {', '.join(missing[:3]) or '-'}), {len(unexpected or [])} "
+            f"unexpected keys (e.g. {', '.join(unexpected[:3]) or '-'})")
+
+
+def main(case: Any, run_dir: str, conn: Any, log_path: str, env: dict[str, str], job: str) -> None:
+    """Entry point of the child process. ``job``: 'setup' (a case measured but for its timing), 'serve' (a timing
+    session; ``case`` is then the list of its sides), 'prepare' (reference artifacts only), 'warm' (second-launch
+    compile time), 'finetune' or 'finetune_init' (a pair's initial weights)."""
     if hasattr(os, "setsid"):
         os.setsid()  # own process group: the runner ends it whole, compile-worker pools included
     fd = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
@@ -80,6 +156,8 @@ def main(case: dict[str, Any], run_dir: str, conn: Any, log_path: str, env: dict
     sys.stderr = os.fdopen(2, "w", buffering=1, closefd=False)
     os.environ.update(env)
     print(f"== vitbench worker pid {os.getpid()} job={job} case={case}", flush=True)
+    cases = case if isinstance(case, list) else [case]
+    case = cases[0]
     try:
         if job == "prepare" and case["role"] == "candidate":
             # artifacts come from the pair's reference, whatever framework this candidate is
@@ -92,12 +170,16 @@ def main(case: dict[str, Any], run_dir: str, conn: Any, log_path: str, env: dict
         elif case["framework"] == "keras":
             from . import keras_worker
 
-            jobs = {"measure": keras_worker.measure, "prepare": keras_worker.prepare}
+            setup: Setup = keras_worker.setup
+            jobs = {"prepare": keras_worker.prepare}
         else:
             from . import torch_worker
 
-            jobs = {"measure": torch_worker.measure, "prepare": torch_worker.prepare,
-                    "warm": torch_worker.warm_compile}
+            setup = torch_worker.setup
+            jobs = {"prepare": torch_worker.prepare, "warm": torch_worker.warm_compile}
+        if not job.startswith("finetune"):
+            jobs["setup"] = lambda c, d: setup_only(setup, c, d)
+            jobs["serve"] = lambda c, d: serve(conn, setup, cases, d)
         result = jobs[job](case, run_dir)
         conn.send(("ok", result))
     except BaseException as e:  # noqa: BLE001  (everything becomes a row; the traceback goes to the log)

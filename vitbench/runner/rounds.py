@@ -1,0 +1,189 @@
+"""Paired rounds: the sides of a comparison are timed in alternation, block by block, so slow drift of the
+machine hits every side alike; each round gives one speed ratio per candidate, and the rounds give the estimate
+and its interval. A block the machine was busy during (hypervisor steal or other processes' CPU time above the
+limits) makes its round contended: such rounds are re-run, and never count towards the estimate.
+
+Pure logic over objects with ``block(iters) -> Block``: the runner hands it worker sessions, the tests fakes.
+"""
+from __future__ import annotations
+
+import math
+import random
+import statistics
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from ..measure.stats import RatioEstimate, median_ci, ratio_estimate
+from ..measure.timing import Block, percentile
+
+
+class SideFailed(Exception):
+    """A side's worker died or failed during a block; ``outcome`` says how."""
+
+    def __init__(self, outcome: Any) -> None:
+        super().__init__(getattr(outcome, "error", str(outcome)))
+        self.outcome = outcome
+
+
+class Timeable(Protocol):
+    def block(self, iters: int) -> Block: ...
+
+
+@dataclass
+class Limits:
+    max_steal_pct: float
+    max_foreign_cpu_pct: float
+    foreign_gpu_procs: Callable[[], int] | None = None  # other processes on the GPU now (CUDA), None on CPU
+
+    def why_contended(self, b: Block, gpu_procs: int = 0) -> str | None:
+        if b.steal_pct is not None and b.steal_pct > self.max_steal_pct:
+            return f"steal {b.steal_pct:.1f}% > {self.max_steal_pct:g}%"
+        if b.foreign_cpu_pct is not None and b.foreign_cpu_pct > self.max_foreign_cpu_pct:
+            return f"other processes used {b.foreign_cpu_pct:.0f}% of the CPU > {self.max_foreign_cpu_pct:g}%"
+        if gpu_procs > 0:
+            return f"{gpu_procs} other process(es) on the GPU"
+        return None
+
+
+@dataclass
+class RoundsResult:
+    """Rounds as run, each ``{"order", "clean", "why", "blocks": {side: Block}}``; results of several worker
+    processes add up (``+``), since every process times the same sides."""
+
+    n_sides: int
+    rounds: list[dict[str, Any]] = field(default_factory=list)
+    failed: dict[int, Any] = field(default_factory=dict)  # side -> outcome of its failure
+    target: int = 0  # clean rounds asked for
+
+    def __add__(self, other: RoundsResult) -> RoundsResult:
+        return RoundsResult(self.n_sides, self.rounds + other.rounds, {**self.failed, **other.failed},
+                            self.target + other.target)
+
+    @property
+    def attempts(self) -> int:
+        return len(self.rounds)
+
+    @property
+    def clean_rounds(self) -> int:
+        return sum(1 for r in self.rounds if r["clean"])
+
+    @property
+    def contended(self) -> bool:
+        """Too few clean rounds (under half of those asked for): no confident verdict may come from these."""
+        return self.clean_rounds < max(self.target // 2, 1)
+
+    def blocks(self, side: int) -> tuple[list[Block], list[bool]]:
+        """A side's blocks in time order and whether each one's round was clean."""
+        pairs = [(r["blocks"][side], r["clean"]) for r in self.rounds if side in r["blocks"]]
+        return [b for b, _ in pairs], [c for _, c in pairs]
+
+    def used_blocks(self, side: int) -> list[Block]:
+        """The blocks a case's row is computed from: the clean ones, or all of them if none was clean."""
+        blocks, clean = self.blocks(side)
+        return [b for b, c in zip(blocks, clean, strict=True) if c] or blocks
+
+    def round_ratios(self, candidate: int, reference: int = 0, clean_only: bool = True) -> list[float]:
+        """Per round: candidate samples/s over the reference's (same batch size: time per call inverted)."""
+        out = []
+        for r in self.rounds:
+            a, b = r["blocks"].get(reference), r["blocks"].get(candidate)
+            if (r["clean"] or not clean_only) and a is not None and b is not None:
+                out.append((a.wall_s / a.iters) / (b.wall_s / b.iters))
+        return out
+
+    def estimate(self, candidate: int, threshold_pct: float, reference: int = 0) -> RatioEstimate:
+        """From the clean rounds; when too few were clean, from all rounds, shown but with the verdict
+        ``contended``."""
+        return ratio_estimate(self.round_ratios(candidate, reference, clean_only=not self.contended),
+                              threshold_pct, contended=self.contended)
+
+    def why_contended(self) -> str:
+        """What made rounds contended, the worst case of each kind."""
+        bad = [r for r in self.rounds if not r["clean"]]
+        if not bad:
+            return ""
+        worst: dict[str, float] = {}
+        for r in bad:
+            for b in r["blocks"].values():
+                for kind, v in (("steal", b.steal_pct), ("foreign", b.foreign_cpu_pct)):
+                    if v is not None:
+                        worst[kind] = max(worst.get(kind, 0.0), v)
+        kinds = sorted({str(r["why"]).split(" ")[0] for r in bad})
+        return (f"{len(bad)} of {len(self.rounds)} rounds contended ({', '.join(kinds)}): other processes' CPU up "
+                f"to {worst.get('foreign', 0):.0f}%, hypervisor steal up to {worst.get('steal', 0):.1f}%")
+
+
+def order_for(round_index: int, n: int, rng: random.Random) -> list[int]:
+    """Two sides alternate (AB, BA, AB, ...); more are shuffled each round (seeded)."""
+    if n == 2:
+        return [0, 1] if round_index % 2 == 0 else [1, 0]
+    order = list(range(n))
+    rng.shuffle(order)
+    return order
+
+
+def run_rounds(sides: list[Timeable], block_iters: list[int], rounds: int, limits: Limits, seed: int = 0,
+               on_round: Callable[[int, int], None] | None = None) -> RoundsResult:
+    """Time ``rounds`` clean rounds (each: one block per side, in alternating order). Contended rounds are re-run,
+    up to ``2 * rounds`` attempts; once half the rounds asked for have run with fewer than a quarter of them clean,
+    the machine is busy and it stops early. A side that fails leaves the rounds; the others go on."""
+    rng = random.Random(seed)
+    res = RoundsResult(len(sides), target=rounds)
+    while res.clean_rounds < rounds and res.attempts < 2 * rounds:
+        if res.attempts >= max(4, rounds // 2) and res.clean_rounds < res.attempts / 4:
+            break  # the machine is busy: more rounds would only cost time
+        alive = [i for i in range(len(sides)) if i not in res.failed]
+        if not alive:
+            break
+        order = [alive[j] for j in order_for(res.attempts, len(alive), rng)]
+        entry: dict[str, Any] = {"order": order, "blocks": {}, "clean": True, "why": None}
+        for i in order:
+            try:
+                b = sides[i].block(block_iters[i])
+            except SideFailed as e:
+                res.failed[i] = e.outcome
+                entry.update(clean=False, why=entry["why"] or "a side failed")
+                continue
+            entry["blocks"][i] = b
+            why = limits.why_contended(b, limits.foreign_gpu_procs() if limits.foreign_gpu_procs else 0)
+            if why:
+                entry.update(clean=False, why=entry["why"] or why)
+        res.rounds.append(entry)
+        if on_round:
+            on_round(res.clean_rounds, res.attempts)
+    return res
+
+
+def summarize(blocks: list[Block], batch_size: int) -> dict[str, Any]:
+    """A case's timing columns over all its timed iterations, as timm defines them (samples over the wall time
+    of the timed loop, mean ms per batch), plus the between-round interval of its samples/s."""
+    lat = [v for b in blocks for v in b.latencies_ms]
+    if not lat:
+        return {}
+    wall = sum(b.wall_s for b in blocks)
+    per_block = [b.iters * batch_size / b.wall_s for b in blocks if b.wall_s > 0]
+    _, lo, hi, _ = median_ci(per_block)
+
+    def weighted(attr: str) -> float | None:
+        vals = [(getattr(b, attr), b.wall_s) for b in blocks if getattr(b, attr) is not None]
+        return sum(v * w for v, w in vals) / sum(w for _, w in vals) if vals else None
+
+    return {
+        "samples_per_sec": len(lat) * batch_size / wall, "step_time_ms": statistics.fmean(lat),
+        "latency_ms_p50": percentile(lat, 50), "latency_ms_p90": percentile(lat, 90),
+        "latency_ms_p99": percentile(lat, 99), "latency_ms_mean": statistics.fmean(lat),
+        "latency_ms_stdev": statistics.stdev(lat) if len(lat) > 1 else 0.0, "latency_ms_min": min(lat),
+        "iters": len(lat), "timed_s": wall, "rounds": len(blocks),
+        "samples_per_sec_ci_low": lo if not math.isnan(lo) else None,
+        "samples_per_sec_ci_high": hi if not math.isnan(hi) else None,
+        "cpu_steal_pct": weighted("steal_pct"), "foreign_cpu_pct": weighted("foreign_cpu_pct"),
+    }
+
+
+def block_iters_for(iter_s: float, rounds: int, min_iters: int, min_seconds: float, max_iters: int) -> int:
+    """Calls per block so that, over ``rounds`` blocks, a side gets at least ``min_iters`` calls and
+    ``min_seconds`` of timing (at the warm-up's pace), and no more than ``max_iters``."""
+    per_round_s = min_seconds / rounds
+    n = max(math.ceil(min_iters / rounds), math.ceil(per_round_s / iter_s) if iter_s > 0 else 1, 1)
+    return max(1, min(n, max_iters // rounds if max_iters >= rounds else 1))
