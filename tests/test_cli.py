@@ -16,7 +16,8 @@ TIMM_HEADER = "model,infer_img_size,infer_samples_per_sec,infer_step_time,infer_
 
 TINY_VIT = """
 name: tiny
-defaults: {batch_sizes: [1, 2], warmup_iters: 1, min_iters: 3, min_seconds: 0.1, timeout_s: 120,
+defaults: {batch_sizes: [1, 2], rounds: 6, processes: 1, warmup_iters: 1, min_iters: 3, min_seconds: 0.1,
+           timeout_s: 120,
            tolerance: {max_abs: 1.0e-5}}
 pairs:
   - name: test_vit
@@ -38,13 +39,21 @@ def test_run_tiny_suite_end_to_end(cli, write_suite, tmp_path):
     print(res.output)
     assert res.exit_code == 0, res.output
     rs = rows(out)
+    # a group per batch size: the reference and its candidate set up, then timed together in paired rounds
     assert [(r["role"], r["batch_size"], r["status"]) for r in rs] == [
-        ("reference", "1", "ok"), ("reference", "2", "ok"), ("candidate", "1", "ok"), ("candidate", "2", "ok")]
+        ("reference", "1", "ok"), ("candidate", "1", "ok"), ("reference", "2", "ok"), ("candidate", "2", "ok")]
     for r in rs:
         assert float(r["samples_per_sec"]) > 0 and float(r["latency_ms_p99"]) >= float(r["latency_ms_p50"]) > 0
         assert float(r["param_count_m"]) > 0 and float(r["gmacs"]) > 0
     cands = [r for r in rs if r["role"] == "candidate"]
     assert all(r["numerics_status"] == "ok" and float(r["max_abs_diff"]) <= 1e-5 for r in cands)
+    assert all(r["rounds"] == "6" and float(r["speed_ratio_ci_low"]) <= float(r["speed_ratio"])
+               <= float(r["speed_ratio_ci_high"]) and r["speed_verdict"] for r in cands)
+    with open(out / "pairs.csv", newline="") as f:
+        pairs = list(csv.DictReader(f))
+    assert [(p["label"], p["batch_size"], p["reference_label"]) for p in pairs] == [
+        ("vitbench/test_vit", "1", "test_vit"), ("vitbench/test_vit", "2", "test_vit")]
+    assert {p["speed_verdict"] for p in pairs} <= {"faster", "slower", "same", "inconclusive", "contended"}
     tables = list(out.glob("benchmark-infer-fp32-nchw-pt*-cpu.csv"))
     assert len(tables) == 1
     raw = tables[0].read_bytes().decode()
@@ -53,7 +62,7 @@ def test_run_tiny_suite_end_to_end(cli, write_suite, tmp_path):
     assert len(body) == 4 and {line.split(",")[0] for line in body} == {"test_vit", "vitbench/test_vit"}
     assert json.loads((out / "env.json").read_text())["versions"]["torch"]
     lat = [json.loads(line) for line in (out / "latencies.jsonl").read_text().splitlines()]
-    assert len(lat) == 4 and all(len(x["latencies_ms"]) >= 3 for x in lat)
+    assert len(lat) == 4 and all(len(x["latencies_ms"]) >= 3 and len(x["blocks"]) == 6 for x in lat)
     assert not (out / "artifacts").exists()
     assert "vitbench summary" in res.output
 
@@ -88,7 +97,8 @@ def test_bad_inputs_give_one_line_and_exit_2(cli, write_suite, tmp_path):
 
 FAULTS = """
 name: faults
-defaults: {batch_sizes: [1], warmup_iters: 1, min_iters: 3, min_seconds: 0.1, timeout_s: 60, img_size: 32}
+defaults: {batch_sizes: [1], rounds: 6, processes: 1, warmup_iters: 1, min_iters: 3, min_seconds: 0.1,
+           timeout_s: 60, img_size: 32}
 pairs:
   - name: faults
     reference: {provider: import, model: "vitbench.testing:TinyNet"}
@@ -120,10 +130,11 @@ def test_failing_hanging_and_oom_cases_become_rows(cli, write_suite, tmp_path):
     assert "Traceback" in log
 
 
-def test_weight_port_mismatch_is_a_numerics_error_exit_1(cli, write_suite, tmp_path):
+def test_weight_port_mismatch_is_port_failed_exit_1(cli, write_suite, tmp_path):
     suite = write_suite("""
     name: port
-    defaults: {batch_sizes: [1], warmup_iters: 1, min_iters: 2, min_seconds: 0, img_size: 32}
+    defaults: {batch_sizes: [1], rounds: 6, processes: 1, warmup_iters: 1, min_iters: 2, min_seconds: 0,
+               img_size: 32}
     pairs:
       - name: p
         reference: {provider: import, model: "vitbench.testing:TinyNet"}
@@ -134,13 +145,16 @@ def test_weight_port_mismatch_is_a_numerics_error_exit_1(cli, write_suite, tmp_p
     res = cli("run", suite, "--out", out)
     assert res.exit_code == 1, res.output
     cand = rows(out)[1]
-    assert cand["status"] == "ok" and cand["numerics_status"] == "error"
+    assert cand["status"] == "ok" and cand["numerics_status"] == "port_failed"  # timed all the same
+    assert float(cand["samples_per_sec"]) > 0 and cand["speed_verdict"]
     assert "shape mismatch at stem.weight" in cand["numerics_error"]
+    assert "port failed: p: import/vitbench.testing:TinyNet" in " ".join(res.output.split())
 
 
 RESUMABLE = """
 name: resumable
-defaults: {batch_sizes: [1, 2, 3], warmup_iters: 1, min_iters: 3, min_seconds: 1.0, timeout_s: 60, img_size: 32}
+defaults: {batch_sizes: [1, 2, 3], rounds: 6, processes: 1, warmup_iters: 1, min_iters: 3, min_seconds: 1.0,
+           timeout_s: 60, img_size: 32}
 pairs:
   - name: tiny
     reference: {provider: import, model: "vitbench.testing:TinyNet"}
@@ -179,7 +193,8 @@ def test_ctrl_c_keeps_finished_rows_and_resume_skips_them(write_suite, tmp_path)
 
 KERAS = """
 name: keras
-defaults: {batch_sizes: [2], warmup_iters: 1, min_iters: 3, min_seconds: 0, img_size: 160, timeout_s: 300,
+defaults: {batch_sizes: [2], rounds: 6, processes: 1, warmup_iters: 1, min_iters: 3, min_seconds: 0, img_size: 160,
+           timeout_s: 300,
            tolerance: {max_abs: 1.0e-4}}
 pairs:
   - name: test_vit

@@ -6,7 +6,7 @@ import torch
 
 from vitbench.measure.flops import count_macs_acts
 from vitbench.measure.numerics import compare
-from vitbench.measure.timing import percentile, time_loop
+from vitbench.measure.timing import percentile, time_block
 
 
 def test_percentile_matches_numpy():
@@ -17,23 +17,14 @@ def test_percentile_matches_numpy():
             assert percentile(v, q) == pytest.approx(np.percentile(v, q))
 
 
-def test_time_loop_meets_min_iters_and_seconds_with_timm_definitions():
+def test_time_block_times_each_call_after_untimed_warmup():
     ticks = itertools.count()
     clock = lambda: next(ticks) * 0.5  # noqa: E731  (every clock read advances 0.5 s)
     calls = []
-    t = time_loop(lambda: calls.append(1), lambda: None, batch_size=4, warmup_iters=3, min_iters=2, min_seconds=3.0,
-                  clock=clock)
-    assert t.iters >= 2 and t.loop_s >= 3.0
-    assert len(calls) == 3 + t.iters  # first call + 2 more warm-up + timed
-    assert t.samples_per_sec == pytest.approx(t.iters * 4 / t.loop_s)
-    assert t.step_time_ms == pytest.approx(500.0)
-    assert t.stats()["latency_ms_p50"] == pytest.approx(500.0)
-
-
-def test_time_loop_respects_max_iters():
-    t = time_loop(lambda: None, lambda: None, batch_size=1, warmup_iters=0, min_iters=1, min_seconds=100,
-                  max_iters=5)
-    assert t.iters == 5
+    b = time_block(lambda: calls.append(1), lambda: None, iters=4, warmup=2, clock=clock)
+    assert len(calls) == 6 and b.iters == 4
+    assert b.latencies_ms == [500.0] * 4 and b.wall_s == pytest.approx(4 * 2 * 0.5)
+    assert b.cpu_s >= 0
 
 
 def test_compare_reports_diffs_cosine_and_top1():
@@ -58,21 +49,6 @@ def test_macs_and_activations_match_timm_published_table():
     assert round(acts / 1e6, 2) == 5.97
 
 
-def test_time_loop_quiet_retimes_contended_windows(monkeypatch):
-    from vitbench.measure import timing
-
-    # (steal, total) readings: attempt 1 loses 20% to the hypervisor, attempt 2 loses 1%
-    readings = iter([(0, 0), (20, 100), (20, 100), (21, 200)])
-    monkeypatch.setattr(timing, "cpu_times", lambda: next(readings))
-    results = iter(["noisy", "quiet"])
-    t, steal, attempts = timing.time_loop_quiet(lambda: next(results), max_steal_pct=5.0, max_attempts=3)
-    assert (t, attempts) == ("quiet", 2) and steal == pytest.approx(1.0)
-    readings = iter([(0, 0), (20, 100)] * 2)
-    monkeypatch.setattr(timing, "cpu_times", lambda: next(readings))
-    t, steal, attempts = timing.time_loop_quiet(lambda: "only", max_steal_pct=50.0, max_attempts=3)
-    assert (t, attempts, steal) == ("only", 1, 20.0)
-
-
 def test_perturb_std_changes_only_the_reference_side_and_is_seeded():
     from vitbench.runner.torch_worker import _build
 
@@ -87,3 +63,124 @@ def test_perturb_std_changes_only_the_reference_side_and_is_seeded():
     assert not torch.equal(plain.state_dict()[w], ref1.state_dict()[w])
     assert torch.equal(ref1.state_dict()[w], ref2.state_dict()[w])
     assert torch.equal(plain.state_dict()[w], cand.state_dict()[w])
+
+
+def test_compare_never_passes_zero_nan_or_inf_outputs():
+    from vitbench.measure.numerics import judge
+
+    ref = np.array([[1.0, -2.0, 3.0], [0.5, 0.1, -0.2]])
+    zeros = compare(ref, np.zeros_like(ref))
+    assert zeros["cosine_sim"] is None and "all zeros" in zeros["problem"]  # undefined, never 1.0
+    assert judge(zeros, max_abs=100.0, min_cosine=0.5)["numerics_status"] == "fail"  # a loose tolerance is no excuse
+    nan = compare(ref, ref * np.nan)
+    assert "6 NaN and 0 Inf" in nan["problem"] and "cosine_sim" not in nan
+    assert judge(nan, 1e-4, None) == {"numerics_status": "fail", "numerics_error": nan["problem"]}
+    inf = ref.copy()
+    inf[0, 1] = np.inf
+    assert "0 NaN and 1 Inf" in compare(ref, inf)["problem"]
+    broken_ref = compare(np.zeros_like(ref), ref)
+    assert broken_ref["reference_broken"] and judge(broken_ref, 1.0, None)["numerics_status"] == "error"
+    good = compare(ref, ref + 1e-7)
+    assert "problem" not in good and good["cosine_sim"] == pytest.approx(1.0)
+    assert judge(good, 1e-5, 0.99) == {"numerics_status": "ok"}
+    far = judge(compare(ref, ref + 1.0), 1e-5, None)
+    assert far["numerics_status"] == "fail" and "max|diff| 1 > tolerance" in far["numerics_error"]
+
+
+def test_median_interval_is_the_order_statistic_one():
+    from vitbench.measure.stats import median_ci, min_rounds_for
+
+    vals = list(range(1, 21))  # n = 20: [x_(6), x_(15)] has 95.9% coverage, [x_(7), x_(14)] only 88.5%
+    med, lo, hi, cov = median_ci(vals)
+    assert (med, lo, hi) == (10.5, 6, 15) and cov == pytest.approx(0.9586, abs=1e-4)
+    assert min_rounds_for() == 6
+    _, lo, hi, cov = median_ci([3.0, 1.0, 2.0])
+    assert (lo, hi) == (1.0, 3.0) and cov == pytest.approx(0.75)  # too few values: honest about its coverage
+
+
+@pytest.mark.parametrize("true_ratio,sigma,rounds", [(1.0, 0.05, 30), (1.1, 0.15, 20), (0.8, 0.02, 12)])
+def test_ratio_interval_covers_the_truth_at_about_the_nominal_rate(true_ratio, sigma, rounds):
+    from vitbench.measure.stats import ratio_estimate
+
+    rng = np.random.default_rng(1)
+    trials, covered = 2000, 0
+    for _ in range(trials):
+        # per-round ratio: truth times log-normal noise of both blocks (each side's time varies on its own)
+        r = true_ratio * np.exp(rng.normal(0, sigma, rounds) - rng.normal(0, sigma, rounds))
+        est = ratio_estimate(list(r), threshold_pct=2.0)
+        covered += est.low <= true_ratio <= est.high
+    assert 0.93 <= covered / trials <= 0.99  # nominal 95% (order statistics: a little above)
+
+
+def test_verdicts():
+    from vitbench.measure.stats import ratio_estimate
+
+    rng = np.random.default_rng(0)
+    noise = lambda s: list(np.exp(rng.normal(0, s, 30)))  # noqa: E731
+    assert ratio_estimate([1.2 * v for v in noise(0.02)], 2.0).verdict == "faster"
+    assert ratio_estimate([0.8 * v for v in noise(0.02)], 2.0).verdict == "slower"
+    assert ratio_estimate(noise(0.005), 2.0).verdict == "same"
+    assert ratio_estimate(noise(0.3), 2.0).verdict == "inconclusive"  # too noisy to tell
+    assert ratio_estimate([1.01 * v for v in noise(0.001)], 0.5).verdict == "faster"  # the threshold decides
+    assert ratio_estimate([1.2] * 4, 2.0).verdict == "inconclusive"  # 4 rounds: no 95% interval exists
+    assert ratio_estimate([1.2 * v for v in noise(0.02)], 2.0, contended=True).verdict == "contended"
+    est = ratio_estimate([1.0, 1.01, 0.99, 1.0, 1.02, 0.98], 2.0)
+    assert est.text().startswith("1.00x [0.98, 1.02]")
+
+
+class _Load:
+    """A stand-in for the round watcher: reports the next foreign-CPU figure of a script."""
+
+    def __init__(self, figures):
+        self.figures = iter(figures)
+
+    def __call__(self):
+        return self
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.steal_pct, self.foreign_cpu_pct = 0.0, next(self.figures)
+
+    def add_ours(self, cpu_s):
+        pass
+
+
+class _FakeSide:
+    def __init__(self, ms):
+        self.ms = ms
+
+    def block(self, iters):
+        from vitbench.measure.timing import Block
+
+        return Block([self.ms] * iters, self.ms * iters / 1e3, 0.0, 0.0)
+
+
+def test_contended_rounds_are_rerun_and_never_counted():
+    from vitbench.runner.rounds import Limits, run_rounds
+
+    limits = Limits(max_steal_pct=5.0, max_foreign_cpu_pct=10.0)
+    sides = [_FakeSide(10.0), _FakeSide(8.0)]  # the candidate is 1.25x faster
+    figures = [0, 50, 0, 60, 0, 0, 0, 0, 0, 0]  # rounds 2 and 4: another process took half the machine
+    res = run_rounds(sides, [3, 3], rounds=8, limits=limits, watch=_Load(figures))
+    assert res.attempts == 10 and res.clean_rounds == 8 and not res.contended
+    assert [r["clean"] for r in res.rounds][:4] == [True, False, True, False]
+    assert [r["order"] for r in res.rounds][:3] == [[0, 1], [1, 0], [0, 1]]  # alternating
+    est = res.estimate(1, threshold_pct=2.0)
+    assert est.ratio == pytest.approx(1.25) and est.rounds == 8 and est.verdict == "faster"
+    assert "2 of 10 rounds contended" in res.why_contended()
+    busy = run_rounds(sides, [3, 3], rounds=8, limits=limits, watch=_Load([50] * 100))
+    assert busy.contended and busy.clean_rounds == 0 and busy.attempts == 4  # gave up early: the machine is busy
+    est = busy.estimate(1, threshold_pct=2.0)
+    assert est.verdict == "contended" and est.ratio == pytest.approx(1.25)  # shown, but no verdict
+
+
+def test_block_iters_cover_min_iters_seconds_and_the_shortest_block():
+    from vitbench.runner.rounds import MIN_BLOCK_S, block_iters_for
+
+    assert block_iters_for(0.07, rounds=30, min_iters=10, min_seconds=15, max_iters=100_000) == 8  # 0.5 s blocks
+    assert block_iters_for(0.001, rounds=30, min_iters=10, min_seconds=0, max_iters=100_000) == \
+        int(MIN_BLOCK_S / 0.001)
+    assert block_iters_for(2.0, rounds=30, min_iters=10, min_seconds=15, max_iters=100_000) == 1
+    assert block_iters_for(0.001, rounds=10, min_iters=10, min_seconds=0, max_iters=50) == 5

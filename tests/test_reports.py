@@ -5,6 +5,7 @@ import csv
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from vitbench.report.diff import diff
@@ -50,33 +51,68 @@ def test_diff_bad_input_exits_2(cli, tmp_path):
         assert res.exit_code == 2 and res.output.startswith("error:"), res.output
 
 
-def _run_dir(path: Path, sps: float, lat: list[float], torch_version: str) -> Path:
+def _run_dir(path: Path, sps: float, block_sps: list[float], torch_version: str) -> Path:
+    """A run dir whose case 'mine' was timed in blocks of 10 calls at the given samples/s (batch 1)."""
     path.mkdir()
     cols = ["case_id", "label", "framework", "device", "precision", "compile_mode", "batch_size", "img_size",
             "status", "samples_per_sec", "latency_ms_p50", "provider", "role", "pair", "error"]
     with (path / "cases.csv").open("w", newline="") as f:
         w = csv.writer(f)
         w.writerow(cols)
-        w.writerow(["c1", "mine", "torch", "cpu", "fp32", "eager", 1, 224, "ok", sps, sorted(lat)[len(lat) // 2],
-                    "vitbench", "candidate", "p", ""])
+        w.writerow(["c1", "mine", "torch", "cpu", "fp32", "eager", 1, 224, "ok", sps, 1e3 / sps, "vitbench",
+                    "candidate", "p", ""])
         w.writerow(["c2", "other", "torch", "cpu", "fp32", "eager", 1, 224, "ok", 10, 100, "timm", "reference", "p",
                     ""])
-    (path / "latencies.jsonl").write_text(json.dumps({"case_id": "c1", "latencies_ms": lat}) + "\n")
+    blocks = [{"iters": 10, "wall_s": 10 / v} for v in block_sps]
+    lat = [1e3 / v for v in block_sps for _ in range(10)]
+    (path / "latencies.jsonl").write_text(json.dumps({"case_id": "c1", "latencies_ms": lat, "blocks": blocks}) + "\n")
     (path / "env.json").write_text(json.dumps({"versions": {"torch": torch_version}, "cpu": "x"}))
     return path
 
 
-def test_diff_run_dirs_uses_measured_noise_and_reports_environment(cli, tmp_path):
-    noisy_old = _run_dir(tmp_path / "a", 100, [5, 15, 8, 12, 10, 6, 14], "2.5")
-    noisy_new = _run_dir(tmp_path / "b", 90, [6, 16, 9, 13, 11, 7, 15], "2.6")
+def test_diff_noise_comes_from_rounds_and_reports_environment(cli, tmp_path):
+    noisy = [100, 80, 120, 95, 110, 70, 125, 90, 105, 100]  # between-round spread of +-25%
+    noisy_old = _run_dir(tmp_path / "a", 100, noisy, "2.5")
+    noisy_new = _run_dir(tmp_path / "b", 90, [v * 0.9 for v in noisy], "2.6")
     res = cli("diff", noisy_old, noisy_new)
     print(res.output)
-    assert res.exit_code == 0  # 10% slower, but inside ~2 standard errors of these noisy samples
+    assert res.exit_code == 0  # 10% slower, but within the rounds' own spread
     assert "environment: versions.torch: 2.5 -> 2.6" in res.output
-    tight_old = _run_dir(tmp_path / "c", 100, [10.0, 10.1, 9.9, 10.0, 10.05, 9.95], "2.5")
-    tight_new = _run_dir(tmp_path / "d", 90, [11.1, 11.0, 11.2, 11.1, 11.05, 11.15], "2.5")
+    tight = [100, 100.5, 99.5, 100.2, 99.8, 100.1, 99.9, 100.3, 99.7, 100]
+    tight_old = _run_dir(tmp_path / "c", 100, tight, "2.5")
+    tight_new = _run_dir(tmp_path / "d", 90, [v * 0.9 for v in tight], "2.5")
     res = cli("diff", tight_old, tight_new)
     assert res.exit_code == 1 and "mine" in res.output
+
+
+def test_diff_change_is_symmetric_and_5x_slower_is_a_regression(tmp_path):
+    from vitbench.report.diff import diff
+
+    tight = [100, 100.5, 99.5, 100.2, 99.8, 100.1, 99.9, 100.3, 99.7, 100]
+    base = load(_run_dir(tmp_path / "base", 100, tight, "2.5"))
+    slow = load(_run_dir(tmp_path / "slow", 20, [v / 5 for v in tight], "2.5"))
+    fast = load(_run_dir(tmp_path / "fast", 500, [v * 5 for v in tight], "2.5"))
+    down = diff(base, slow).rows.set_index(["label", "metric"]).loc[("mine", "samples_per_sec")]
+    up = diff(base, fast).rows.set_index(["label", "metric"]).loc[("mine", "samples_per_sec")]
+    assert down.verdict == "regression" and up.verdict == "improvement"
+    assert down.change_pct == pytest.approx(-up.change_pct) == pytest.approx(-100 * np.log(5))
+    assert down.factor == pytest.approx(0.2) and up.factor == pytest.approx(5.0)
+
+
+def test_diff_other_batch_size_is_not_comparable_and_unrelated_is_refused(cli, tmp_path):
+    a = _run_dir(tmp_path / "a", 100, [100] * 5, "2.5")
+    b = _run_dir(tmp_path / "b", 40, [40] * 5, "2.5")
+    text = (b / "cases.csv").read_text().replace(",1,224,ok,40", ",6,224,ok,40")  # 'mine' now at batch 6
+    (b / "cases.csv").write_text(text)
+    rep = diff(load(a), load(b))
+    assert "mine torch eager 224: not comparable (batch 1 -> 6)" in rep.not_comparable
+    assert not len(rep.regressions)
+    res = cli("diff", a, b)
+    assert res.exit_code == 0 and "not comparable (batch 1 -> 6)" in res.output
+    c = _run_dir(tmp_path / "c", 100, [100] * 5, "2.5")
+    (c / "cases.csv").write_text((c / "cases.csv").read_text().replace("mine", "yours").replace("other", "x"))
+    res = cli("diff", a, c)
+    assert res.exit_code == 2 and "not about the same models" in res.output
 
 
 @pytest.mark.parametrize("name,family", [

@@ -432,61 +432,10 @@ def diff_cmd(
         rep = diff(a, b, threshold)
         if csv_out:
             rep.rows.to_csv(csv_out, index=False)
-        _print_diff(rep, a.source, b.source, threshold, markdown, show_all)
+        from .report.show import print_diff
+
+        print_diff(console, rep, a.source, b.source, threshold, markdown, show_all)
     raise typer.Exit(1 if len(rep.regressions) else 0)
-
-
-def _print_diff(rep: Any, old: str, new: str, threshold: float, markdown: bool, show_all: bool) -> None:
-    shown = rep.rows if show_all else rep.regressions
-    cases = rep.rows["case"].nunique() if len(rep.rows) else 0
-    reg_cases = rep.regressions["case"].nunique() if len(rep.regressions) else 0
-    head = (f"{cases} matched cases, {reg_cases} regressed (worse than {threshold:g}%"
-            f"{' and beyond measured noise' if rep.rows.noise_pct.notna().any() else ''}), "
-            f"{rep.improvements['case'].nunique() if len(rep.improvements) else 0} improved, "
-            f"{len(rep.added)} added, {len(rep.removed)} removed")
-
-    def val(v: Any) -> str:
-        return _fmt(v, 3) if not isinstance(v, str) else v
-
-    if markdown:
-        print(f"## vitbench diff\n\n`{old}` → `{new}`\n\n{head}\n")
-        if rep.env_changes:
-            print("### Environment changes\n\n| field | old | new |\n|---|---|---|")
-            for k, a, b in rep.env_changes:
-                print(f"| {k} | {a} | {b} |")
-            print()
-        print("### " + ("All compared metrics" if show_all else "Regressions") + "\n")
-        if len(shown):
-            print("| case | metric | old | new | change % | noise % | verdict |\n|---|---|---|---|---|---|---|")
-            for r in shown.itertuples():
-                print(f"| {r.case} | {r.metric} | {val(r.old)} | {val(r.new)} | {_fmt(r.change_pct, 1)} | "
-                      f"{_fmt(r.noise_pct, 1)} | {r.verdict} |")
-        else:
-            print("none")
-        for title, names in (("Added", rep.added), ("Removed", rep.removed)):
-            if names:
-                print(f"\n### {title} cases\n\n" + "\n".join(f"- {n}" for n in names))
-        return
-    from rich.table import Table
-
-    console.print(f"old: {old}\nnew: {new}\n{head}")
-    for k, a, b in rep.env_changes:
-        console.print(f"[yellow]environment:[/] {k}: {a} -> {b}", soft_wrap=True)
-    if len(shown):
-        t = Table(title="all compared metrics" if show_all else "regressions")
-        for col in ("case", "metric", "old", "new", "change %", "noise %", "verdict"):
-            t.add_column(col, justify="left" if col in ("case", "metric", "verdict") else "right")
-        for r in shown.itertuples():
-            colour = {"regression": "red", "improvement": "green"}.get(r.verdict, "white")
-            t.add_row(r.case, r.metric, val(r.old), val(r.new), _fmt(r.change_pct, 1), _fmt(r.noise_pct, 1),
-                      f"[{colour}]{r.verdict}[/]")
-        console.print(t)
-    elif not show_all:
-        console.print("[green]no regressions[/]")
-    for title, names in (("added", rep.added), ("removed", rep.removed)):
-        if names:
-            more = f" (+{len(names) - 20} more)" if len(names) > 20 else ""
-            console.print(f"{title}: " + ", ".join(names[:20]) + more, soft_wrap=True)
 
 
 @app.command("plot")

@@ -1,12 +1,12 @@
-"""Sync-aware timing loop with timm's throughput definition and raw per-iteration latencies kept."""
+"""Timing primitives: sync-aware timed blocks with every latency kept, /proc/stat readings (hypervisor steal,
+other processes' CPU time), percentiles, and re-running a contended attempt."""
 from __future__ import annotations
 
 import math
 import os
-import statistics
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import TypeVar
 
 T = TypeVar("T")
@@ -20,78 +20,6 @@ def percentile(values: list[float], q: float) -> float:
     pos = (len(s) - 1) * q / 100.0
     lo, hi = math.floor(pos), math.ceil(pos)
     return s[lo] + (s[hi] - s[lo]) * (pos - lo)
-
-
-@dataclass(frozen=True)
-class TimingResult:
-    """Latencies in ms per batch; throughput as timm's benchmark.py defines it."""
-
-    batch_size: int
-    latencies_ms: list[float] = field(repr=False)
-    loop_s: float  # wall time of the whole timed loop
-    warmup_iters: int
-    first_call_s: float  # the very first call (includes any compilation), measured apart
-
-    @property
-    def iters(self) -> int:
-        return len(self.latencies_ms)
-
-    @property
-    def samples_per_sec(self) -> float:
-        """timm's infer_samples_per_sec: samples over the wall time of the timed loop."""
-        return self.iters * self.batch_size / self.loop_s
-
-    @property
-    def step_time_ms(self) -> float:
-        """timm's infer_step_time: mean ms per batch."""
-        return statistics.fmean(self.latencies_ms)
-
-    def stats(self) -> dict[str, float]:
-        v = self.latencies_ms
-        return {
-            "latency_ms_p50": percentile(v, 50),
-            "latency_ms_p90": percentile(v, 90),
-            "latency_ms_p99": percentile(v, 99),
-            "latency_ms_mean": statistics.fmean(v),
-            "latency_ms_stdev": statistics.stdev(v) if len(v) > 1 else 0.0,
-            "latency_ms_min": min(v),
-        }
-
-
-def time_loop(
-    step: Callable[[], object],
-    sync: Callable[[], None],
-    *,
-    batch_size: int,
-    warmup_iters: int,
-    min_iters: int,
-    min_seconds: float,
-    max_iters: int = 1_000_000,
-    clock: Callable[[], float] = time.perf_counter,
-) -> TimingResult:
-    """First call timed apart, then warm-up, then iterate until both ``min_iters`` and ``min_seconds`` are met.
-
-    Each iteration is synchronised (``sync`` waits for the device), so every latency is a whole request.
-    """
-    sync()
-    t0 = clock()
-    step()
-    sync()
-    first = clock() - t0
-    for _ in range(max(warmup_iters - 1, 0)):
-        step()
-    sync()
-    lat: list[float] = []
-    start = clock()
-    now = start
-    while len(lat) < max_iters and (len(lat) < min_iters or now - start < min_seconds):
-        t = clock()
-        step()
-        sync()
-        now = clock()
-        lat.append((now - t) * 1e3)
-    return TimingResult(batch_size=batch_size, latencies_ms=lat, loop_s=now - start, warmup_iters=warmup_iters,
-                        first_call_s=first)
 
 
 def cpu_times() -> tuple[int, int] | None:
@@ -124,15 +52,22 @@ _HZ = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
 
 
 class Contention:
-    """Watches one timed window: hypervisor steal, and the CPU time that processes other than this one used
-    (machine busy time from /proc/stat minus this process's own CPU time), both as % of the machine's CPU time.
-    Steal is blind to other processes on the same VM; ``foreign_cpu_pct`` is not."""
+    """Watches one window: hypervisor steal, and the CPU time that processes other than ours used (machine busy
+    time from /proc/stat minus this process's own CPU time and whatever ``add_ours`` was told, e.g. the CPU time
+    our workers report), both as % of the machine's CPU time. Steal is blind to other processes on the same VM;
+    ``foreign_cpu_pct`` is not. /proc/stat counts in jiffies (10 ms per CPU), so a window needs a few hundred ms
+    for a figure good to a few percent."""
 
     def __enter__(self) -> Contention:
         self._m0, self._own0, self._t0 = machine_jiffies(), time.process_time(), time.perf_counter()
+        self._ours = 0.0
         self.steal_pct: float | None = None
         self.foreign_cpu_pct: float | None = None
+        self.wall_s = 0.0
         return self
+
+    def add_ours(self, cpu_s: float) -> None:
+        self._ours += cpu_s
 
     def __exit__(self, *exc: object) -> None:
         m1, own1, t1 = machine_jiffies(), time.process_time(), time.perf_counter()
@@ -142,9 +77,9 @@ class Contention:
         total_j = m1[2] - m0[2]
         self.steal_pct = 100.0 * (m1[1] - m0[1]) / total_j
         # the machine's CPU-seconds in the window: jiffies are coarse (10 ms), wall time x CPUs is not
-        wall = t1 - self._t0
+        wall = self.wall_s = t1 - self._t0
         capacity_s = wall * (os.cpu_count() or 1) if wall > 0 else total_j / _HZ
-        foreign_s = (m1[0] - m0[0]) / _HZ - (own1 - self._own0)
+        foreign_s = (m1[0] - m0[0]) / _HZ - (own1 - self._own0) - self._ours
         self.foreign_cpu_pct = max(0.0, 100.0 * foreign_s / capacity_s)
 
 
@@ -156,6 +91,8 @@ class Block:
     wall_s: float
     steal_pct: float | None
     foreign_cpu_pct: float | None
+    cpu_s: float = 0.0  # this process's CPU time over the whole block, warm-up included
+
 
     @property
     def iters(self) -> int:
@@ -163,13 +100,14 @@ class Block:
 
     def to_dict(self) -> dict[str, object]:
         return {"latencies_ms": self.latencies_ms, "wall_s": self.wall_s, "steal_pct": self.steal_pct,
-                "foreign_cpu_pct": self.foreign_cpu_pct}
+                "foreign_cpu_pct": self.foreign_cpu_pct, "cpu_s": self.cpu_s}
 
 
 def time_block(step: Callable[[], object], sync: Callable[[], None], iters: int, warmup: int = 1,
                clock: Callable[[], float] = time.perf_counter) -> Block:
     """``warmup`` untimed calls (caches and threads come back after the other side's block), then ``iters``
     synchronised calls, each timed; contention is watched over the timed part only."""
+    cpu0 = time.process_time()
     for _ in range(warmup):
         step()
     sync()
@@ -182,7 +120,7 @@ def time_block(step: Callable[[], object], sync: Callable[[], None], iters: int,
             sync()
             now = clock()
             lat.append((now - t) * 1e3)
-    return Block(lat, now - start, c.steal_pct, c.foreign_cpu_pct)
+    return Block(lat, now - start, c.steal_pct, c.foreign_cpu_pct, time.process_time() - cpu0)
 
 
 def least_contended(attempt: Callable[[], tuple[T, float | None]], max_steal_pct: float, max_attempts: int
@@ -199,15 +137,3 @@ def least_contended(attempt: Callable[[], tuple[T, float | None]], max_steal_pct
             break
     assert best is not None
     return best[0], best[1], n
-
-
-def time_loop_quiet(run: Callable[[], TimingResult], max_steal_pct: float, max_attempts: int
-                    ) -> tuple[TimingResult, float | None, int]:
-    """A timed loop, re-timed while the hypervisor took more than ``max_steal_pct`` of the CPU during it."""
-
-    def attempt() -> tuple[TimingResult, float | None]:
-        before = cpu_times()
-        t = run()
-        return t, steal_pct(before, cpu_times())
-
-    return least_contended(attempt, max_steal_pct, max_attempts)

@@ -1,31 +1,45 @@
-"""Compare two result sets: match rows on the case key, flag changes worse than a threshold (and, where raw
-latencies exist on both sides, larger than the measured noise), list added/removed cases and environment changes."""
+"""Compare two result sets, honestly both ways.
+
+- Changes are symmetric: ``factor`` is new/old for higher-is-better metrics (old/new for lower-is-better), so >1 is
+  better, and ``change_pct`` is 100 * ln(factor) (x5 -> +161, /5 -> -161). A threshold of t% means a factor
+  beyond 1+t/100 either way.
+- Noise comes from the between-round variation of each run (the 95% interval of each case's samples/s over its
+  timed blocks, or of the paired speed ratio over rounds), combined on the log scale; never from the standard
+  error of per-iteration latencies, which are not independent. A row from an older run without blocks gets its
+  noise from batch means of its latencies.
+- Rows that match by identity but ran at another batch size, precision or device are "not comparable (batch 12
+  -> 6)", never a regression (timm's tables decay the batch on OOM).
+- Nothing matched at all is an input error: the two sets are not about the same cases.
+"""
 from __future__ import annotations
 
 import math
-import statistics
 from dataclasses import dataclass, field
 from typing import Any
 
 import pandas as pd
 
+from ..errors import InputError
+from ..measure.stats import log_change_pct, log_halfwidth_pct, median_ci
 from .results import Results
 
-CASE_KEY = ["task", "label", "framework", "device", "precision", "compile_mode", "batch_size", "img_size", "dataset",
-            "train_steps"]
-HIGHER_BETTER = ["samples_per_sec", "top1", "top5"]
+IDENTITY = ["task", "label", "framework", "compile_mode", "img_size", "tokens", "dataset", "train_steps"]
+SETTINGS = {"batch_size": "batch", "precision": "precision", "device": "device"}
+HIGHER_BETTER = ["samples_per_sec", "speed_ratio", "top1", "top5"]
 LOWER_BETTER = ["latency_ms_p50", "latency_ms_p90", "latency_ms_p99", "compile_cold_s", "compile_warm_s",
                 "peak_rss_mb", "cuda_peak_allocated_mb"]
-LATENCY_BASED = {"samples_per_sec", "latency_ms_p50", "latency_ms_p90", "latency_ms_p99"}
+SPEED_NOISE = {"samples_per_sec", "latency_ms_p50", "latency_ms_p90", "latency_ms_p99"}
+COLUMNS = ["case", "metric", "old", "new", "factor", "change_pct", "noise_pct", "verdict"]
 
 
 @dataclass
 class DiffReport:
     key: list[str]
-    rows: pd.DataFrame  # one row per (case, metric): old, new, change_pct (+ = better), noise_pct, verdict
+    rows: pd.DataFrame  # one row per (case, metric): old, new, factor (>1 better), change_pct (log), noise, verdict
     added: list[str]
     removed: list[str]
     env_changes: list[tuple[str, Any, Any]] = field(default_factory=list)
+    not_comparable: list[str] = field(default_factory=list)
 
     @property
     def regressions(self) -> pd.DataFrame:
@@ -36,26 +50,8 @@ class DiffReport:
         return self.rows[self.rows.verdict == "improvement"]
 
 
-def _key(old: Results, new: Results) -> list[str]:
-    key = [k for k in CASE_KEY if k in old.df.columns and k in new.df.columns]
-    if "timm" in (old.kind, new.kind):  # timm's batch size is an outcome (OOM decay), not part of the case
-        key = ["label", "img_size"]
-        if any(r.df.duplicated(key).any() for r in (old, new)):
-            key.append("batch_size")
-    return key
-
-
 def _case_name(row: pd.Series, key: list[str]) -> str:
-    parts = [str(row[k]) for k in key if k in row.index and not pd.isna(row[k])]
-    return " ".join(parts)
-
-
-def _noise_pct(old_lat: list[float] | None, new_lat: list[float] | None) -> float | None:
-    """~2 standard errors of the difference of mean latencies, as % of the old mean."""
-    if not old_lat or not new_lat or len(old_lat) < 2 or len(new_lat) < 2:
-        return None
-    se = math.sqrt(statistics.variance(old_lat) / len(old_lat) + statistics.variance(new_lat) / len(new_lat))
-    return 200.0 * se / statistics.fmean(old_lat)
+    return " ".join(str(row[k]) for k in key if k in row.index and not pd.isna(row[k]))
 
 
 def _flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -77,49 +73,120 @@ def env_changes(old: dict[str, Any], new: dict[str, Any]) -> list[tuple[str, Any
             if a.get(k) != b.get(k) and not k.startswith(skip)]
 
 
+def speed_noise_pct(res: Results, row: pd.Series, suffix: str = "") -> float | None:
+    """Half-width (log %) of a case's 95% between-round interval of samples/s: from the row's columns, else
+    from its blocks in latencies.jsonl, else from batch means of its raw latencies (older runs)."""
+    h = log_halfwidth_pct(_num(row.get(f"samples_per_sec_ci_low{suffix}")),
+                          _num(row.get(f"samples_per_sec_ci_high{suffix}")))
+    if h is not None:
+        return h
+    cid = row.get(f"case_id{suffix}")
+    per_block: list[float] = []
+    if cid in res.blocks and len(res.blocks[cid]) >= 3:
+        per_block = [b["iters"] / b["wall_s"] for b in res.blocks[cid] if b.get("wall_s")]
+    elif cid in res.latencies and len(res.latencies[cid]) >= 6:
+        lat = res.latencies[cid]
+        k = min(10, len(lat) // 2)
+        chunks = [lat[i * len(lat) // k:(i + 1) * len(lat) // k] for i in range(k)]
+        per_block = [len(c) / sum(c) for c in chunks if sum(c) > 0]
+    if len(per_block) < 3:
+        return None
+    _, lo, hi, _ = median_ci(per_block)
+    return log_halfwidth_pct(lo, hi)
+
+
+def _num(v: Any) -> float | None:
+    try:
+        f = float(v)
+    except (TypeError, ValueError):
+        return None
+    return None if math.isnan(f) else f
+
+
+def _verdict(change: float, noise: float | None, threshold_pct: float) -> str:
+    limit = 100.0 * math.log1p(threshold_pct / 100.0)
+    beyond = max(limit, noise or 0.0)
+    if change < -beyond:
+        return "regression"
+    if change > beyond:
+        return "improvement"
+    if abs(change) > limit:
+        return "within noise"
+    return "unchanged"
+
+
+def _keys(old: Results, new: Results) -> tuple[list[str], list[str]]:
+    """(identity, settings): the case identity both sets carry, and the settings that must match for a change
+    to mean anything."""
+    both = set(old.df.columns) & set(new.df.columns)
+    ident = [k for k in IDENTITY if k in both]
+    if "timm" in (old.kind, new.kind):  # timm's batch size is an outcome (OOM decay), not part of the case
+        ident = [k for k in ("label", "img_size") if k in both]
+    settings = [k for k in SETTINGS if k in both]
+    if old.kind != new.kind:  # a timm table names its device (rtx4090), a run its device kind (cuda:0)
+        settings = [k for k in settings if k != "device"]
+    return ident, settings
+
+
 def diff(old: Results, new: Results, threshold_pct: float = 5.0) -> DiffReport:
-    key = _key(old, new)
+    ident, settings = _keys(old, new)
+    key = ident + settings
+    names = ident if "timm" in (old.kind, new.kind) else key  # how a case is named in the report
     a = old.df[old.df.status == "ok"] if "status" in old.df else old.df
     b = new.df[new.df.status == "ok"] if "status" in new.df else new.df
     metrics = [m for m in HIGHER_BETTER + LOWER_BETTER if m in a.columns and m in b.columns]
     if "timm" in (old.kind, new.kind):
         metrics = ["samples_per_sec"]
-    keep = list(dict.fromkeys(key + metrics + ["case_id"]))  # only what is compared: a narrow, quick merge
+    extra = ["case_id", "samples_per_sec_ci_low", "samples_per_sec_ci_high", "speed_ratio_ci_low",
+             "speed_ratio_ci_high"]
+    keep = list(dict.fromkeys(key + metrics + extra))  # only what is compared: a narrow, quick merge
     a, b = a[[c for c in keep if c in a.columns]], b[[c for c in keep if c in b.columns]]
     merged = a.merge(b, on=key, how="outer", suffixes=("_old", "_new"), indicator=True)
-    added = [_case_name(r, key) for _, r in merged[merged._merge == "right_only"].iterrows()]
-    removed = [_case_name(r, key) for _, r in merged[merged._merge == "left_only"].iterrows()]
     both = merged[merged._merge == "both"]
+    left, right = merged[merged._merge == "left_only"], merged[merged._merge == "right_only"]
+    not_comparable: list[str] = []
+    if settings and len(left) and len(right):  # same case, other batch size / precision / device
+        lo = a.merge(left[key], on=key)
+        ro = b.merge(right[key], on=key)
+        cross = lo.merge(ro, on=ident, suffixes=("_old", "_new"))
+        for _, r in cross.iterrows():
+            changed = [f"{SETTINGS[s]} {r[f'{s}_old']} -> {r[f'{s}_new']}" for s in settings
+                       if str(r[f"{s}_old"]) != str(r[f"{s}_new"])]
+            not_comparable.append(f"{_case_name(r, ident)}: not comparable ({', '.join(changed)})")
+        paired = cross[ident].drop_duplicates()
+        left = left.merge(paired, on=ident, how="left", indicator="_m").query("_m == 'left_only'")
+        right = right.merge(paired, on=ident, how="left", indicator="_m").query("_m == 'left_only'")
+    if not len(both) and not not_comparable:
+        raise InputError(f"no case of {old.source} matches one of {new.source} (matched on {', '.join(key)}): "
+                         "these results are not about the same models")
     out: list[dict[str, Any]] = []
     for _, r in both.iterrows():
-        name = _case_name(r, key)
-        noise = None
-        if old.latencies and new.latencies and "case_id_old" in r:
-            noise = _noise_pct(old.latencies.get(r["case_id_old"]), new.latencies.get(r["case_id_new"]))
+        name = _case_name(r, names)
+        speed_noise = None
+        if any(m in SPEED_NOISE for m in metrics):
+            ho, hn = speed_noise_pct(old, r, "_old"), speed_noise_pct(new, r, "_new")
+            speed_noise = math.hypot(ho, hn) if ho is not None and hn is not None else None
         for m in metrics:
-            o, n = r[f"{m}_old"], r[f"{m}_new"]
-            if pd.isna(o) or pd.isna(n) or o == 0:
+            o, n = _num(r[f"{m}_old"]), _num(r[f"{m}_new"])
+            if o is None or n is None or o <= 0 or n <= 0:
                 continue
-            change = (n / o - 1) * 100 if m in HIGHER_BETTER else (o / n - 1) * 100 if n else math.inf
-            m_noise = noise if m in LATENCY_BASED else None
-            worse = -change
-            if worse > threshold_pct and (m_noise is None or worse > m_noise):
-                verdict = "regression"
-            elif change > threshold_pct and (m_noise is None or change > m_noise):
-                verdict = "improvement"
-            elif max(worse, change) > threshold_pct:
-                verdict = "within noise"
-            else:
-                verdict = "unchanged"
-            out.append({"case": name, **{k: r[k] for k in key}, "metric": m, "old": o, "new": n,
-                        "change_pct": change, "noise_pct": m_noise, "verdict": verdict})
+            factor = n / o if m in HIGHER_BETTER else o / n
+            change = log_change_pct(1.0, factor)
+            noise = speed_noise if m in SPEED_NOISE else None
+            if m == "speed_ratio":
+                ho = log_halfwidth_pct(_num(r.get("speed_ratio_ci_low_old")), _num(r.get("speed_ratio_ci_high_old")))
+                hn = log_halfwidth_pct(_num(r.get("speed_ratio_ci_low_new")), _num(r.get("speed_ratio_ci_high_new")))
+                noise = math.hypot(ho, hn) if ho is not None and hn is not None else None
+            out.append({"case": name, **{k: r[k] for k in key}, "metric": m, "old": o, "new": n, "factor": factor,
+                        "change_pct": change, "noise_pct": noise, "verdict": _verdict(change, noise, threshold_pct)})
     # a case that measured before and fails now is a regression too
     if "status" in old.df and "status" in new.df and old.kind == new.kind == "cases":
         cols = [c for c in key + ["status", "error"] if c in old.df.columns and c in new.df.columns]
         st = old.df[cols].merge(new.df[cols], on=key, suffixes=("_old", "_new"))
         for _, r in st[(st.status_old == "ok") & (st.status_new != "ok")].iterrows():
-            out.append({"case": _case_name(r, key), **{k: r[k] for k in key}, "metric": "status", "old": "ok",
-                        "new": f"{r.status_new}: {r.get('error_new', '')}", "change_pct": None, "noise_pct": None,
-                        "verdict": "regression"})
-    cols = ["case", *key, "metric", "old", "new", "change_pct", "noise_pct", "verdict"]
-    return DiffReport(key, pd.DataFrame(out, columns=cols), added, removed, env_changes(old.env, new.env))
+            out.append({"case": _case_name(r, names), **{k: r[k] for k in key}, "metric": "status", "old": "ok",
+                        "new": f"{r.status_new}: {r.get('error_new', '')}", "factor": None, "change_pct": None,
+                        "noise_pct": None, "verdict": "regression"})
+    return DiffReport(key, pd.DataFrame(out, columns=[*COLUMNS[:1], *key, *COLUMNS[1:]]),
+                      [_case_name(r, names) for _, r in right.iterrows()],
+                      [_case_name(r, names) for _, r in left.iterrows()], env_changes(old.env, new.env), not_comparable)

@@ -33,6 +33,7 @@ class Results:
     df: pd.DataFrame
     env: dict[str, Any] = field(default_factory=dict)
     latencies: dict[str, list[float]] = field(default_factory=dict)  # case_id -> raw ms
+    blocks: dict[str, list[dict[str, Any]]] = field(default_factory=dict)  # case_id -> timed blocks (iters, wall_s)
 
 
 def _read_csv(path: str) -> pd.DataFrame:
@@ -57,6 +58,7 @@ def load(path: str | Path) -> Results:
     src = str(path)
     env: dict[str, Any] = {}
     lat: dict[str, list[float]] = {}
+    blocks: dict[str, list[dict[str, Any]]] = {}
     p = Path(src)
     if p.is_dir():
         if not (p / "cases.csv").is_file():
@@ -68,6 +70,8 @@ def load(path: str | Path) -> Results:
                 if line.strip():
                     d = json.loads(line)
                     lat[d["case_id"]] = d["latencies_ms"]
+                    if d.get("blocks"):
+                        blocks[d["case_id"]] = d["blocks"]
         p = p / "cases.csv"
         src = str(p)
     elif p.name == "cases.csv" and (p.parent / "env.json").is_file():
@@ -79,9 +83,11 @@ def load(path: str | Path) -> Results:
         if m:
             env = {"precision": m["precision"], "torch": m["torch"], "device": m["device"],
                    "compile_mode": MODE_FROM_SUFFIX[m["mode"]]}
+            # what the file name says is part of every row: a changed precision or device is not comparable
+            df["precision"], df["device"] = m["precision"], re.sub(r"^cu\d+-", "", m["device"])  # CUDA may change
         df["status"] = "ok"
-        return Results(src, "timm", df, env, lat)
+        return Results(src, "timm", df, env, lat, blocks)
     if {"case_id", "label", "status"} <= set(df.columns):
-        return Results(src, "cases", df, env, lat)
+        return Results(src, "cases", df, env, lat, blocks)
     raise InputError(f"{src}: neither a vitbench cases.csv nor a timm benchmark table "
                      f"(columns: {', '.join(map(str, df.columns[:6]))}...)")

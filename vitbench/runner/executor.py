@@ -166,10 +166,12 @@ class Runner:
             if cache_dir:
                 shutil.rmtree(cache_dir, ignore_errors=True)
         assert total is not None
+        load = total.contention()
         for i, s in enumerate(live):
             blocks, clean = total.blocks(i)
             s.row.update(summarize(total.used_blocks(i), s.case.batch_size))
             s.row["contended_blocks"] = sum(1 for c in clean if not c)
+            s.row["cpu_steal_pct"], s.row["foreign_cpu_pct"] = load["steal_pct_mean"], load["foreign_cpu_pct_mean"]
             s.row["_blocks"] = [b.to_dict() | {"clean": c} for b, c in zip(blocks, clean, strict=True)]
             if i in dead and s.row.get("status") == "ok":
                 s.row.update(status=dead[i].status, error=f"timing: {dead[i].error}")

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from ..measure.stats import RatioEstimate, median_ci, ratio_estimate
-from ..measure.timing import Block, percentile
+from ..measure.timing import Block, Contention, percentile
 
 
 class SideFailed(Exception):
@@ -36,11 +36,11 @@ class Limits:
     max_foreign_cpu_pct: float
     foreign_gpu_procs: Callable[[], int] | None = None  # other processes on the GPU now (CUDA), None on CPU
 
-    def why_contended(self, b: Block, gpu_procs: int = 0) -> str | None:
-        if b.steal_pct is not None and b.steal_pct > self.max_steal_pct:
-            return f"steal {b.steal_pct:.1f}% > {self.max_steal_pct:g}%"
-        if b.foreign_cpu_pct is not None and b.foreign_cpu_pct > self.max_foreign_cpu_pct:
-            return f"other processes used {b.foreign_cpu_pct:.0f}% of the CPU > {self.max_foreign_cpu_pct:g}%"
+    def why_contended(self, steal: float | None, foreign: float | None, gpu_procs: int = 0) -> str | None:
+        if steal is not None and steal > self.max_steal_pct:
+            return f"steal {steal:.1f}% > {self.max_steal_pct:g}%"
+        if foreign is not None and foreign > self.max_foreign_cpu_pct:
+            return f"other processes used {foreign:.0f}% of the CPU > {self.max_foreign_cpu_pct:g}%"
         if gpu_procs > 0:
             return f"{gpu_procs} other process(es) on the GPU"
         return None
@@ -105,13 +105,21 @@ class RoundsResult:
             return ""
         worst: dict[str, float] = {}
         for r in bad:
-            for b in r["blocks"].values():
-                for kind, v in (("steal", b.steal_pct), ("foreign", b.foreign_cpu_pct)):
-                    if v is not None:
-                        worst[kind] = max(worst.get(kind, 0.0), v)
+            for kind in ("steal_pct", "foreign_cpu_pct"):
+                if r.get(kind) is not None:
+                    worst[kind] = max(worst.get(kind, 0.0), r[kind])
         kinds = sorted({str(r["why"]).split(" ")[0] for r in bad})
         return (f"{len(bad)} of {len(self.rounds)} rounds contended ({', '.join(kinds)}): other processes' CPU up "
-                f"to {worst.get('foreign', 0):.0f}%, hypervisor steal up to {worst.get('steal', 0):.1f}%")
+                f"to {worst.get('foreign_cpu_pct', 0):.0f}%, hypervisor steal up to {worst.get('steal_pct', 0):.1f}%")
+
+    def contention(self) -> dict[str, float | None]:
+        """Mean steal and foreign CPU over all rounds (weighted by time), and the worst round's."""
+        out: dict[str, float | None] = {}
+        for kind in ("steal_pct", "foreign_cpu_pct"):
+            vals = [r[kind] for r in self.rounds if r.get(kind) is not None]
+            out[f"{kind}_mean"] = sum(vals) / len(vals) if vals else None
+            out[f"{kind}_max"] = max(vals) if vals else None
+        return out
 
 
 def order_for(round_index: int, n: int, rng: random.Random) -> list[int]:
@@ -124,8 +132,10 @@ def order_for(round_index: int, n: int, rng: random.Random) -> list[int]:
 
 
 def run_rounds(sides: list[Timeable], block_iters: list[int], rounds: int, limits: Limits, seed: int = 0,
-               on_round: Callable[[int, int], None] | None = None) -> RoundsResult:
-    """Time ``rounds`` clean rounds (each: one block per side, in alternating order). Contended rounds are re-run,
+               on_round: Callable[[int, int], None] | None = None,
+               watch: Callable[[], Contention] = Contention) -> RoundsResult:
+    """Time ``rounds`` clean rounds (each: one block per side, in alternating order). Contention is judged per
+    round, over the whole round (long enough for /proc/stat's coarse counters). Contended rounds are re-run,
     up to ``2 * rounds`` attempts; once half the rounds asked for have run with fewer than a quarter of them clean,
     the machine is busy and it stops early. A side that fails leaves the rounds; the others go on."""
     rng = random.Random(seed)
@@ -138,17 +148,21 @@ def run_rounds(sides: list[Timeable], block_iters: list[int], rounds: int, limit
             break
         order = [alive[j] for j in order_for(res.attempts, len(alive), rng)]
         entry: dict[str, Any] = {"order": order, "blocks": {}, "clean": True, "why": None}
-        for i in order:
-            try:
-                b = sides[i].block(block_iters[i])
-            except SideFailed as e:
-                res.failed[i] = e.outcome
-                entry.update(clean=False, why=entry["why"] or "a side failed")
-                continue
-            entry["blocks"][i] = b
-            why = limits.why_contended(b, limits.foreign_gpu_procs() if limits.foreign_gpu_procs else 0)
-            if why:
-                entry.update(clean=False, why=entry["why"] or why)
+        with watch() as c:  # the whole round, from here: our workers' CPU time is ours, the rest is foreign
+            for i in order:
+                try:
+                    b = sides[i].block(block_iters[i])
+                except SideFailed as e:
+                    res.failed[i] = e.outcome
+                    entry.update(clean=False, why=entry["why"] or "a side failed")
+                    continue
+                entry["blocks"][i] = b
+                c.add_ours(b.cpu_s)
+        entry.update(steal_pct=c.steal_pct, foreign_cpu_pct=c.foreign_cpu_pct)
+        why = limits.why_contended(c.steal_pct, c.foreign_cpu_pct,
+                                   limits.foreign_gpu_procs() if limits.foreign_gpu_procs else 0)
+        if why:
+            entry.update(clean=False, why=entry["why"] or why)
         res.rounds.append(entry)
         if on_round:
             on_round(res.clean_rounds, res.attempts)
@@ -156,18 +170,15 @@ def run_rounds(sides: list[Timeable], block_iters: list[int], rounds: int, limit
 
 
 def summarize(blocks: list[Block], batch_size: int) -> dict[str, Any]:
-    """A case's timing columns over all its timed iterations, as timm defines them (samples over the wall time
-    of the timed loop, mean ms per batch), plus the between-round interval of its samples/s."""
+    """A case's timing columns over the timed iterations of ``blocks`` (the clean ones), as timm defines them
+    (samples over the wall time of the timed loop, mean ms per batch), plus the between-round interval of its
+    samples/s."""
     lat = [v for b in blocks for v in b.latencies_ms]
     if not lat:
         return {}
     wall = sum(b.wall_s for b in blocks)
     per_block = [b.iters * batch_size / b.wall_s for b in blocks if b.wall_s > 0]
     _, lo, hi, _ = median_ci(per_block)
-
-    def weighted(attr: str) -> float | None:
-        vals = [(getattr(b, attr), b.wall_s) for b in blocks if getattr(b, attr) is not None]
-        return sum(v * w for v, w in vals) / sum(w for _, w in vals) if vals else None
 
     return {
         "samples_per_sec": len(lat) * batch_size / wall, "step_time_ms": statistics.fmean(lat),
@@ -177,13 +188,16 @@ def summarize(blocks: list[Block], batch_size: int) -> dict[str, Any]:
         "iters": len(lat), "timed_s": wall, "rounds": len(blocks),
         "samples_per_sec_ci_low": lo if not math.isnan(lo) else None,
         "samples_per_sec_ci_high": hi if not math.isnan(hi) else None,
-        "cpu_steal_pct": weighted("steal_pct"), "foreign_cpu_pct": weighted("foreign_cpu_pct"),
     }
+
+
+MIN_BLOCK_S = 0.15  # a round of two such blocks is long enough for /proc/stat's 10 ms counters
 
 
 def block_iters_for(iter_s: float, rounds: int, min_iters: int, min_seconds: float, max_iters: int) -> int:
     """Calls per block so that, over ``rounds`` blocks, a side gets at least ``min_iters`` calls and
-    ``min_seconds`` of timing (at the warm-up's pace), and no more than ``max_iters``."""
-    per_round_s = min_seconds / rounds
+    ``min_seconds`` of timing (at the warm-up's pace), every block lasts at least MIN_BLOCK_S, and no side gets
+    more than ``max_iters`` calls."""
+    per_round_s = max(min_seconds / rounds, MIN_BLOCK_S)
     n = max(math.ceil(min_iters / rounds), math.ceil(per_round_s / iter_s) if iter_s > 0 else 1, 1)
     return max(1, min(n, max_iters // rounds if max_iters >= rounds else 1))
