@@ -337,9 +337,10 @@ def _finish(runner: Any, out_dir: Path, info: dict[str, Any], device: str, inter
     rows = runner.store.rows()
     tables = write_timm_tables(rows, out_dir, info.get("torch", {}).get("version", "unknown"),
                                {device: env_mod.device_tag(device, info)})
-    from .report.plots import compile_plot, token_sweep
+    from .report.plots import compile_plot, speed_ratio, token_sweep
 
-    for plot in (compile_plot(rows, out_dir / "compile.png"), token_sweep(rows, out_dir / "token_sweep.png")):
+    for plot in (compile_plot(rows, out_dir / "compile.png"), token_sweep(rows, out_dir / "token_sweep.png"),
+                 speed_ratio(runner.store.pair_rows(), out_dir / "speed_ratio.png")):
         if plot:
             tables.append(plot)
     _summary(rows)
@@ -412,6 +413,47 @@ def _summary(rows: list[dict[str, Any]]) -> None:
                           soft_wrap=True)
 
 
+@app.command()
+def calibrate(
+    device: DeviceOpt = "cpu",
+    model: Annotated[str, typer.Option("--model", "-m", help="timm model timed against itself.")]
+    = "vit_small_patch16_224",
+    batch_size: Annotated[int, typer.Option("--batch-size", "-b", help="Batch size.", min=1)] = 1,
+    img_size: Annotated[int | None, typer.Option("--img-size", help="Input size (default: the model's).", min=1)]
+    = None,
+    rounds: Annotated[int | None, typer.Option("--rounds", help="Paired rounds (default: as run uses).", min=1)]
+    = None,
+    processes: Annotated[int | None, typer.Option("--processes", help="Timing processes (default: as run uses).",
+                                                  min=1)] = None,
+    out: OutOpt = None,
+) -> None:
+    """The machine's noise floor: an A/A pair (a model against itself) timed as run times a pair; prints the
+    smallest speed difference this machine resolves in that time. Exit 1 if the A/A interval excludes 1 or the
+    machine was busy."""
+    from . import env as env_mod
+    from .calibrate import calibrate as run_calibration
+    from .calibrate import summary_lines
+
+    with _errors():
+        env_mod.check_device(device)
+        from .providers import check_side
+        from .suite import Side
+
+        problem = check_side(Side(provider="timm", model=model))
+        if problem:
+            raise InputError(f"--model: {problem}")
+        if out is not None and (out / "cases.csv").exists():
+            raise InputError(f"--out {out}: it already holds results (cases.csv); choose another --out")
+        console.print(f"calibrating on {device}: {escape(model)} against itself, batch {batch_size} ...")
+        cal = run_calibration(model, device, batch_size, img_size, rounds, processes, None, out,
+                              env_mod.row_versions())
+        for line in summary_lines(cal):
+            console.print(escape(line), soft_wrap=True)
+        console.print(f"results: {cal.out_dir}")
+    ok = cal.verdict not in ("failed", "contended") and cal.low is not None and cal.low <= 1.0 <= (cal.high or 0)
+    raise typer.Exit(0 if ok else 1)
+
+
 @app.command("diff")
 def diff_cmd(
     old: Annotated[str, typer.Argument(help="Results dir, cases.csv, or timm-format table (path or URL).")],
@@ -458,7 +500,8 @@ def plot_cmd(
             written += [plots.latency_percentiles(infer_rows, out / "latency_percentiles.png"),
                         plots.compile_plot(infer_rows, out / "compile.png"),
                         plots.token_sweep(infer_rows, out / "token_sweep.png"),
-                        plots.numeric_diff(infer_rows, out / "numeric_diff.png")]
+                        plots.numeric_diff(infer_rows, out / "numeric_diff.png"),
+                        plots.speed_ratio([p for s in sets for p in s.pairs], out / "speed_ratio.png")]
         if len(infer_rows) < len(case_rows):
             written.append(plots.finetune_accuracy_vs_throughput(case_rows,
                                                                  out / "finetune_accuracy_vs_throughput.png"))

@@ -83,7 +83,7 @@ class Settings(_Strict):
 
 BUILTIN_DEFAULTS = Settings(
     batch_sizes=[1], precision=["fp32"], compile=["eager"], compile_options=CompileOptions(), warmup_iters=5,
-    min_iters=10, min_seconds=15.0, max_iters=100_000, timeout_s=600, rounds=30, processes=3, max_steal_pct=5.0,
+    min_iters=10, min_seconds=25.0, max_iters=100_000, timeout_s=600, rounds=50, processes=3, max_steal_pct=5.0,
     max_foreign_cpu_pct=10.0, speed_threshold_pct=2.0, timing_attempts=3,
     numerics_batch=2, tolerance=Tolerance(), seed=0,
 )

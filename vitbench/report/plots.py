@@ -54,30 +54,68 @@ def compile_plot(rows: list[dict[str, Any]], path: Path) -> Path | None:
 
 
 def _impl(row: dict[str, Any], source: str, kind: str) -> str:
+    """The implementation a row measured: the table for timm's tables, else the provider (and Keras backend)."""
     if kind == "timm":
         return Path(source).stem
-    return row.get("provider") or "?"
+    prov = str(row.get("provider") or "?")
+    backend = row.get("backend")
+    return f"{prov}-{backend}" if isinstance(backend, str) and backend else prov
+
+
+def _run_name(source: str) -> str:
+    p = Path(source)
+    return p.parent.name if p.name == "cases.csv" else p.stem
+
+
+def _ci(row: dict[str, Any], lo: str, hi: str, v: float) -> tuple[float, float]:
+    """Error-bar lengths (below, above) from interval columns; (0, 0) where the row has none."""
+    low, high = as_float(row.get(lo)), as_float(row.get(hi))
+    if low is None or high is None:
+        return 0.0, 0.0
+    return max(v - low, 0.0), max(high - v, 0.0)
+
+
+def _note_left_out(fig: Any, left_out: list[str]) -> None:
+    if left_out:
+        more = f" (+{len(left_out) - 6} more)" if len(left_out) > 6 else ""
+        fig.text(0.01, 0.005, f"not drawn ({len(left_out)}): " + "; ".join(left_out[:6]) + more, fontsize=7,
+                 color="#d62728", va="bottom")
 
 
 def throughput_vs_params(sets: list[Any], path: Path) -> Path | None:
-    """timm-style chart: samples/s vs parameters (log-log), one colour per implementation; Pareto front named."""
+    """timm-style chart: samples/s vs parameters (log-log), one colour per implementation and one marker per
+    result set, with each point's 95% between-round interval as an error bar; Pareto front named. Rows that
+    cannot be drawn (failed, or no parameter count) are listed on the figure, never dropped silently."""
     plt = _plt()
     fig, ax = plt.subplots(figsize=(11, 7))
-    points = []
+    points, left_out = [], []
     for res in sets:
+        run = _run_name(res.source)
         for r in res.df.to_dict("records"):
+            if r.get("task") == "finetune":
+                continue
             x, y = as_float(r.get("param_count_m")), as_float(r.get("samples_per_sec"))
-            if r.get("status", "ok") == "ok" and r.get("task") != "finetune" and x and y:
-                points.append((_impl(r, res.source, res.kind), x, y, str(r["label"]), r.get("batch_size")))
+            if r.get("status", "ok") == "ok" and x and y:
+                err = _ci(r, "samples_per_sec_ci_low", "samples_per_sec_ci_high", y)
+                points.append((_impl(r, res.source, res.kind), x, y, str(r["label"]), r.get("batch_size"), run, err))
+            else:
+                why = r.get("status") if r.get("status", "ok") != "ok" else "no params" if not x else "no speed"
+                left_out.append(f"{r.get('label')} bs{r.get('batch_size')} ({why}, {run})")
     if not points:
         plt.close(fig)
         return None
     impls = sorted({p[0] for p in points})
-    cmap = plt.get_cmap("tab10")
+    runs = list(dict.fromkeys(p[5] for p in points))
+    cmap, markers = plt.get_cmap("tab10"), "osD^vP*X"
     for i, impl in enumerate(impls):
-        pts = [p for p in points if p[0] == impl]
-        ax.scatter([p[1] for p in pts], [p[2] for p in pts], s=14 if len(points) > 200 else 40, alpha=0.7,
-                   color=cmap(i % 10), label=f"{impl} ({len(pts)})")
+        for j, run in enumerate(runs):
+            pts = [p for p in points if p[0] == impl and p[5] == run]
+            if not pts:
+                continue
+            label = f"{impl} ({len(pts)})" + (f" - {run}" if len(runs) > 1 else "")
+            ax.errorbar([p[1] for p in pts], [p[2] for p in pts], yerr=[[p[6][0] for p in pts], [p[6][1] for p in pts]],
+                        fmt=markers[j % len(markers)], ms=4 if len(points) > 200 else 6, alpha=0.75,
+                        color=cmap(i % 10), capsize=2, label=label)
     front, best = [], 0.0  # fastest model at or above each size, scanning from the largest
     for p in sorted(points, key=lambda p: -p[1]):
         if p[2] > best:
@@ -89,19 +127,22 @@ def throughput_vs_params(sets: list[Any], path: Path) -> Path | None:
     ax.set_xscale("log")
     ax.set_yscale("log")
     ax.set_xlabel("parameters (M, log)")
-    ax.set_ylabel("inference samples/s (log)")
+    ax.set_ylabel("inference samples/s (log; bars: 95% interval over rounds)")
     ax.set_title("throughput vs model size" + (" (named: fastest at or above each size)" if len(points) > 40 else ""))
     ax.grid(True, which="both", alpha=0.25)
     ax.legend(fontsize=8)
-    fig.tight_layout()
+    _note_left_out(fig, left_out)
+    fig.tight_layout(rect=(0, 0.03 if left_out else 0, 1, 1))
     fig.savefig(path, dpi=120)
     plt.close(fig)
     return path
 
 
 def latency_percentiles(rows: list[dict[str, Any]], path: Path) -> Path | None:
-    """p50 / p90 / p99 latency per case (horizontal bars, ms per batch)."""
+    """p50 / p90 / p99 latency per case (horizontal bars, ms per batch); the black whisker is the 95% interval of
+    the mean step time over rounds. Failed cases are listed, not drawn."""
     ok = [r for r in rows if r.get("status") == "ok" and as_float(r.get("latency_ms_p50"))]
+    left_out = [f"{r.get('label')} bs{r.get('batch_size')} ({r.get('status')})" for r in rows if r not in ok]
     if not ok:
         return None
     plt = _plt()
@@ -110,12 +151,18 @@ def latency_percentiles(rows: list[dict[str, Any]], path: Path) -> Path | None:
              for r in ok]
     for q, colour in (("p99", "#d62728"), ("p90", "#ff7f0e"), ("p50", "#1f77b4")):
         ax.barh(names, [as_float(r.get(f"latency_ms_{q}")) or 0 for r in ok], color=colour, label=q)
+    for y, r in enumerate(ok):
+        bs, lo, hi = (as_float(r.get(k)) for k in ("batch_size", "samples_per_sec_ci_high", "samples_per_sec_ci_low"))
+        if bs and lo and hi:  # samples/s interval as ms per batch (high samples/s = low latency)
+            ax.plot([1e3 * bs / lo, 1e3 * bs / hi], [y, y], color="k", lw=1.5, marker="|",
+                    label="95% interval of mean step" if y == 0 else None)
     ax.set_xscale("log")
     ax.set_xlabel("latency, ms per batch (log)")
     ax.set_title("latency percentiles per case")
     ax.invert_yaxis()
     ax.legend(fontsize=8)
     ax.grid(axis="x", which="both", alpha=0.3)
+    _note_left_out(fig, left_out)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
@@ -123,23 +170,74 @@ def latency_percentiles(rows: list[dict[str, Any]], path: Path) -> Path | None:
 
 
 def numeric_diff(rows: list[dict[str, Any]], path: Path) -> Path | None:
-    """Max abs diff of each candidate vs its reference (log), with the tolerance."""
-    c = [r for r in rows if r.get("role") == "candidate" and as_float(r.get("max_abs_diff")) is not None]
+    """Max abs diff of each candidate vs its reference (log), with the tolerance. Candidates whose check failed
+    without a number (NaN output, failed port) are drawn as red crosses at the right edge, with the reason."""
+    c = [r for r in rows if r.get("role") == "candidate" and (
+        as_float(r.get("max_abs_diff")) is not None or r.get("numerics_status") in ("fail", "error", "port_failed"))]
     if not c:
         return None
     plt = _plt()
     fig, ax = plt.subplots(figsize=(10, 0.45 * len(c) + 1.5))
     names = [f"{r.get('pair', '')}: {r['label']} {r.get('compile_mode', '')} bs{r.get('batch_size', '')}" for r in c]
-    vals = [max(as_float(r["max_abs_diff"]) or 0.0, 1e-12) for r in c]
+    vals = [as_float(r.get("max_abs_diff")) for r in c]
+    drawn = [max(v, 1e-12) if v is not None else 0.0 for v in vals]
     colours = ["#2ca02c" if r.get("numerics_status") == "ok" else "#d62728" for r in c]
-    ax.barh(names, vals, color=colours)
+    ax.barh(names, drawn, color=colours)
     tols = {as_float(r.get("tolerance_max_abs")) for r in c} - {None}
     for t in tols:
         ax.axvline(t, color="k", linestyle="--", linewidth=1)
     ax.set_xscale("log")
-    ax.set_xlabel("max |candidate - reference| (log; 0 shown at 1e-12; dashed: tolerance)")
-    ax.set_title("numeric difference per candidate")
+    finite = [v for v in drawn if v > 0] + list(tols)
+    right = max(finite) * 100 if finite else 1.0
+    for y, (r, v) in enumerate(zip(c, vals, strict=True)):
+        if v is None:
+            ax.plot([right], [y], marker="x", color="#d62728", ms=10, mew=2)
+            why = str(r.get("numerics_status"))
+            ax.annotate(f"{why}: {str(r.get('numerics_error') or '')[:60]}", (right, y), fontsize=7, color="#d62728",
+                        xytext=(-6, 4), textcoords="offset points", ha="right")
+        elif r.get("numerics_status") != "ok":
+            ax.annotate(str(r.get("numerics_status")), (drawn[y], y), fontsize=7, color="#d62728", xytext=(3, -3),
+                        textcoords="offset points")
+    ax.set_xlim(right=right * 10)
+    ax.set_xlabel("max |candidate - reference| (log; 0 at 1e-12; dashed: tolerance; x: failed)")
+    ax.set_title("numeric difference per candidate (green ok, red failed)")
     ax.invert_yaxis()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def speed_ratio(pairs: list[dict[str, Any]], path: Path) -> Path | None:
+    """Each candidate's paired speed ratio vs its reference, with its 95% interval, coloured by verdict; the band
+    around 1 is the threshold within which 'same' is called."""
+    pts = [p for p in pairs if as_float(p.get("speed_ratio")) is not None]
+    if not pts:
+        return None
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(10, 0.45 * len(pts) + 1.8))
+    colours = {"faster": "#2ca02c", "slower": "#d62728", "same": "#1f77b4", "inconclusive": "#7f7f7f",
+               "contended": "#ff7f0e"}
+    seen: set[str] = set()
+    for y, p in enumerate(pts):
+        v = as_float(p["speed_ratio"]) or 0.0
+        lo, hi = _ci(p, "speed_ratio_ci_low", "speed_ratio_ci_high", v)
+        verdict = str(p.get("speed_verdict"))
+        ax.errorbar([v], [y], xerr=[[lo], [hi]], fmt="o", color=colours.get(verdict, "k"), capsize=3,
+                    label=verdict if verdict not in seen else None)
+        seen.add(verdict)
+    t = as_float(pts[0].get("threshold_pct")) or 0.0
+    ax.axvspan(1 / (1 + t / 100), 1 + t / 100, color="#1f77b4", alpha=0.1, label=f"+-{t:g}% (same)")
+    ax.axvline(1.0, color="k", lw=1)
+    ax.set_yticks(range(len(pts)))
+    ax.set_yticklabels([f"{p['pair']}: {p['label']} {p.get('compile_mode', '')} bs{p.get('batch_size', '')} vs "
+                        f"{p.get('reference_compile_mode', '')}" for p in pts], fontsize=8)
+    ax.set_xscale("log")
+    ax.set_xlabel("speed ratio, candidate / reference samples/s (log; >1 = candidate faster; bars: 95% interval)")
+    ax.set_title("paired speed ratios (median over rounds)")
+    ax.invert_yaxis()
+    ax.grid(axis="x", which="both", alpha=0.3)
+    ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)

@@ -34,6 +34,7 @@ class Results:
     env: dict[str, Any] = field(default_factory=dict)
     latencies: dict[str, list[float]] = field(default_factory=dict)  # case_id -> raw ms
     blocks: dict[str, list[dict[str, Any]]] = field(default_factory=dict)  # case_id -> timed blocks (iters, wall_s)
+    pairs: list[dict[str, Any]] = field(default_factory=list)  # pairs.csv rows (paired speed ratios)
 
 
 def _read_csv(path: str) -> pd.DataFrame:
@@ -59,6 +60,7 @@ def load(path: str | Path) -> Results:
     env: dict[str, Any] = {}
     lat: dict[str, list[float]] = {}
     blocks: dict[str, list[dict[str, Any]]] = {}
+    pairs: list[dict[str, Any]] = []
     p = Path(src)
     if p.is_dir():
         if not (p / "cases.csv").is_file():
@@ -72,6 +74,8 @@ def load(path: str | Path) -> Results:
                     lat[d["case_id"]] = d["latencies_ms"]
                     if d.get("blocks"):
                         blocks[d["case_id"]] = d["blocks"]
+        if (p / "pairs.csv").is_file() and (p / "pairs.csv").stat().st_size:
+            pairs = pd.read_csv(p / "pairs.csv").to_dict("records")
         p = p / "cases.csv"
         src = str(p)
     elif p.name == "cases.csv" and (p.parent / "env.json").is_file():
@@ -88,6 +92,6 @@ def load(path: str | Path) -> Results:
         df["status"] = "ok"
         return Results(src, "timm", df, env, lat, blocks)
     if {"case_id", "label", "status"} <= set(df.columns):
-        return Results(src, "cases", df, env, lat, blocks)
+        return Results(src, "cases", df, env, lat, blocks, pairs)
     raise InputError(f"{src}: neither a vitbench cases.csv nor a timm benchmark table "
                      f"(columns: {', '.join(map(str, df.columns[:6]))}...)")

@@ -31,13 +31,15 @@ class _Side:
 
 
 class _SessionSide:
-    """One side hosted by a timing session, as run_rounds sees it."""
+    """One side hosted by a timing session, as run_rounds sees it. A block starts with one untimed call (caches
+    and threads come back after the other side's block) unless a call is long enough for that not to matter."""
 
-    def __init__(self, session: Session, index: int) -> None:
+    def __init__(self, session: Session, index: int, iter_s: float) -> None:
         self.session, self.index = session, index
+        self.warmup = 1 if iter_s < 0.25 else 0
 
     def block(self, iters: int) -> Block:
-        return self.session.block(self.index, iters)
+        return self.session.block(self.index, iters, self.warmup)
 
 
 class _Failed:
@@ -196,7 +198,7 @@ class Runner:
             for k, i in enumerate(idx):
                 r = ready.result[k] if ready.status == "ok" else {"status": ready.status, "error": ready.error}
                 if r["status"] == "ok":
-                    sides[i] = _TimingSide(_SessionSide(x, k), live[i].case, r["iter_s"])
+                    sides[i] = _TimingSide(_SessionSide(x, k, r["iter_s"]), live[i].case, r["iter_s"])
                 else:
                     outcome = JobOutcome(r["status"], error=r["error"])
                     dead[i] = outcome

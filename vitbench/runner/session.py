@@ -81,10 +81,10 @@ class Session:
             return JobOutcome("crashed", error=f"worker answered {kind!r} where {expect!r} was due")
         return JobOutcome("ok", payload)
 
-    def block(self, side: int, iters: int) -> Block:
-        """Time ``iters`` calls of the session's side ``side``."""
+    def block(self, side: int, iters: int, warmup: int = 1) -> Block:
+        """Time ``iters`` calls of the session's side ``side``, after ``warmup`` untimed ones."""
         try:
-            self.conn.send(("block", (side, iters)))
+            self.conn.send(("block", (side, iters, warmup)))
         except (OSError, ValueError):
             raise SideFailed(JobOutcome("crashed", error=f"worker gone; see {self.log_path}")) from None
         out = self.receive("block")

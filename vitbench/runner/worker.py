@@ -46,7 +46,8 @@ def serve(conn: Any, setup: Setup, cases: list[dict[str, Any]], run_dir: str) ->
     """Job 'serve': a timing session for several sides of one framework. Each is built, compiled and warmed up
     (timing only: no memory, numerics or FLOPs), then the session says ready and times blocks on request until
     told to finish; the parent alternates the sides (and sessions) block by block, so all see the same machine.
-    ("block", (side, iters)) -> ("block", Block.to_dict()); ("finish", None) -> ("ok", per-side finish columns).
+    ("block", (side, iters, warmup)) -> ("block", Block.to_dict()); ("finish", None) -> ("ok", per-side finish
+    columns).
     A side whose set-up fails is reported in the ready message; the others go on."""
     from ..measure.timing import time_block
 
@@ -69,7 +70,7 @@ def serve(conn: Any, setup: Setup, cases: list[dict[str, Any]], run_dir: str) ->
             if t is None:
                 raise ValueError(f"side {arg[0]} was not set up")
             with t.context():
-                block = time_block(t.step, t.sync, int(arg[1]))
+                block = time_block(t.step, t.sync, int(arg[1]), warmup=int(arg[2]))
             t.after_block()
             conn.send(("block", block.to_dict()))
         elif cmd == "finish":
