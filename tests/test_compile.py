@@ -89,7 +89,7 @@ def test_cold_compile_is_rerun_while_the_vm_steals_cpu(monkeypatch, tmp_path, wr
     calls = []
     steals = iter([30.0, 12.0, 20.0])  # every attempt contended: all 3 run, the least-contended is kept
 
-    def fake_run_job(case_dict, run_dir, job, timeout_s, log_path, env=None):
+    def fake_run_job(case_dict, run_dir, job, timeout_s, log_path, env=None, **kw):
         calls.append((job, env["TORCHINDUCTOR_CACHE_DIR"]))
         if job == "warm":
             return executor.JobOutcome("ok", {"compile_warm_s": 1.0})

@@ -50,15 +50,15 @@ def test_macs_and_activations_match_timm_published_table():
 
 
 def test_perturb_std_changes_only_the_reference_side_and_is_seeded():
-    from vitbench.runner.torch_worker import _build
+    from vitbench.runner.torch_worker import build
 
     base = {"seed": 0, "img_size": 32, "perturb_std": 0.02, "tokens": None, "role": "reference",
             "provider": "import", "model": "vitbench.testing:TinyNet", "kwargs": {}}
     dev = torch.device("cpu")
-    plain, _ = _build({**base, "perturb_std": None}, dev)
-    ref1, _ = _build(base, dev)
-    ref2, _ = _build(base, dev)
-    cand, _ = _build({**base, "role": "candidate"}, dev)  # a candidate gets the reference's weights by port
+    plain, _ = build({**base, "perturb_std": None}, dev)
+    ref1, _ = build(base, dev)
+    ref2, _ = build(base, dev)
+    cand, _ = build({**base, "role": "candidate"}, dev)  # a candidate gets the reference's weights by port
     w = "stem.weight"
     assert not torch.equal(plain.state_dict()[w], ref1.state_dict()[w])
     assert torch.equal(ref1.state_dict()[w], ref2.state_dict()[w])

@@ -159,3 +159,96 @@ def test_plot_timm_tables_and_run_dir(cli, tmp_path):
     res = cli("plot", run, "--out", tmp_path / "q")
     assert res.exit_code == 0, res.output
     assert (tmp_path / "q" / "latency_percentiles.png").stat().st_size > 5000
+
+
+@pytest.fixture
+def kept_figures(monkeypatch):
+    """The figures plot functions draw, kept open for inspection instead of closed."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from vitbench.report import plots
+
+    figs = []
+
+    class Keep:
+        def __getattr__(self, name):
+            return getattr(plt, name)
+
+        def close(self, fig):
+            figs.append(fig)
+
+    monkeypatch.setattr(plots, "_plt", lambda: Keep())
+    yield figs
+    plt.close("all")
+
+
+def test_plots_draw_intervals_verdicts_and_failures(tmp_path, kept_figures):
+    from vitbench.report import plots
+
+    pair = {"pair": "p", "compile_mode": "eager", "batch_size": 1, "reference_compile_mode": "eager",
+            "threshold_pct": 2.0}
+    pairs = [{**pair, "label": "a", "speed_ratio": 1.2, "speed_ratio_ci_low": 1.1, "speed_ratio_ci_high": 1.3,
+              "speed_verdict": "faster"},
+             {**pair, "label": "b", "speed_ratio": 0.7, "speed_ratio_ci_low": 0.6, "speed_ratio_ci_high": 0.8,
+              "speed_verdict": "slower"},
+             {**pair, "label": "c", "speed_ratio": None, "speed_verdict": "not measured"}]
+    assert plots.speed_ratio(pairs, tmp_path / "s.png")
+    ax = kept_figures[-1].axes[0]
+    assert len(ax.containers) == 2  # one error bar per measured candidate, none invented for 'c'
+    xs = sorted(float(c.lines[0].get_xdata()[0]) for c in ax.containers)
+    assert xs == [0.7, 1.2]
+    assert {t.get_text() for t in ax.get_legend().get_texts()} >= {"faster", "slower"}
+
+    rows = [{"role": "candidate", "pair": "p", "label": "ok", "max_abs_diff": 1e-7, "numerics_status": "ok",
+             "tolerance_max_abs": 1e-5},
+            {"role": "candidate", "pair": "p", "label": "nan", "max_abs_diff": None, "numerics_status": "fail",
+             "numerics_error": "candidate output has 4 NaN", "tolerance_max_abs": 1e-5},
+            {"role": "candidate", "pair": "p", "label": "port", "max_abs_diff": None,
+             "numerics_status": "port_failed", "numerics_error": "weight port failed: 3 missing keys"}]
+    assert plots.numeric_diff(rows, tmp_path / "n.png")
+    ax = kept_figures[-1].axes[0]
+    assert len(ax.patches) == 3  # a bar per candidate, the failed ones empty ...
+    crosses = [ln for ln in ax.lines if ln.get_marker() == "x"]
+    assert len(crosses) == 2  # ... and marked
+    notes = " ".join(t.get_text() for t in ax.texts)
+    assert "candidate output has 4 NaN" in notes and "port_failed" in notes
+
+
+def test_throughput_plot_colours_by_implementation_and_lists_what_it_leaves_out(tmp_path, kept_figures):
+    import pandas as pd
+
+    from vitbench.report import plots
+    from vitbench.report.results import Results
+
+    df = pd.DataFrame([
+        {"label": "t", "provider": "timm", "status": "ok", "param_count_m": 22, "samples_per_sec": 10,
+         "samples_per_sec_ci_low": 9, "samples_per_sec_ci_high": 11, "batch_size": 1},
+        {"label": "o", "provider": "vitbench", "status": "ok", "param_count_m": 22, "samples_per_sec": 11,
+         "batch_size": 1},
+        {"label": "bad", "provider": "import", "status": "error", "param_count_m": None, "samples_per_sec": None,
+         "batch_size": 1}])
+    assert plots.throughput_vs_params([Results(str(tmp_path / "run" / "cases.csv"), "cases", df)],
+                                      tmp_path / "t.png")
+    fig = kept_figures[-1]
+    ax = fig.axes[0]
+    assert {t.get_text() for t in ax.get_legend().get_texts()} == {"timm (1)", "vitbench (1)"}
+    assert len({tuple(c.lines[0].get_color()) if not isinstance(c.lines[0].get_color(), str)
+                else c.lines[0].get_color() for c in ax.containers}) == 2
+    bars = ax.containers[0].lines[2][0].get_segments()  # timm's error bar spans its interval
+    assert [round(float(v), 6) for v in bars[0][:, 1]] == [9.0, 11.0]
+    assert any("not drawn (1)" in t.get_text() and "bad" in t.get_text() for t in fig.texts)
+
+
+def test_calibrate_prints_the_noise_floor(cli, tmp_path):
+    res = cli("calibrate", "--model", "test_vit", "--img-size", "64", "--rounds", "6", "--processes", "1",
+              "--out", tmp_path / "cal")
+    print(res.output)
+    assert res.exit_code in (0, 1), res.output  # 1: this machine's A/A excluded 1.00 or it was busy; both said
+    assert "A/A test_vit bs1 on cpu:" in res.output
+    assert "noise floor" in res.output or "busy" in res.output or "no estimate" in res.output
+    pairs = list(csv.DictReader((tmp_path / "cal" / "pairs.csv").open()))
+    assert len(pairs) == 1 and pairs[0]["rounds_run"] == "6"
+    assert cli("calibrate", "--model", "vit_smal", "--out", tmp_path / "x").exit_code == 2

@@ -30,6 +30,12 @@ class Calibration:
     samples_per_sec: float | None
 
     @property
+    def ok(self) -> bool:
+        """Measured, on a quiet machine, with an interval that contains 1.00 (as an A/A's must)."""
+        return (self.verdict not in ("failed", "contended") and self.low is not None and self.high is not None
+                and self.low <= 1.0 <= self.high)
+
+    @property
     def half_width_pct(self) -> float | None:
         if self.low is None or self.high is None:
             return None
@@ -57,9 +63,16 @@ def suite_text(model: str, batch_size: int, img_size: int | None, rounds: int | 
 def calibrate(model: str, device: str, batch_size: int, img_size: int | None, rounds: int | None,
               processes: int | None, min_seconds: float | None, out: Path | None, env_row: dict[str, Any]
               ) -> Calibration:
+    from .errors import InputError
+    from .providers import check_side
     from .runner.executor import Runner
-    from .suite import expand, load_suite
+    from .suite import Side, expand, load_suite
 
+    problem = check_side(Side(provider="timm", model=model))
+    if problem:
+        raise InputError(f"--model: {problem}")
+    if out is not None and (out / "cases.csv").exists():
+        raise InputError(f"--out {out}: it already holds results (cases.csv); choose another --out")
     out_dir = out or Path(tempfile.mkdtemp(prefix="vitbench-calibrate-"))
     out_dir.mkdir(parents=True, exist_ok=True)
     path = out_dir / "suite.yaml"

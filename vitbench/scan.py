@@ -16,6 +16,14 @@ _PREFIXES = {"tf", "legacy", "gluon", "ig", "ssl", "swsl", "dm", "hf", "timm", "
 _DIGIT_SUFFIX = re.compile(r"^([a-z]{3,}?)(\d{2,})[a-z]?$")  # resnet50d -> resnet, vgg16 -> vgg; swinv2 stays
 
 
+TEST_FAMILY = "test models (ignored)"
+
+
+def is_test_model(model: str) -> bool:
+    """timm's tiny test models (test_vit, test_convnext2, ...): for unit tests, not an architecture family."""
+    return model.split(".")[0].lower().startswith("test_")
+
+
 def family_of(model: str) -> str:
     """Name rule: first name token, skipping framework prefixes (tf_, legacy_...) and depth numbers."""
     name = model.split(".")[0].lower()
@@ -84,14 +92,18 @@ def scan(tables: list[str], previous: str | None = None, suites_dir: Path | None
     x, y = np.log(df.param_count_m.to_numpy()), np.log(df.samples_per_sec.to_numpy())
     slope, intercept = np.polyfit(x, y, 1) if len(df) > 1 else (0.0, float(y[0]))
     df["score"] = np.exp(y - (slope * x + intercept))  # 1.0 = as fast as the fit predicts for its size
-    df["family"] = df.model.map(family_of)
+    df["family"] = [TEST_FAMILY if is_test_model(m) else family_of(m) for m in df.model]
     df["architecture"] = df.model.map(architecture_of)
     covered = {family_of(m) for m in suite_models(suites_dir)}
     prev_models = _previous_models(previous) if previous else set()
     prev_families = {family_of(m) for m in prev_models} if previous else None
 
+    df["test_model"] = df.model.map(is_test_model)
+
     def status(fam: str) -> str:
         """Two facts: new since --previous (or not), covered by our suites (or not)."""
+        if fam == TEST_FAMILY:
+            return TEST_FAMILY
         new = prev_families is not None and fam not in prev_families
         cov = fam in covered
         return "new, covered" if new and cov else "new" if new else "covered" if cov else "uncovered"
@@ -105,29 +117,62 @@ def scan(tables: list[str], previous: str | None = None, suites_dir: Path | None
                      "models": len(g), "best_model": best.model, "param_count_m": best.param_count_m,
                      "samples_per_sec": best.samples_per_sec, "score": best.score,
                      "examples": ", ".join(g.model.head(3))})
-    order = {"new": 0, "new, covered": 1, "uncovered": 2, "covered": 3}
+    order = {"new": 0, "new, covered": 1, "uncovered": 2, "covered": 3, TEST_FAMILY: 4}
     families = pd.DataFrame(fams)
     families = families.assign(_o=families.status.map(order)).sort_values(["_o", "score"], ascending=[True, False])
     families = families.drop(columns="_o").reset_index(drop=True)
+    df = df.drop(columns="test_model")
     models = df[["model", "family", "architecture", "status", "new_model", "param_count_m", "samples_per_sec",
                  "img_size", "batch_size", "score", "source"]].reset_index(drop=True)
     return ScanResult(models, families)
 
 
-def emit_suite(result: ScanResult, path: Path, top: int) -> int:
+def emit_suite(result: ScanResult, path: Path, top: int, max_params: float | None = None) -> int:
     """Write a suite with timm references for the top new families our suites do not cover yet (else the top
-    uncovered ones). Returns the pair count."""
+    uncovered ones): of each family its smallest model (one that runs anywhere), or with ``max_params`` its
+    largest up to that size. Returns the pair count."""
     import yaml
 
     pick = result.families[result.families.status == "new"].head(top)
     if pick.empty:
         pick = result.families[result.families.status == "uncovered"].head(top)
-    pairs = [{"name": str(r.best_model), "reference": {"provider": "timm", "model": str(r.best_model)}}
-             for r in pick.itertuples()]
+    names = []
+    for fam in pick.family:
+        g = result.models[result.models.family == fam].sort_values("param_count_m")
+        if max_params is not None:
+            fits = g[g.param_count_m <= max_params]
+            if fits.empty:
+                continue
+            names.append(str(fits.iloc[-1].model))
+        else:
+            names.append(str(g.iloc[0].model))
+    pairs = [{"name": n, "reference": {"provider": "timm", "model": n}} for n in names]
     if not pairs:
-        raise InputError("scan --emit-suite: no new or uncovered family to put in a suite")
+        raise InputError("scan --emit-suite: no new or uncovered family to put in a suite"
+                         + (f" with a model of at most {max_params:g} M params" if max_params is not None else ""))
     doc = {"name": Path(path).stem, "description": "emitted by vitbench scan: timm references for new families",
            "defaults": {"batch_sizes": [1], "precision": "fp32", "compile": ["eager"]}, "pairs": pairs}
     Path(path).write_text(yaml.safe_dump(doc, sort_keys=False))
     return len(pairs)
 
+
+
+def scan_to_files(tables: list[str], previous: str | None, suites: Path | None, csv_out: Path,
+                  emit: Path | None, top: int, max_params: float | None) -> tuple[ScanResult, int]:
+    """``vitbench scan``: scan, write the scan CSV, and (``emit``) a suite, checked by loading it back. Coverage
+    comes from ``suites``, else ./suites, else the embedded suites."""
+    from .runner.run_dir import embedded_suites_dir
+    from .suite import load_suite
+
+    suites_path = suites or (Path("suites") if Path("suites").is_dir() else embedded_suites_dir())
+    res = scan(tables, previous, suites_path)
+    try:
+        csv_out.parent.mkdir(parents=True, exist_ok=True)
+        res.models.to_csv(csv_out, index=False)
+    except OSError as e:
+        raise InputError(f"--csv {csv_out}: cannot write there ({e.strerror or type(e).__name__})") from None
+    n = 0
+    if emit:
+        n = emit_suite(res, emit, top, max_params)
+        load_suite(emit)
+    return res, n

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import fnmatch
 import hashlib
+import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -50,7 +51,9 @@ class Settings(_Strict):
     min_iters: int | None = Field(None, ge=1)
     min_seconds: float | None = Field(None, ge=0)
     max_iters: int | None = Field(None, ge=1)
-    timeout_s: float | None = Field(None, gt=0)
+    timeout_s: float | None = Field(None, gt=0, description="per job, from the moment its worker has started")
+    max_memory_gb: float | None = Field(None, gt=0, description="a worker above this RSS is ended and its row is "
+                                        "oom (default: 75% of physical memory)")
     rounds: int | None = Field(None, ge=1, le=1000, description="paired rounds: each side timed once per round, "
                                "in alternating order; the speed ratio is the median over rounds")
     processes: int | None = Field(None, ge=1, le=100, description="fresh timing processes the rounds are spread "
@@ -189,6 +192,9 @@ def load_suite(path: str | Path, check_models: bool = True) -> Suite:
         loc = _loc(err["loc"])
         msg = err["msg"].removeprefix("Value error, ")
         raise SuiteError(f"{path.name}: {loc + ': ' if loc else ''}{msg}{more}") from None
+    from .providers.import_provider import add_import_paths
+
+    add_import_paths(path.resolve().parent, os.getcwd())
     if check_models:
         from .providers import check_side
 
@@ -227,6 +233,7 @@ class Case:
     min_seconds: float
     max_iters: int
     timeout_s: float
+    max_memory_gb: float | None
     rounds: int
     processes: int
     max_steal_pct: float
@@ -311,7 +318,8 @@ def expand(
                             batch_size=bs, img_size=s.get("img_size"), tokens=s.get("tokens"), dim=s.get("dim"),
                             warmup_iters=s["warmup_iters"],
                             min_iters=s["min_iters"], min_seconds=s["min_seconds"], max_iters=s["max_iters"],
-                            timeout_s=s["timeout_s"], rounds=s["rounds"], processes=s["processes"],
+                            timeout_s=s["timeout_s"], max_memory_gb=s.get("max_memory_gb"), rounds=s["rounds"],
+                            processes=s["processes"],
                             max_steal_pct=s["max_steal_pct"], max_foreign_cpu_pct=s["max_foreign_cpu_pct"],
                             speed_threshold_pct=s["speed_threshold_pct"],
                             timing_attempts=s["timing_attempts"], numerics_batch=s["numerics_batch"],
@@ -321,3 +329,18 @@ def expand(
                             port=side.port, output=side.output, reference=ref if role == "candidate" else {},
                         ))
     return cases
+
+
+def parse_batch_sizes(text: str | None) -> list[int] | None:
+    """``--batch-sizes 1,32`` as a list; None when not given."""
+    from .errors import InputError
+
+    if not text:
+        return None
+    try:
+        sizes = [int(t) for t in text.split(",") if t.strip()]
+    except ValueError:
+        raise InputError(f"--batch-sizes '{text}': expected integers like 1,32") from None
+    if not sizes or any(b < 1 for b in sizes):
+        raise InputError(f"--batch-sizes '{text}': batch sizes must be >= 1")
+    return sizes

@@ -59,3 +59,35 @@ class TinyBlocks(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.stem(x).flatten(2).transpose(1, 2)  # (B, N, C)
         return self.head(self.blocks(x).mean(dim=1))
+
+
+class Growing(TinyNet):
+    """Allocates 256 MB at a time (up to 10 GB), like a runaway allocation: the memory cap must end it."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        keep = []
+        for _ in range(40):
+            keep.append(torch.ones(64, 1024, 1024))
+            time.sleep(0.05)
+        return super().forward(x)
+
+
+class NaNOutput(TinyNet):
+    """Runs, but every output is NaN, like a model with a broken normalisation."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return super().forward(x) * float("nan")
+
+
+class FailsLater(TinyNet):
+    """Works for its first ``calls`` forward passes in a process, then raises: a fault in the middle of timing."""
+
+    def __init__(self, calls: int = 40, **kw: int) -> None:
+        super().__init__(**kw)
+        self.calls, self.seen = calls, 0
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.seen += 1
+        if self.seen > self.calls:
+            raise RuntimeError(f"FailsLater: call {self.seen} fails (vitbench.testing)")
+        return super().forward(x)

@@ -18,7 +18,7 @@ from ..env import pkg_version
 from ..measure import flops, memory
 from ..measure.timing import cpu_times, percentile, steal_pct
 from ..providers import get_provider
-from ..providers._torch_common import state_dict_to_numpy
+from ..providers.torch_common import state_dict_to_numpy
 from ..runner.worker import one_line, safe_name
 from . import data as D
 from .loop import Step, evaluate, logits_of, make_optimizer, make_scheduler, train
@@ -115,11 +115,11 @@ def _writer(log_dir: Path) -> Any:
 def finetune(case: dict[str, Any], run_dir: str) -> dict[str, Any]:
     """Job 'finetune': returns the row (plus 'curve' and 'latencies_ms', which the runner stores apart)."""
     from .. import env as env_mod
-    from ..runner.torch_worker import _device_name, _setup
+    from ..runner.torch_worker import device_name, setup_device
 
     t_start = time.perf_counter()
     s = case["settings"]
-    dev = _setup(case)
+    dev = setup_device(case)
     spec = D.DatasetSpec.from_dict(case["dataset"])
     classes = list(spec.classes)
     model, img = build_classifier(case, case["img_size"], len(classes), case["seed"])
@@ -135,7 +135,7 @@ def finetune(case: dict[str, Any], run_dir: str) -> dict[str, Any]:
     out = Path(run_dir)
     name = f"{safe_name(case['label'])[:80]}-{case['case_id']}"
     row: dict[str, Any] = {  # the settings' columns come from the runner: they are in failed rows too
-        "img_size": img, "device_name": _device_name(dev), "threads": torch.get_num_threads(),
+        "img_size": img, "device_name": device_name(dev), "threads": torch.get_num_threads(),
         "tf32": False, "torch_version": torch.__version__, "timm_version": pkg_version("timm"),
         "num_classes": len(classes), "train_samples": len(data.train), "val_samples": len(data.val), "init": init,
         "param_count_m": sum(p.numel() for p in model.parameters()) / 1e6,

@@ -69,9 +69,17 @@ class FinetuneCase:
 
 def resolve_settings(suite: Suite, **overrides: Any) -> FinetuneSettings:
     """The suite's finetune section (or the defaults) with command-line overrides (None = keep)."""
+    from pydantic import ValidationError
+
+    from ..errors import InputError
+
     base = suite.finetune or FinetuneSettings()
     changes = {k: v for k, v in overrides.items() if v is not None}
-    return FinetuneSettings.model_validate({**base.model_dump(), **changes})
+    try:
+        return FinetuneSettings.model_validate({**base.model_dump(), **changes})
+    except ValidationError as e:
+        err = e.errors()[0]
+        raise InputError(f"finetune.{'.'.join(map(str, err['loc']))}: {err['msg']}") from None
 
 
 def expand(suite: Suite, settings: FinetuneSettings, dataset: DatasetSpec, device: str,
@@ -97,3 +105,18 @@ def expand(suite: Suite, settings: FinetuneSettings, dataset: DatasetSpec, devic
 def init_path(run_dir: str | Path, pair: str, device: str) -> Path:
     """Where a pair's initial weights (its reference, freshly built) are kept while the run lasts."""
     return artifact_path(run_dir, pair, device).with_name("finetune-init.npz")
+
+
+def describe(settings: FinetuneSettings, where: str) -> str:
+    """What ``validate`` says of a suite's finetune section (its dataset resolved: a bad one is an error)."""
+    from .data import resolve_dataset
+
+    spec = resolve_dataset(settings.dataset, f"{where}: finetune.dataset")
+    return (f"finetune: {settings.steps} steps x batch {settings.batch_size} per model on {spec.label} "
+            f"({len(spec.classes)} classes)")
+
+
+def write_plan(out_dir: Path, settings: FinetuneSettings, spec: DatasetSpec) -> None:
+    """finetune.json: the settings and dataset a fine-tune run used."""
+    (out_dir / "finetune.json").write_text(json.dumps({"settings": settings.model_dump(),
+                                                       "dataset": spec.to_dict()}, indent=2))

@@ -8,10 +8,12 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from ..runner.executor import Runner, attention_of, run_job
+from ..runner.executor import Runner, attention_of
+from ..runner.session import default_memory_limit_gb, run_job
 from .data import DatasetSpec
 from .plan import FinetuneCase, init_path
 
+JOBS = "vitbench.finetune.job"  # the worker runs f"{JOBS}:finetune" and f"{JOBS}:init_weights"
 CASE_KEYS = ("suite", "pair", "role", "label", "provider", "model", "framework", "backend", "device", "precision",
              "batch_size", "img_size", "seed")
 SETTINGS_COLUMNS = ("optimizer", "lr", "weight_decay", "schedule", "warmup_steps", "label_smoothing")
@@ -36,7 +38,8 @@ class FinetuneRunner(Runner):
             self._init_errors[str(path)] = "the reference is a Keras model"
             return
         d = {**case.to_dict(), "case_id": case.case_id, "framework": "torch"}
-        out = run_job(d, self.out, "finetune_init", case.timeout_s, self.logs / f"init-{case.case_id}.log")
+        out = run_job(d, self.out, f"{JOBS}:init_weights", case.timeout_s, self.logs / f"init-{case.case_id}.log",
+                      max_memory_gb=default_memory_limit_gb())
         self._init_errors[str(path)] = out.error
 
     def run(self, cases: list[FinetuneCase], on_start: Callable[[int, FinetuneCase], None] | None = None,  # type: ignore[override]
@@ -67,7 +70,8 @@ class FinetuneRunner(Runner):
         else:
             self._ensure_init(case)
             d = {**case.to_dict(), "case_id": case.case_id}
-            out = run_job(d, self.out, "finetune", case.timeout_s, self.logs / f"{case.case_id}.log")
+            out = run_job(d, self.out, f"{JOBS}:finetune", case.timeout_s, self.logs / f"{case.case_id}.log",
+                          max_memory_gb=default_memory_limit_gb())
             row.update(out.result)
             curve = row.pop("curve", None) or []
             latencies = row.pop("latencies_ms", None)

@@ -6,11 +6,22 @@ from __future__ import annotations
 
 import importlib
 import importlib.util
+import os
+import sys
+from pathlib import Path
 from typing import Any
 
-from ._torch_common import build_with_img_size, default_img_size, load_numpy_state
+from .torch_common import build_with_img_size, default_img_size, load_numpy_state
 
 FRAMEWORK = "torch"
+
+
+def add_import_paths(*dirs: str | Path) -> None:
+    """Make ``dirs`` importable for import sides (first on sys.path, as ``python -m`` puts the current directory);
+    spawned workers inherit sys.path, so the models a user keeps beside the suite are found there too."""
+    for d in reversed([os.path.abspath(x) for x in dirs]):
+        if d not in sys.path:
+            sys.path.insert(0, d)
 
 
 def _split(target: str) -> tuple[str, str]:
@@ -21,12 +32,22 @@ def _split(target: str) -> tuple[str, str]:
 
 
 def check(target: str) -> str | None:
+    """The module imports (from the current directory or the suite's too, as ``python -m`` would) and names a
+    callable; else what is wrong, in one line."""
     try:
         module, attr = _split(target)
         if importlib.util.find_spec(module) is None:
-            return f"cannot import module '{module}' (from '{target}')"
-    except (ValueError, ImportError) as e:
+            return (f"cannot import module '{module}' (from '{target}'; looked in the current directory, the suite's "
+                    "directory and sys.path)")
+        mod = importlib.import_module(module)
+    except ValueError as e:
         return str(e)
+    except Exception as e:  # noqa: BLE001  (the user's module failed to import: say how)
+        return f"importing '{target.partition(':')[0]}' failed: {type(e).__name__}: {str(e).splitlines()[0][:200]}"
+    if not hasattr(mod, attr):
+        return f"module '{module}' has no attribute '{attr}'"
+    if not callable(getattr(mod, attr)):
+        return f"'{target}' is not callable (a model class or a factory function is needed)"
     return None
 
 

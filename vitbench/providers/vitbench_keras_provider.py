@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from ._torch_common import unknown_model
+from .torch_common import unknown_model
 
 FRAMEWORK = "keras"
 LAYERS = ("Attention", "SDPA")

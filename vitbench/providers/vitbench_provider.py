@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from ._torch_common import build_with_img_size, default_img_size, load_numpy_state, unknown_model
+from .torch_common import build_with_img_size, default_img_size, load_numpy_state, unknown_model
 
 FRAMEWORK = "torch"
 

@@ -23,7 +23,7 @@ from ..errors import InputError
 from ..measure.stats import log_change_pct, log_halfwidth_pct, median_ci
 from .results import Results
 
-IDENTITY = ["task", "label", "framework", "compile_mode", "img_size", "tokens", "dataset", "train_steps"]
+IDENTITY = ["task", "pair", "label", "framework", "compile_mode", "img_size", "tokens", "dataset", "train_steps"]
 SETTINGS = {"batch_size": "batch", "precision": "precision", "device": "device"}
 HIGHER_BETTER = ["samples_per_sec", "speed_ratio", "top1", "top5"]
 LOWER_BETTER = ["latency_ms_p50", "latency_ms_p90", "latency_ms_p99", "compile_cold_s", "compile_warm_s",
@@ -83,7 +83,7 @@ def speed_noise_pct(res: Results, row: pd.Series, suffix: str = "") -> float | N
     cid = row.get(f"case_id{suffix}")
     per_block: list[float] = []
     if cid in res.blocks and len(res.blocks[cid]) >= 3:
-        per_block = [b["iters"] / b["wall_s"] for b in res.blocks[cid] if b.get("wall_s")]
+        per_block = [b["iters"] / b["wall_s"] for b in res.blocks[cid] if b.get("wall_s") and b.get("clean", True)]
     elif cid in res.latencies and len(res.latencies[cid]) >= 6:
         lat = res.latencies[cid]
         k = min(10, len(lat) // 2)
@@ -129,6 +129,8 @@ def _keys(old: Results, new: Results) -> tuple[list[str], list[str]]:
 
 
 def diff(old: Results, new: Results, threshold_pct: float = 5.0) -> DiffReport:
+    if threshold_pct < 0:
+        raise InputError(f"--threshold {threshold_pct:g}: must be >= 0")
     ident, settings = _keys(old, new)
     key = ident + settings
     names = ident if "timm" in (old.kind, new.kind) else key  # how a case is named in the report
@@ -156,7 +158,8 @@ def diff(old: Results, new: Results, threshold_pct: float = 5.0) -> DiffReport:
         paired = cross[ident].drop_duplicates()
         left = left.merge(paired, on=ident, how="left", indicator="_m").query("_m == 'left_only'")
         right = right.merge(paired, on=ident, how="left", indicator="_m").query("_m == 'left_only'")
-    if not len(both) and not not_comparable:
+    anything = old.df[[k for k in key if k in old.df]].merge(new.df[[k for k in key if k in new.df]], on=key)
+    if not len(both) and not not_comparable and not len(anything):
         raise InputError(f"no case of {old.source} matches one of {new.source} (matched on {', '.join(key)}): "
                          "these results are not about the same models")
     out: list[dict[str, Any]] = []

@@ -81,3 +81,175 @@ def print_diff(console: Console, rep: Any, old: str, new: str, threshold: float,
         if names:
             more = f" (+{len(names) - 20} more)" if len(names) > 20 else ""
             console.print(escape(f"{title}: " + ", ".join(names[:20]) + more), soft_wrap=True)
+
+
+def print_results(console: Console, written: list[Any]) -> None:
+    console.print(escape("results: " + "\n         ".join(str(w) for w in written)))
+
+
+def numerics_exit(err_console: Console, rows: list[dict[str, Any]]) -> int:
+    """1 when a candidate failed its numeric check (said in one line), else 0."""
+    bad = [r for r in rows if r.get("numerics_status") in ("fail", "error", "port_failed")]
+    ports = sum(r.get("numerics_status") == "port_failed" for r in bad)
+    if bad:
+        err_console.print(f"[bold red]{len(bad)} case(s) failed the numeric check[/]"
+                          + (f" ({ports} of them: weight port failed)" if ports else ""))
+    return 1 if bad else 0
+
+
+def print_run_summary(console: Console, rows: list[dict[str, Any]], written: list[Any]) -> None:
+    """The run's table: one line per case; candidates show their paired speed ratio with its 95% interval and
+    verdict, never one sample's ratio. Then one line per failed numeric check and per contended pair."""
+    t = Table(title="vitbench summary (vs ref: paired speed ratio, median of rounds [95% interval] verdict)")
+    for col in ("implementation", "mode", "prec", "bs", "status", "img/s", "p50 ms", "p99 ms", "vs ref",
+                "max|diff|", "GMACs"):
+        t.add_column(col, justify="left" if col in ("implementation", "status", "vs ref") else "right")
+    colours = {"faster": "green", "slower": "red", "same": "cyan", "contended": "yellow"}
+    for r in rows:
+        ratio = ""
+        if r["role"] == "candidate" and r.get("speed_verdict"):
+            v = r["speed_verdict"]
+            est = (f"{float(r['speed_ratio']):.2f}x [{float(r['speed_ratio_ci_low']):.2f}, "
+                   f"{float(r['speed_ratio_ci_high']):.2f}] " if fmt(r.get("speed_ratio")) else "")
+            ratio = f"{est}[{colours.get(v, 'white')}]{escape(v)}[/]"
+        status = escape(r["status"]) if r["status"] == "ok" else f"[red]{escape(r['status'])}[/]"
+        ns = r.get("numerics_status")
+        if ns in ("fail", "error", "port_failed"):
+            status += f" [red]({'port failed' if ns == 'port_failed' else 'numerics'})[/]"
+        t.add_row(escape(str(r["label"])), escape(str(r["compile_mode"])), escape(str(r["precision"])),
+                  str(r["batch_size"]), status, fmt(r.get("samples_per_sec")), fmt(r.get("latency_ms_p50")),
+                  fmt(r.get("latency_ms_p99")), ratio, fmt(r.get("max_abs_diff")), fmt(r.get("gmacs")))
+    console.print(t)
+    for r in rows:
+        ns, where = r.get("numerics_status"), escape(f"{r['pair']}: {r['label']} {r['compile_mode']} "
+                                                     f"bs{r['batch_size']}")
+        if ns == "port_failed":
+            console.print(f"[red]port failed:[/] {where}: " + escape(str(r.get("numerics_error"))), soft_wrap=True)
+        elif ns in ("fail", "error"):
+            console.print(f"[red]numerics {ns}:[/] {where}: " + escape(str(r.get("numerics_error") or "")),
+                          soft_wrap=True)
+        if r.get("speed_verdict") == "contended":
+            console.print(f"[yellow]contended:[/] {where}: the machine was busy during most rounds ("
+                          f"{fmt(r.get('contended_blocks'), 0)} contended blocks; other processes used "
+                          f"{fmt(r.get('foreign_cpu_pct'), 0)}% of the CPU on average, hypervisor steal "
+                          f"{fmt(r.get('cpu_steal_pct'), 1)}%): no verdict; run again on a quiet machine",
+                          soft_wrap=True)
+    print_results(console, written)
+
+
+def print_finetune_summary(console: Console, rows: list[dict[str, Any]], num_classes: int, written: list[Any]
+                           ) -> None:
+    t = Table(title=f"vitbench finetune (chance top-1 = {100 / num_classes:.1f}%)")
+    for col in ("implementation", "init", "status", "top-1 %", "top-5 %", "val loss", "train img/s", "step ms",
+                "peak MB", "train GMACs/img", "params M"):
+        t.add_column(col, justify="left" if col in ("implementation", "init", "status") else "right")
+    for r in rows:
+        status = escape(r["status"]) if r["status"] == "ok" else f"[red]{escape(r['status'])}[/]"
+        mem = r.get("cuda_peak_allocated_mb") or r.get("peak_rss_mb")
+        init = (r.get("init") or "").split(";")[0].split(",")[0]
+        t.add_row(escape(str(r["label"])), escape(init), status, fmt(r.get("top1")), fmt(r.get("top5")),
+                  fmt(r.get("val_loss"), 3), fmt(r.get("samples_per_sec"), 1), fmt(r.get("step_time_ms"), 1),
+                  fmt(mem, 0), fmt(r.get("train_gmacs"), 3), fmt(r.get("param_count_m"), 3))
+    console.print(t)
+    for r in rows:
+        if r["status"] not in ("ok", "skipped"):
+            console.print(f"[red]{escape(r['status'])}[/] " + escape(f"{r['label']}: {r['error']}"), soft_wrap=True)
+        elif "port failed" in (r.get("init") or "") or "no reference weights" in (r.get("init") or ""):
+            console.print("[yellow]note:[/] " + escape(f"{r['label']} trained from its own init: {r['init']}"),
+                          soft_wrap=True)
+    print_results(console, written)
+
+
+def print_scan(console: Console, res: Any, top: int, previous: str | None, csv_out: Any, emit: Any = None,
+               emitted: int = 0) -> None:
+    fam = res.families
+    counts = fam.status.value_counts().to_dict()
+    kinds = ("new", "new, covered", "uncovered", "covered", "test models (ignored)")
+    console.print(f"{len(res.models)} models in {len(fam)} families: "
+                  + ", ".join(f"{counts.get(k, 0)} {k}" for k in kinds if k in counts or k != kinds[-1])
+                  + (" (no --previous: nothing is marked new)" if previous is None else ""))
+    t = Table(title=f"families (top {top}; score = samples/s relative to the size trend, 1.0 = on trend)")
+    for col in ("family", "status", "timm module", "models", "best model", "params M", "samples/s", "score",
+                "examples"):
+        t.add_column(col, justify="right" if col in ("models", "params M", "samples/s", "score") else "left")
+    for r in fam.head(top).itertuples():
+        colour = {"new": "green", "new, covered": "green", "covered": "cyan"}.get(r.status, "white")
+        t.add_row(escape(r.family), f"[{colour}]{escape(r.status)}[/]", escape(str(r.architecture)), str(r.models),
+                  escape(str(r.best_model)), fmt(r.param_count_m), fmt(r.samples_per_sec), fmt(r.score),
+                  escape(str(r.examples)))
+    console.print(t)
+    new = fam[fam.status.str.startswith("new")]
+    if len(new):
+        console.print(escape("new families since --previous: " + ", ".join(new.family)), soft_wrap=True)
+    console.print(escape(f"scan CSV (use as next --previous): {csv_out}"))
+    if emit:
+        console.print(escape(f"suite with {emitted} timm references: {emit}"))
+
+
+def env_lines(info: dict[str, Any]) -> list[str]:
+    t = info.get("torch", {})
+    return [
+        f"vitbench {info['vitbench']} ({info['git_sha'] or 'not a git checkout'}), Python {info['python']}",
+        f"platform: {info['platform']}",
+        f"cpu: {info['cpu']} ({info['cpu_count_physical']} cores / {info['cpu_count_logical']} threads), "
+        f"{info['memory_gb']} GB",
+        "versions: " + ", ".join(f"{k} {v}" for k, v in info["versions"].items() if v),
+        f"torch: threads {t.get('num_threads')}, CUDA available {t.get('cuda_available')}, "
+        f"CUDA {t.get('cuda_version')}, cuDNN {t.get('cudnn')}",
+        f"gpus: {', '.join(g['name'] for g in info['nvml'].get('gpus', [])) or 'none'}; "
+        f"driver {info['nvml'].get('driver', 'none')}",
+    ]
+
+
+def end_of_run(err_console: Console, rows: list[dict[str, Any]], rd: Any, signal_no: int | None, command: str,
+               what: str) -> int | None:
+    """128+signal when interrupted (130 Ctrl-C, 143 SIGTERM; artifacts kept for --resume), 2 when a case failed,
+    None when all ran. Artifacts (reference or initial weights) are only needed to resume: removed otherwise."""
+    rd.release()
+    if signal_no is not None:
+        err_console.print("[bold red]interrupted:[/] " + escape(
+            f"{len(rows)} finished rows kept in {rd.path}; continue with: vitbench {command} --resume {rd.path}"),
+            soft_wrap=True)
+        return 128 + signal_no
+    import shutil
+
+    shutil.rmtree(rd.path / "artifacts", ignore_errors=True)
+    failed = [r for r in rows if r["status"] not in ("ok", "skipped")]
+    if failed:
+        err_console.print(f"[bold red]{len(failed)} {what} failed[/] " + escape(
+            f"(status/error in cases.csv, logs in {rd.path / 'logs'})"))
+        return 2
+    return None
+
+
+def run_with_progress(console: Console, runner: Any, cases: list[Any], partners: list[Any] | None = None
+                      ) -> int | None:
+    """Run with a progress bar. Returns the signal that interrupted the run (SIGINT, SIGTERM, SIGHUP), if one
+    did: every worker has then been ended, and finished rows are on disk."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from ..runner.signals import Interrupted
+
+    columns = [TextColumn("[progress.description]{task.description}"), BarColumn(), MofNCompleteColumn(),
+               TimeElapsedColumn()]
+    with Progress(*columns, console=console, transient=not console.is_terminal) as progress:
+        task = progress.add_task("starting", total=len(cases))
+
+        def on_start(i: int, c: Any) -> None:
+            progress.update(task, description=escape(f"set-up {i + 1}/{len(cases)} {c.label} {c.compile_mode} "
+                                                     f"{c.precision} bs{c.batch_size}"))
+
+        def on_done(i: int, c: Any, row: dict[str, Any]) -> None:
+            progress.advance(task)
+            if row["status"] != "ok":
+                progress.console.print(f"[red]{escape(row['status'])}[/] " + escape(
+                    f"{c.pair} {c.label} bs{c.batch_size}: {row['error']}"), soft_wrap=True)
+
+        runner.on_progress = lambda text: progress.update(task, description=escape(text))
+        try:
+            runner.run(cases, on_start, on_done, partners)
+        except Interrupted as e:
+            return e.signal_no
+        except KeyboardInterrupt:
+            return 2
+    return None

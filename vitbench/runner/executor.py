@@ -3,7 +3,6 @@ results appended as each group finishes."""
 from __future__ import annotations
 
 import math
-import os
 import shutil
 import tempfile
 import time
@@ -18,7 +17,8 @@ from ..measure.timing import Block, least_contended
 from ..suite import Case
 from . import worker
 from .rounds import Limits, RoundsResult, SideFailed, block_iters_for, run_rounds, summarize
-from .session import JobOutcome, Session, run_job
+from .session import JobOutcome, Session, cpu_of, default_memory_limit_gb, gpu_others, run_job
+from .signals import deferred_signals
 from .store import ResultStore
 
 
@@ -32,7 +32,7 @@ class _Side:
 
 class _SessionSide:
     """One side hosted by a timing session, as run_rounds sees it. A block starts with one untimed call (caches
-    and threads come back after the other side's block) unless a call is long enough for that not to matter."""
+    and threads come back after the other side's block) unless a call takes 0.25 s or more."""
 
     def __init__(self, session: Session, index: int, iter_s: float) -> None:
         self.session, self.index = session, index
@@ -87,20 +87,24 @@ class Runner:
                 d = tempfile.mkdtemp(prefix=f"vitbench-inductor-{case.case_id}-")
                 dirs.append(d)
                 env = _cache_env(d)
-            out = run_job(case.to_dict(), self.out, "setup", case.timeout_s, log, env)
+            out = run_job(case.to_dict(), self.out, "setup", case.timeout_s, log, env,
+                          max_memory_gb=_memory_limit(case))
             return (out, d), out.result.get("compile_steal_pct_cold") if out.status == "ok" else None
 
-        (out, cache_dir), _, attempts = least_contended(attempt, case.max_steal_pct,
-                                                        case.timing_attempts if compiled else 1)
-        if compiled and out.status == "ok":
-            out.result["compile_attempts"] = attempts  # cold compiles run; the least-contended one is kept
-            warm = run_job(case.to_dict(), self.out, "warm", case.timeout_s, log, _cache_env(cache_dir))
-            if warm.status == "ok":
-                out.result.update(warm.result)
-            else:
-                out.error = f"warm compile: {warm.error}"
-        for d in dirs:
-            shutil.rmtree(d, ignore_errors=True)
+        try:
+            (out, cache_dir), _, attempts = least_contended(attempt, case.max_steal_pct,
+                                                            case.timing_attempts if compiled else 1)
+            if compiled and out.status == "ok":
+                out.result["compile_attempts"] = attempts  # cold compiles run; the least-contended one is kept
+                warm = run_job(case.to_dict(), self.out, "warm", case.timeout_s, log, _cache_env(cache_dir),
+                               max_memory_gb=_memory_limit(case))
+                if warm.status == "ok":
+                    out.result.update(warm.result)
+                else:
+                    out.error = f"warm compile: {warm.error}"
+        finally:
+            for d in dirs:
+                shutil.rmtree(d, ignore_errors=True)
         return out
 
     def run_group(self, group: list[_Side], on_start: Callable[[Case], None] | None = None) -> list[dict[str, Any]]:
@@ -124,21 +128,23 @@ class Runner:
         pair_rows = self._pair_rows(group, live, result) if result else []
         rows = []
         duration = time.perf_counter() - t0
-        for s in group:
-            if not s.record:
-                continue
-            if s.row.get("numerics_status") == "error" and not s.row.get("numerics_error"):
-                s.row["numerics_error"] = self._prepared.get(str(worker.artifact_path(self.out, s.case.pair,
-                                                                                      s.case.device)))
-            s.row["duration_s"] = duration
-            self.store.append(s.row, s.row.pop("_blocks", None))
-            rows.append(s.row)
-        for pr in pair_rows:
-            self.store.append_pair(pr)
+        with deferred_signals():  # a group's rows, blocks and pair rows are written whole, or not at all
+            for s in group:
+                if not s.record:
+                    continue
+                if s.row.get("numerics_status") == "error" and not s.row.get("numerics_error"):
+                    s.row["numerics_error"] = self._prepared.get(str(worker.artifact_path(self.out, s.case.pair,
+                                                                                          s.case.device)))
+                s.row["duration_s"] = duration
+                self.store.append(s.row, s.row.pop("_blocks", None))
+                rows.append(s.row)
+            for pr in pair_rows:
+                self.store.append_pair(pr)
         return rows
 
     def _time(self, live: list[_Side]) -> RoundsResult:
-        """Paired rounds over ``processes`` timing sessions per framework; rows get their timing columns."""
+        """Paired rounds over ``processes`` timing sessions per framework; rows get their timing columns. A side
+        that fails in a block leaves the rounds; the sides that shared its session go on in the next one."""
         c0 = live[0].case
         per_process = math.ceil(c0.rounds / c0.processes)
         compiled = any(s.case.compile_mode in ("full", "regional") for s in live)
@@ -147,27 +153,32 @@ class Runner:
         dead: dict[int, JobOutcome] = {}
         iters: list[int] = []
         total: RoundsResult | None = None
+        sessions: list[Session] = []
         try:
             for p in range(c0.processes):
-                sessions, sides = self._open_sessions(live, dead, env, p)
+                sessions = []
+                sides = self._open_sessions(live, dead, env, p, sessions)
                 if not iters:
                     iters = [block_iters_for(s.iter_s, c0.rounds, s.case.min_iters, s.case.min_seconds,
                                              s.case.max_iters) for s in sides]
-                try:
-                    limits = Limits(c0.max_steal_pct, c0.max_foreign_cpu_pct,
-                                    _gpu_others(c0.device, {x.pid for x in sessions if x.pid})
-                                    if c0.device.startswith("cuda") else None)
-                    res = run_rounds([s.timeable for s in sides], iters, per_process, limits, seed=c0.seed + p,
-                                     on_round=self._round_progress(c0, p, per_process))
-                finally:
-                    for x in sessions:
-                        x.finish()
-                dead.update({i: o for i, o in res.failed.items()})
+                limits = Limits(c0.max_steal_pct, c0.max_foreign_cpu_pct,
+                                gpu_others(c0.device, {x.pid for x in sessions if x.pid})
+                                if c0.device.startswith("cuda") else None, our_cpu=cpu_of(sessions))
+                res = run_rounds([s.timeable for s in sides], iters, per_process, limits, seed=c0.seed + p,
+                                 on_round=self._round_progress(c0, p, per_process), failed=dead)
+                for x in sessions:
+                    x.finish()
+                dead.update(res.failed)
                 total = res if total is None else total + res
+        except BaseException:  # Ctrl-C, SIGTERM: end the sessions at once, ask nothing more of them
+            for x in sessions:
+                x.stop()
+            raise
         finally:
             if cache_dir:
                 shutil.rmtree(cache_dir, ignore_errors=True)
         assert total is not None
+        total.failed.update(dead)
         load = total.contention()
         for i, s in enumerate(live):
             blocks, clean = total.blocks(i)
@@ -179,20 +190,21 @@ class Runner:
                 s.row.update(status=dead[i].status, error=f"timing: {dead[i].error}")
         return total
 
-    def _open_sessions(self, live: list[_Side], dead: dict[int, JobOutcome], env: dict[str, str], p: int
-                       ) -> tuple[list[Session], list[Any]]:
-        """One timing session per framework (and backend), hosting every live side of it, in a fresh process."""
+    def _open_sessions(self, live: list[_Side], dead: dict[int, JobOutcome], env: dict[str, str], p: int,
+                       sessions: list[Session]) -> list[Any]:
+        """One timing session per framework (and backend), hosting every live side of it, in a fresh process
+        (appended to ``sessions`` as it starts, so an interrupt can end it). Its limits cover all its sides."""
         by_fw: dict[tuple[str, str | None], list[int]] = {}
         for i, s in enumerate(live):
             if i not in dead:
                 by_fw.setdefault((s.case.framework, s.case.backend), []).append(i)
         sides: list[Any] = [_TimingSide(_Failed(dead[i]), live[i].case, 0.0) if i in dead else None
                             for i in range(len(live))]
-        sessions = []
         for (fw, backend), idx in by_fw.items():
             name = f"timing-{live[0].case.case_id}-{fw}{'-' + backend if backend else ''}-{p}.log"
-            x = Session([live[i].case.to_dict() for i in idx], self.out, "serve", max(live[i].case.timeout_s
-                        for i in idx), self.logs / name, env)
+            x = Session([live[i].case.to_dict() for i in idx], self.out, "serve",
+                        sum(live[i].case.timeout_s for i in idx), self.logs / name, env,
+                        sum(_memory_limit(live[i].case) for i in idx))
             sessions.append(x)
             ready = x.receive("ready")
             for k, i in enumerate(idx):
@@ -203,7 +215,7 @@ class Runner:
                     outcome = JobOutcome(r["status"], error=r["error"])
                     dead[i] = outcome
                     sides[i] = _TimingSide(_Failed(outcome), live[i].case, 0.0)
-        return sessions, sides
+        return sides
 
     def _round_progress(self, c: Case, p: int, per_process: int) -> Callable[[int, int], None]:
         def progress(clean: int, attempts: int) -> None:
@@ -219,10 +231,8 @@ class Runner:
         for j, s in enumerate(live):
             if s.case.role != "candidate" or not s.record:
                 continue
-            if ref is None:
-                est = None
-            else:
-                est = result.estimate(j, s.case.speed_threshold_pct)
+            failed = {j, 0} & set(result.failed)  # a side died while timing: no verdict from the rounds before
+            est = None if ref is None or failed else result.estimate(j, s.case.speed_threshold_pct)
             r = pair_row(s, ref, est, result)
             s.row.update({k: r[k] for k in ("speed_ratio", "speed_ratio_ci_low", "speed_ratio_ci_high",
                                             "speed_verdict")})
@@ -258,6 +268,10 @@ class _TimingSide:
     timeable: Any
     case: Case
     iter_s: float
+
+
+def _memory_limit(case: Case) -> float:
+    return case.max_memory_gb if case.max_memory_gb is not None else default_memory_limit_gb()
 
 
 def _cache_env(d: str | None) -> dict[str, str]:
@@ -317,31 +331,6 @@ def pair_row(side: _Side, ref: _Side | None, est: RatioEstimate | None, result: 
         "numerics_error": r.get("numerics_error"), "case_id": c.case_id,
         "reference_case_id": ref.case.case_id if ref else None,
     }
-
-
-def _gpu_others(device: str, ours: set[int]) -> Callable[[], int]:
-    """Processes on the case's GPU other than this run's (NVML). Matched by pid where NVML's pids are ours (same
-    pid namespace); in a container whose pids NVML cannot see, counted beyond our own sessions instead."""
-    index = int(device.partition(":")[2] or 0)
-
-    def count() -> int:
-        try:
-            import pynvml
-
-            pynvml.nvmlInit()
-            try:
-                h = pynvml.nvmlDeviceGetHandleByIndex(index)
-                pids = {p.pid for p in pynvml.nvmlDeviceGetComputeRunningProcesses(h)}
-            finally:
-                pynvml.nvmlShutdown()
-        except Exception:  # noqa: BLE001  (no NVML: nothing to report)
-            return 0
-        mine = ours | {os.getpid()}
-        if pids & mine:
-            return len(pids - mine)
-        return max(0, len(pids) - len(ours) - 1)  # the parent may hold a context too: give it the benefit
-
-    return count
 
 
 def _case_columns(case: Case) -> dict[str, Any]:

@@ -19,11 +19,12 @@ from ..measure.timing import Block, Contention, percentile
 
 
 class SideFailed(Exception):
-    """A side's worker died or failed during a block; ``outcome`` says how."""
+    """A side's worker died or failed during a block; ``outcome`` says how. ``collateral``: this side did not
+    fail, the session it shared with the side that did is gone (it goes on in the next session)."""
 
-    def __init__(self, outcome: Any) -> None:
+    def __init__(self, outcome: Any, collateral: bool = False) -> None:
         super().__init__(getattr(outcome, "error", str(outcome)))
-        self.outcome = outcome
+        self.outcome, self.collateral = outcome, collateral
 
 
 class Timeable(Protocol):
@@ -35,6 +36,7 @@ class Limits:
     max_steal_pct: float
     max_foreign_cpu_pct: float
     foreign_gpu_procs: Callable[[], int] | None = None  # other processes on the GPU now (CUDA), None on CPU
+    our_cpu: Callable[[], float] | None = None  # CPU seconds of our workers so far (else: what blocks report)
 
     def why_contended(self, steal: float | None, foreign: float | None, gpu_procs: int = 0) -> str | None:
         if steal is not None and steal > self.max_steal_pct:
@@ -133,31 +135,39 @@ def order_for(round_index: int, n: int, rng: random.Random) -> list[int]:
 
 def run_rounds(sides: list[Timeable], block_iters: list[int], rounds: int, limits: Limits, seed: int = 0,
                on_round: Callable[[int, int], None] | None = None,
-               watch: Callable[[], Contention] = Contention) -> RoundsResult:
+               watch: Callable[[], Contention] = Contention, failed: dict[int, Any] | None = None) -> RoundsResult:
     """Time ``rounds`` clean rounds (each: one block per side, in alternating order). Contention is judged per
     round, over the whole round (long enough for /proc/stat's coarse counters). Contended rounds are re-run,
     up to ``2 * rounds`` attempts; once half the rounds asked for have run with fewer than a quarter of them clean,
     the machine is busy and it stops early. A side that fails leaves the rounds; the others go on."""
     rng = random.Random(seed)
-    res = RoundsResult(len(sides), target=rounds)
+    res = RoundsResult(len(sides), target=rounds, failed=dict(failed or {}))  # failed before: left out
+    gone: set[int] = set()  # sides whose session ended with another side's failure: out of this process's rounds
     while res.clean_rounds < rounds and res.attempts < 2 * rounds:
         if res.attempts >= max(4, rounds // 2) and res.clean_rounds < res.attempts / 4:
             break  # the machine is busy: more rounds would only cost time
-        alive = [i for i in range(len(sides)) if i not in res.failed]
+        alive = [i for i in range(len(sides)) if i not in res.failed and i not in gone]
         if not alive:
             break
         order = [alive[j] for j in order_for(res.attempts, len(alive), rng)]
         entry: dict[str, Any] = {"order": order, "blocks": {}, "clean": True, "why": None}
         with watch() as c:  # the whole round, from here: our workers' CPU time is ours, the rest is foreign
+            cpu0 = limits.our_cpu() if limits.our_cpu else 0.0
             for i in order:
                 try:
                     b = sides[i].block(block_iters[i])
                 except SideFailed as e:
-                    res.failed[i] = e.outcome
+                    if e.collateral:
+                        gone.add(i)
+                    else:
+                        res.failed[i] = e.outcome
                     entry.update(clean=False, why=entry["why"] or "a side failed")
                     continue
                 entry["blocks"][i] = b
-                c.add_ours(b.cpu_s)
+                if not limits.our_cpu:
+                    c.add_ours(b.cpu_s)
+            if limits.our_cpu:
+                c.add_ours(limits.our_cpu() - cpu0)
         entry.update(steal_pct=c.steal_pct, foreign_cpu_pct=c.foreign_cpu_pct)
         why = limits.why_contended(c.steal_pct, c.foreign_cpu_pct,
                                    limits.foreign_gpu_procs() if limits.foreign_gpu_procs else 0)

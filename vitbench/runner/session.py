@@ -8,6 +8,7 @@ import multiprocessing as mp
 import os
 import signal
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -26,8 +27,38 @@ class JobOutcome:
     error: str = ""
 
 
-def _await(proc: Any, conn: Any, deadline: float, log_path: Path, timeout_s: float) -> tuple[str, Any]:
-    """The worker's next message, or a JobOutcome-shaped failure: ("failed", JobOutcome)."""
+STARTUP_S = 300.0  # a worker's start-up (interpreter, torch/TF/timm imports) has its own, generous limit
+
+
+def default_memory_limit_gb() -> float:
+    """A safe share of physical memory for one worker: 75%, so a runaway case cannot take the machine down."""
+    import psutil
+
+    return round(0.75 * psutil.virtual_memory().total / 1e9, 1)
+
+
+def _tree_rss_gb(pid: int) -> float:
+    import psutil
+
+    try:
+        p = psutil.Process(pid)
+        procs = [p, *p.children(recursive=True)]
+    except psutil.Error:
+        return 0.0
+    total = 0
+    for q in procs:
+        try:
+            total += q.memory_info().rss
+        except psutil.Error:
+            pass
+    return total / 1e9
+
+
+def _await(proc: Any, conn: Any, deadline: float, log_path: Path, what: str,
+           max_memory_gb: float | None = None) -> tuple[str, Any]:
+    """The worker's next message, or a JobOutcome-shaped failure: ("failed", JobOutcome). Past ``deadline`` the
+    worker is ended (``what`` says which limit it broke); above ``max_memory_gb`` (its RSS with its children's,
+    watched every 0.2 s) too."""
     while True:
         if conn.poll(0.2):
             try:
@@ -36,10 +67,16 @@ def _await(proc: Any, conn: Any, deadline: float, log_path: Path, timeout_s: flo
                 break
         if not proc.is_alive() and not conn.poll(0):
             break
+        if max_memory_gb is not None and proc.pid is not None:
+            used = _tree_rss_gb(proc.pid)
+            if used > max_memory_gb:
+                _stop(proc)
+                _kill_group(proc.pid)
+                return "failed", JobOutcome("oom", error=f"worker used {used:.1f} GB, over the max_memory_gb limit "
+                                                         f"of {max_memory_gb:g} GB: ended")
         if time.monotonic() > deadline:
             _stop(proc)
-            return "failed", JobOutcome("timeout", error=f"timed out after {timeout_s:g} s (hung or too slow; "
-                                                          "raise timeout_s in the suite)")
+            return "failed", JobOutcome("timeout", error=what)
     proc.join(5)
     code = proc.exitcode
     if code is not None and code < 0:
@@ -51,14 +88,19 @@ def _await(proc: Any, conn: Any, deadline: float, log_path: Path, timeout_s: flo
 
 class Session:
     """The parent's handle on one worker process. ``job='serve'`` keeps it alive between commands (a timing
-    session, see worker.serve); other jobs answer once."""
+    session, see worker.serve); other jobs answer once. ``timeout_s`` counts from the moment the worker says it
+    has started (its imports done), and again for every command; start-up has its own limit (STARTUP_S)."""
 
-    def __init__(self, case: dict[str, Any], run_dir: Path, job: str, timeout_s: float, log_path: Path,
-                 env: dict[str, str] | None = None) -> None:
+    def __init__(self, case: Any, run_dir: Path, job: str, timeout_s: float, log_path: Path,
+                 env: dict[str, str] | None = None, max_memory_gb: float | None = None) -> None:
         self.conn, child = _CTX.Pipe(duplex=True)
-        self.proc = _CTX.Process(target=worker.main, args=(case, str(run_dir), child, str(log_path), env or {}, job),
+        env = {**(env or {}), "VITBENCH_PARENT_PID": str(os.getpid())}
+        self.proc = _CTX.Process(target=worker.main, args=(case, str(run_dir), child, str(log_path), env, job),
                                  daemon=True)
         self.timeout_s, self.log_path = timeout_s, log_path
+        self.max_memory_gb = max_memory_gb
+        self.started = False
+        self.failed: JobOutcome | None = None  # how the session ended, if it failed
         self.proc.start()
         child.close()
 
@@ -68,8 +110,18 @@ class Session:
 
     def receive(self, expect: str) -> JobOutcome:
         """Wait for the worker's answer ``expect`` (ready | block | ok)."""
-        kind, payload = _await(self.proc, self.conn, time.monotonic() + self.timeout_s, self.log_path,
-                               self.timeout_s)
+        while True:
+            if self.started:
+                deadline, what = time.monotonic() + self.timeout_s, (
+                    f"timed out after {self.timeout_s:g} s (hung or too slow; raise timeout_s in the suite)")
+            else:
+                deadline, what = time.monotonic() + max(STARTUP_S, self.timeout_s), (
+                    f"the worker did not start within {max(STARTUP_S, self.timeout_s):g} s (interpreter and "
+                    "framework imports; timeout_s counts only after that)")
+            kind, payload = _await(self.proc, self.conn, deadline, self.log_path, what, self.max_memory_gb)
+            if kind != "started":
+                break
+            self.started = True
         if kind == "failed":
             self.stop()
             return payload
@@ -82,13 +134,18 @@ class Session:
         return JobOutcome("ok", payload)
 
     def block(self, side: int, iters: int, warmup: int = 1) -> Block:
-        """Time ``iters`` calls of the session's side ``side``, after ``warmup`` untimed ones."""
+        """Time ``iters`` calls of the session's side ``side``, after ``warmup`` untimed ones. Once the session
+        failed (another side's block broke it), its other sides get a collateral SideFailed."""
+        if self.failed is not None:
+            raise SideFailed(self.failed, collateral=True)
         try:
             self.conn.send(("block", (side, iters, warmup)))
         except (OSError, ValueError):
-            raise SideFailed(JobOutcome("crashed", error=f"worker gone; see {self.log_path}")) from None
+            self.failed = JobOutcome("crashed", error=f"worker gone; see {self.log_path}")
+            raise SideFailed(self.failed) from None
         out = self.receive("block")
         if out.status != "ok":
+            self.failed = out
             raise SideFailed(out)
         return Block(**out.result)
 
@@ -110,9 +167,9 @@ class Session:
 
 
 def run_job(case: dict[str, Any], run_dir: Path, job: str, timeout_s: float, log_path: Path,
-            env: dict[str, str] | None = None) -> JobOutcome:
+            env: dict[str, str] | None = None, max_memory_gb: float | None = None) -> JobOutcome:
     """Run one worker job in a fresh process. Never raises for what happens inside the worker."""
-    s = Session(case, run_dir, job, timeout_s, log_path, env)
+    s = Session(case, run_dir, job, timeout_s, log_path, env, max_memory_gb)
     try:
         return s.receive("ok")
     finally:
@@ -134,3 +191,54 @@ def _stop(proc: Any) -> None:
     if proc.is_alive():
         proc.kill()
         proc.join(3)
+
+
+def cpu_of(sessions: list[Session]) -> Callable[[], float]:
+    """CPU seconds used so far by our timing sessions and their children (OpenMP threads spinning after a block
+    included), so a round's contention counts only other processes' CPU as foreign."""
+    import psutil
+
+    procs: list[Any] = []
+    for x in sessions:
+        try:
+            procs.append(psutil.Process(x.pid))
+        except (psutil.Error, TypeError, ValueError):
+            pass
+
+    def used() -> float:
+        total = 0.0
+        for p in procs:
+            try:
+                for q in (p, *p.children(recursive=True)):
+                    t = q.cpu_times()
+                    total += t.user + t.system
+            except psutil.Error:
+                continue
+        return total
+
+    return used
+
+
+def gpu_others(device: str, ours: set[int]) -> Callable[[], int]:
+    """Processes on the case's GPU other than this run's (NVML). Matched by pid where NVML's pids are ours (same
+    pid namespace); in a container whose pids NVML cannot see, counted beyond our own sessions instead."""
+    index = int(device.partition(":")[2] or 0)
+
+    def count() -> int:
+        try:
+            import pynvml
+
+            pynvml.nvmlInit()
+            try:
+                h = pynvml.nvmlDeviceGetHandleByIndex(index)
+                pids = {p.pid for p in pynvml.nvmlDeviceGetComputeRunningProcesses(h)}
+            finally:
+                pynvml.nvmlShutdown()
+        except Exception:  # noqa: BLE001  (no NVML: nothing to report)
+            return 0
+        mine = ours | {os.getpid()}
+        if pids & mine:
+            return len(pids - mine)
+        return max(0, len(pids) - len(ours) - 1)  # the parent may hold a context too: give it the benefit
+
+    return count

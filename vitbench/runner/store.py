@@ -82,9 +82,17 @@ class ResultStore:
         return {r["case_id"] for r in self.rows() if r.get("status") == "ok"}
 
     def drop_unfinished(self) -> int:
-        """For --resume: forget rows of cases that did not end ok, so they run again. Returns how many."""
+        """For --resume: forget rows of cases that did not end ok, so they run again, and with an inference case
+        the rows of its group (the pair at that device, precision, batch size and input), since its sides are
+        timed together. Returns how many rows were dropped."""
         rows = self.rows()
-        keep = [r for r in rows if r.get("status") == "ok"]
+
+        def group(r: dict[str, str]) -> tuple[str, ...]:
+            return tuple(r.get(k, "") for k in ("task", "pair", "device", "precision", "batch_size", "img_size",
+                                                "tokens"))
+
+        broken = {group(r) for r in rows if r.get("status") != "ok" and r.get("task") != "finetune"}
+        keep = [r for r in rows if r.get("status") == "ok" and group(r) not in broken]
         if len(keep) != len(rows):
             self._rewrite(keep)
         if self.pairs.exists():

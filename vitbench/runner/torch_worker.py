@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import platform
 import time
 from pathlib import Path
 from typing import Any
@@ -11,7 +10,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..env import pkg_version
+from ..env import cpu_name, pkg_version
 from ..measure import flops, memory
 from ..measure.compile import output_tensor
 from ..providers import get_provider
@@ -20,7 +19,8 @@ from .worker import Timed, artifact_path, compare_candidate
 DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16, "amp": torch.float16, "amp_bf16": torch.bfloat16}
 
 
-def _setup(case: dict[str, Any]) -> torch.device:
+def setup_device(case: dict[str, Any]) -> torch.device:
+    """The case's device, ready (TF32 off: fp32 means fp32)."""
     torch.backends.cuda.matmul.allow_tf32 = False  # numerics and "fp32" timings are true fp32 (timm uses TF32)
     torch.backends.cudnn.allow_tf32 = False
     dev = torch.device(case["device"])
@@ -31,7 +31,7 @@ def _setup(case: dict[str, Any]) -> torch.device:
     return dev
 
 
-def _build(case: dict[str, Any], dev: torch.device, side: dict[str, Any] | None = None) -> tuple[Any, int | None]:
+def build(case: dict[str, Any], dev: torch.device, side: dict[str, Any] | None = None) -> tuple[Any, int | None]:
     side = side or case
     torch.manual_seed(case["seed"])
     model, img = get_provider(side["provider"]).build(side["model"], dict(side["kwargs"]), case["img_size"])
@@ -66,9 +66,9 @@ def _write_artifact(path: Path, model: Any, img: int | None, case: dict[str, Any
 
 def prepare(case: dict[str, Any], run_dir: str) -> dict[str, Any]:
     """Build the pair's reference at fp32 and save weights, input and output for the candidates."""
-    dev = _setup(case)
+    dev = setup_device(case)
     ref_case = {**case, **case["reference"]} if case["role"] == "candidate" else case
-    model, img = _build(case, dev, ref_case)
+    model, img = build(case, dev, ref_case)
     _write_artifact(artifact_path(run_dir, case["pair"], case["device"]), model, img, case, dev)
     return {"img_size": img}
 
@@ -87,14 +87,9 @@ def _numerics(case: dict[str, Any], model: Any, run_dir: str, dev: torch.device,
     return compare_candidate(case, run_dir, lambda state: get_provider(case["provider"]).port(model, state), run)
 
 
-def _device_name(dev: torch.device) -> str:
-    if dev.type == "cuda":
-        return torch.cuda.get_device_name(dev)
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    return platform.processor() or platform.machine()
+def device_name(dev: torch.device) -> str:
+    """The GPU's name, or the CPU's model name."""
+    return torch.cuda.get_device_name(dev) if dev.type == "cuda" else cpu_name()
 
 
 def _with_precision(model: Any, x: torch.Tensor, precision: str, dev: torch.device):  # type: ignore[no-untyped-def]
@@ -110,8 +105,8 @@ def warm_compile(case: dict[str, Any], run_dir: str) -> dict[str, Any]:
     """Second launch: same compile, Inductor's on-disk cache kept from the cold worker. First call only."""
     from ..measure import compile as compile_mod
 
-    dev = _setup(case)
-    model, img = _build(case, dev)
+    dev = setup_device(case)
+    model, img = build(case, dev)
     model, x, autocast = _with_precision(model, _input(case, case["batch_size"], img, dev),
                                          case["precision"], dev)
     _, row = compile_mod.prepare(model, {**case, "_compile_phase": "warm"}, x, autocast)
@@ -122,15 +117,15 @@ def setup(case: dict[str, Any], run_dir: str, timing_only: bool = False) -> tupl
     """Everything but the timed blocks: build, memory of one forward, numerics, FLOPs, precision, compile, warm-up.
     ``timing_only`` (a timing session): build (a candidate with the reference's weights where they port), precision,
     compile and warm-up only. Returns the row so far and what to time."""
-    dev = _setup(case)
-    model, img = _build(case, dev)
+    dev = setup_device(case)
+    model, img = build(case, dev)
     if timing_only:
         _port_quietly(case, model, run_dir)
         return _timed(case, model, img, dev, {}, fresh=False)
     row: dict[str, Any] = {
         "img_size": img,
         "param_count_m": sum(p.numel() for p in model.parameters()) / 1e6,
-        "device_name": _device_name(dev),
+        "device_name": device_name(dev),
         "threads": torch.get_num_threads(),
         "tf32": False,
         "torch_version": torch.__version__,

@@ -5,6 +5,7 @@ Only this module's functions run in the child; torch/timm are imported here, nev
 from __future__ import annotations
 
 import contextlib
+import importlib
 import os
 import sys
 import traceback
@@ -144,12 +145,24 @@ def port_problem(e: BaseException) -> str:
             f"unexpected keys (e.g. {', '.join(unexpected[:3]) or '-'})")
 
 
+def _preload(case: dict[str, Any]) -> None:
+    """Imports that belong to start-up, not to the case's work (timeout_s starts after them)."""
+    import importlib.util
+
+    if case.get("framework") != "keras" and importlib.util.find_spec("timm") is not None:
+        import timm  # noqa: F401
+
+
 def main(case: Any, run_dir: str, conn: Any, log_path: str, env: dict[str, str], job: str) -> None:
     """Entry point of the child process. ``job``: 'setup' (a case measured but for its timing), 'serve' (a timing
     session; ``case`` is then the list of its sides), 'prepare' (reference artifacts only), 'warm' (second-launch
-    compile time), 'finetune' or 'finetune_init' (a pair's initial weights)."""
+    compile time), or 'package.module:function' (a job of another package, e.g. fine-tuning's)."""
     if hasattr(os, "setsid"):
         os.setsid()  # own process group: the runner ends it whole, compile-worker pools included
+    from .signals import die_with_parent
+
+    parent = env.get("VITBENCH_PARENT_PID")
+    die_with_parent(int(parent) if parent else None)  # never outlive the run, even one killed with SIGKILL
     fd = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
     os.dup2(fd, 1)
     os.dup2(fd, 2)
@@ -164,10 +177,9 @@ def main(case: Any, run_dir: str, conn: Any, log_path: str, env: dict[str, str],
             # artifacts come from the pair's reference, whatever framework this candidate is
             case = {**case, "framework": "keras" if case["reference"]["provider"] in ("keras", "vitbench_keras")
                     else "torch"}
-        if job.startswith("finetune"):
-            from ..finetune import job as finetune_job
-
-            jobs = {"finetune": finetune_job.finetune, "finetune_init": finetune_job.init_weights}
+        if ":" in job:  # a job another package registers by import path (fine-tuning: vitbench.finetune.job:...)
+            module, _, name = job.partition(":")
+            jobs = {job: getattr(importlib.import_module(module), name)}
         elif case["framework"] == "keras":
             from . import keras_worker
 
@@ -178,9 +190,11 @@ def main(case: Any, run_dir: str, conn: Any, log_path: str, env: dict[str, str],
 
             setup = torch_worker.setup
             jobs = {"prepare": torch_worker.prepare, "warm": torch_worker.warm_compile}
-        if not job.startswith("finetune"):
+        if ":" not in job:
             jobs["setup"] = lambda c, d: setup_only(setup, c, d)
             jobs["serve"] = lambda c, d: serve(conn, setup, cases, d)
+        _preload(case)
+        conn.send(("started", os.getpid()))  # start-up done: the job's timeout counts from here
         result = jobs[job](case, run_dir)
         conn.send(("ok", result))
     except BaseException as e:  # noqa: BLE001  (everything becomes a row; the traceback goes to the log)

@@ -1,0 +1,59 @@
+"""The files a finished (or interrupted) run writes from its rows: timm-format tables and plots."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from .. import env as env_mod
+from . import plots
+from .timm_table import write_timm_tables, write_train_tables
+
+
+def write_run_outputs(rows: list[dict[str, Any]], pairs: list[dict[str, Any]], out_dir: Path,
+                      info: dict[str, Any], device: str) -> list[Path]:
+    written = [out_dir / "pairs.csv"] if (out_dir / "pairs.csv").exists() else []
+    written += write_timm_tables(rows, out_dir, info.get("torch", {}).get("version", "unknown"),
+                                 {device: env_mod.device_tag(device, info)})
+    for plot in (plots.compile_plot(rows, out_dir / "compile.png"),
+                 plots.token_sweep(rows, out_dir / "token_sweep.png"),
+                 plots.speed_ratio(pairs, out_dir / "speed_ratio.png")):
+        if plot:
+            written.append(plot)
+    return written
+
+
+def write_finetune_outputs(rows: list[dict[str, Any]], out_dir: Path, info: dict[str, Any], device: str
+                           ) -> list[Path]:
+    written = write_train_tables(rows, out_dir, info.get("torch", {}).get("version", "unknown"),
+                                 {device: env_mod.device_tag(device, info)})
+    curves = out_dir / "curves.csv"
+    for plot in (plots.finetune_accuracy_vs_throughput(rows, out_dir / "finetune_accuracy_vs_throughput.png"),
+                 plots.finetune_curves(curves, out_dir / "finetune_curves.png") if curves.exists() else None):
+        if plot:
+            written.append(plot)
+    return written
+
+
+def write_plots(sets: list[Any], out: Path) -> list[Path]:
+    """Every plot the result sets can fill (``vitbench plot``)."""
+    from ..errors import InputError
+
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise InputError(f"--out {out}: cannot write there ({e.strerror or type(e).__name__})") from None
+    written = [plots.throughput_vs_params(sets, out / "throughput_vs_params.png")]
+    case_rows = [row for s in sets if s.kind == "cases" for row in s.df.to_dict("records")]
+    infer_rows = [r for r in case_rows if r.get("task") != "finetune"]
+    if infer_rows:
+        written += [plots.latency_percentiles(infer_rows, out / "latency_percentiles.png"),
+                    plots.compile_plot(infer_rows, out / "compile.png"),
+                    plots.token_sweep(infer_rows, out / "token_sweep.png"),
+                    plots.numeric_diff(infer_rows, out / "numeric_diff.png"),
+                    plots.speed_ratio([p for s in sets for p in s.pairs], out / "speed_ratio.png")]
+    if len(infer_rows) < len(case_rows):
+        written.append(plots.finetune_accuracy_vs_throughput(case_rows, out / "finetune_accuracy_vs_throughput.png"))
+    done = [w for w in written if w]
+    if not done:
+        raise InputError("plot: nothing to draw (no measured rows)")
+    return done
