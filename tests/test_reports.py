@@ -105,7 +105,7 @@ def test_diff_other_batch_size_is_not_comparable_and_unrelated_is_refused(cli, t
     text = (b / "cases.csv").read_text().replace(",1,224,ok,40", ",6,224,ok,40")  # 'mine' now at batch 6
     (b / "cases.csv").write_text(text)
     rep = diff(load(a), load(b))
-    assert "mine torch eager 224: not comparable (batch 1 -> 6)" in rep.not_comparable
+    assert "p mine torch eager 224: not comparable (batch 1 -> 6)" in rep.not_comparable
     assert not len(rep.regressions)
     res = cli("diff", a, b)
     assert res.exit_code == 0 and "not comparable (batch 1 -> 6)" in res.output

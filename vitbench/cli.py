@@ -45,7 +45,7 @@ def _errors() -> Iterator[None]:
 
 
 @app.callback()
-def _main(debug: Annotated[bool, typer.Option("--debug", is_flag=True, help="Show tracebacks.")] = False) -> None:
+def _main(debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks.", metavar="")] = False) -> None:
     _state["debug"] = debug
 
 
@@ -97,7 +97,7 @@ def list_cmd() -> None:
 
 
 @app.command()
-def env(as_json: Annotated[bool, typer.Option("--json", is_flag=True, help="Print JSON.")] = False) -> None:
+def env(as_json: Annotated[bool, typer.Option("--json", help="Print JSON.", metavar="")] = False) -> None:
     """Framework versions, CPU, GPU, driver, CUDA and threads."""
     from . import env as env_mod
     from .report.show import env_lines
@@ -228,9 +228,9 @@ def diff_cmd(
     old: Annotated[str, typer.Argument(help="Results dir, cases.csv, or timm-format table (path or URL).")],
     new: Annotated[str, typer.Argument(help="The same, for the newer results.")],
     threshold: Annotated[float, typer.Option("--threshold", "-t", help="Percent worse that counts.")] = 5.0,
-    markdown: Annotated[bool, typer.Option("--markdown", help="Print a Markdown report.")] = False,
+    markdown: Annotated[bool, typer.Option("--markdown", help="Print a Markdown report.", metavar="")] = False,
     csv_out: Annotated[Path | None, typer.Option("--csv", help="Write every compared metric to this CSV.")] = None,
-    show_all: Annotated[bool, typer.Option("--all", help="List improvements and unchanged cases too.")] = False,
+    show_all: Annotated[bool, typer.Option("--all", help="List improvements, unchanged too.", metavar="")] = False,
 ) -> None:
     """Compare two result sets. Exit 0: no regression; 1: regressions; 2: bad input."""
     from .report.diff import diff

@@ -110,6 +110,8 @@ def suite_for_resume(resume: Path, suite: Path | None) -> Path:
     first run's suite directory and working directory are importable again (models kept beside the suite)."""
     from ..providers.import_provider import add_import_paths
 
+    if not (resume / "cases.csv").is_file():
+        raise InputError(f"--resume {resume}: no cases.csv there to resume")
     kept = resume / "suite.yaml"
     if not kept.is_file():
         raise InputError(f"--resume {resume}: no suite.yaml there (the suite the run was started with)")

@@ -145,11 +145,12 @@ def port_problem(e: BaseException) -> str:
             f"unexpected keys (e.g. {', '.join(unexpected[:3]) or '-'})")
 
 
-def _preload(case: dict[str, Any]) -> None:
-    """Imports that belong to start-up, not to the case's work (timeout_s starts after them)."""
+def _preload(cases: list[dict[str, Any]]) -> None:
+    """Imports that belong to start-up, not to the case's work (timeout_s starts after them): timm, for the
+    sides that build a timm model."""
     import importlib.util
 
-    if case.get("framework") != "keras" and importlib.util.find_spec("timm") is not None:
+    if any(c.get("provider") == "timm" for c in cases) and importlib.util.find_spec("timm") is not None:
         import timm  # noqa: F401
 
 
@@ -193,7 +194,7 @@ def main(case: Any, run_dir: str, conn: Any, log_path: str, env: dict[str, str],
         if ":" not in job:
             jobs["setup"] = lambda c, d: setup_only(setup, c, d)
             jobs["serve"] = lambda c, d: serve(conn, setup, cases, d)
-        _preload(case)
+        _preload(cases)
         conn.send(("started", os.getpid()))  # start-up done: the job's timeout counts from here
         result = jobs[job](case, run_dir)
         conn.send(("ok", result))
