@@ -105,8 +105,9 @@ def test_diff_other_batch_size_is_not_comparable_and_unrelated_is_refused(cli, t
     text = (b / "cases.csv").read_text().replace(",1,224,ok,40", ",6,224,ok,40")  # 'mine' now at batch 6
     (b / "cases.csv").write_text(text)
     rep = diff(load(a), load(b))
-    assert "p mine torch eager 224: not comparable (batch 1 -> 6)" in rep.not_comparable
-    assert not len(rep.regressions)
+    # slower at the new batch size: listed with its samples/s, but not a regression
+    assert rep.not_comparable == ["p mine torch eager 224: not comparable (batch 1 -> 6); samples/s 100 -> 40 (0.40x)"]
+    assert rep.slower_elsewhere == 1 and not len(rep.regressions)
     res = cli("diff", a, b)
     assert res.exit_code == 0 and "not comparable (batch 1 -> 6)" in res.output
     c = _run_dir(tmp_path / "c", 100, [100] * 5, "2.5")

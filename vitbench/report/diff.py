@@ -39,7 +39,8 @@ class DiffReport:
     added: list[str]
     removed: list[str]
     env_changes: list[tuple[str, Any, Any]] = field(default_factory=list)
-    not_comparable: list[str] = field(default_factory=list)
+    not_comparable: list[str] = field(default_factory=list)  # the first ``slower_elsewhere`` got slower too
+    slower_elsewhere: int = 0
 
     @property
     def regressions(self) -> pd.DataFrame:
@@ -147,14 +148,23 @@ def diff(old: Results, new: Results, threshold_pct: float = 5.0) -> DiffReport:
     both = merged[merged._merge == "both"]
     left, right = merged[merged._merge == "left_only"], merged[merged._merge == "right_only"]
     not_comparable: list[str] = []
+    slower_elsewhere = 0
     if settings and len(left) and len(right):  # same case, other batch size / precision / device
         lo = a.merge(left[key], on=key)
         ro = b.merge(right[key], on=key)
         cross = lo.merge(ro, on=ident, suffixes=("_old", "_new"))
+        worse: list[str] = []
         for _, r in cross.iterrows():
             changed = [f"{SETTINGS[s]} {r[f'{s}_old']} -> {r[f'{s}_new']}" for s in settings
                        if str(r[f"{s}_old"]) != str(r[f"{s}_new"])]
-            not_comparable.append(f"{_case_name(r, ident)}: not comparable ({', '.join(changed)})")
+            line = f"{_case_name(r, ident)}: not comparable ({', '.join(changed)})"
+            o, n = _num(r.get("samples_per_sec_old")), _num(r.get("samples_per_sec_new"))
+            if o and n and n / o < 1 / (1 + threshold_pct / 100):  # slower too: worth a look, but no verdict
+                worse.append(f"{line}; samples/s {o:.4g} -> {n:.4g} ({n / o:.2f}x)")
+            else:
+                not_comparable.append(line)
+        not_comparable = worse + not_comparable
+        slower_elsewhere = len(worse)
         paired = cross[ident].drop_duplicates()
         left = left.merge(paired, on=ident, how="left", indicator="_m").query("_m == 'left_only'")
         right = right.merge(paired, on=ident, how="left", indicator="_m").query("_m == 'left_only'")
@@ -192,4 +202,5 @@ def diff(old: Results, new: Results, threshold_pct: float = 5.0) -> DiffReport:
                         "noise_pct": None, "verdict": "regression"})
     return DiffReport(key, pd.DataFrame(out, columns=[*COLUMNS[:1], *key, *COLUMNS[1:]]),
                       [_case_name(r, names) for _, r in right.iterrows()],
-                      [_case_name(r, names) for _, r in left.iterrows()], env_changes(old.env, new.env), not_comparable)
+                      [_case_name(r, names) for _, r in left.iterrows()], env_changes(old.env, new.env), not_comparable,
+                      slower_elsewhere)

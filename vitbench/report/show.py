@@ -75,8 +75,12 @@ def print_diff(console: Console, rep: Any, old: str, new: str, threshold: float,
         console.print(t)
     elif not show_all:
         console.print("[green]no regressions[/]")
-    for line in rep.not_comparable[:20]:
+    k = rep.slower_elsewhere  # every one that got slower at another setting is listed; of the rest, a few
+    for line in rep.not_comparable[:k] + rep.not_comparable[k:k + 10]:
         console.print(f"[yellow]{escape(line)}[/]", soft_wrap=True)
+    if len(rep.not_comparable) > k + 10:
+        console.print(f"[yellow]... and {len(rep.not_comparable) - k - 10} more not comparable[/] (--markdown "
+                      "lists them all)")
     for title, names in (("added", rep.added), ("removed", rep.removed)):
         if names:
             more = f" (+{len(names) - 20} more)" if len(names) > 20 else ""
