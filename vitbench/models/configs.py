@@ -10,3 +10,31 @@ VIT_CONFIGS: dict[str, dict] = {
     "vit_base_patch16_384": dict(img_size=384, patch_size=16, embed_dim=768, depth=12, num_heads=12),
     "vit_large_patch16_224": dict(img_size=224, patch_size=16, embed_dim=1024, depth=24, num_heads=16),
 }
+
+# Swin (v1), timm's names; window 7, patch 4, img 224
+SWIN_CONFIGS: dict[str, dict] = {
+    "swin_tiny_patch4_window7_224": dict(embed_dim=96, depths=(2, 2, 6, 2), num_heads=(3, 6, 12, 24)),
+    "swin_small_patch4_window7_224": dict(embed_dim=96, depths=(2, 2, 18, 2), num_heads=(3, 6, 12, 24)),
+    "swin_base_patch4_window7_224": dict(embed_dim=128, depths=(2, 2, 18, 2), num_heads=(4, 8, 16, 32)),
+}
+
+# SwinV2 in timm's 'cr' port: the original SwinV2 sizes (Liu et al. 2022, Table 1)
+SWINV2_CR_CONFIGS: dict[str, dict] = {
+    "swinv2_cr_tiny_224": dict(embed_dim=96, depths=(2, 2, 6, 2), num_heads=(3, 6, 12, 24)),
+    "swinv2_cr_tiny_ns_224": dict(embed_dim=96, depths=(2, 2, 6, 2), num_heads=(3, 6, 12, 24), extra_norm_stage=True),
+    "swinv2_cr_small_224": dict(embed_dim=96, depths=(2, 2, 18, 2), num_heads=(3, 6, 12, 24)),
+    "swinv2_cr_base_224": dict(embed_dim=128, depths=(2, 2, 18, 2), num_heads=(4, 8, 16, 32)),
+}
+
+# SAM's ViT image encoder (timm's samvit_*; 1024 px, window 14, neck 256)
+SAM_CONFIGS: dict[str, dict] = {
+    "samvit_base_patch16": dict(embed_dim=768, depth=12, num_heads=12, global_attn_indexes=(2, 5, 8, 11)),
+    "samvit_large_patch16": dict(embed_dim=1024, depth=24, num_heads=16, global_attn_indexes=(5, 11, 17, 23)),
+    "samvit_huge_patch16": dict(embed_dim=1280, depth=32, num_heads=16, global_attn_indexes=(7, 15, 23, 31)),
+}
+
+# SAM2's Hiera image encoder (timm's sam2_hiera_*)
+HIERA_CONFIGS: dict[str, dict] = {
+    "sam2_hiera_tiny": dict(stages=(1, 2, 7, 2), global_att_blocks=(5, 7, 9)),
+    "sam2_hiera_small": dict(stages=(1, 2, 11, 2), global_att_blocks=(7, 10, 13)),
+}

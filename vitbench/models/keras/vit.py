@@ -13,6 +13,7 @@ import numpy as np
 from keras import ops
 
 from ..configs import VIT_CONFIGS
+from ._registry import register_configs
 from .layers import PACKAGE, Attention, Mlp, PatchEmbed
 
 LN_EPS = 1e-6  # timm's ViT LayerNorm eps
@@ -206,13 +207,4 @@ def count_macs_acts(model: VisionTransformer) -> tuple[int, int]:
     return macs, acts
 
 
-def list_models() -> list[str]:
-    return sorted(VIT_CONFIGS)
-
-
-def create_model(name: str, **kwargs) -> VisionTransformer:
-    if name not in VIT_CONFIGS:
-        raise KeyError(f"unknown vitbench Keras model '{name}'")
-    model = VisionTransformer(**{**VIT_CONFIGS[name], **kwargs}, name=name)
-    model.build((None, model.img_size, model.img_size, 3))
-    return model
+register_configs(VIT_CONFIGS, VisionTransformer, load_timm_state_dict)

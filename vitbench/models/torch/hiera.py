@@ -14,6 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..configs import HIERA_CONFIGS
 from ._registry import register_configs
 from .layers import Mlp
 
@@ -181,10 +182,4 @@ class HieraDet(nn.Module):
         return self.forward_head(self.forward_features(x))
 
 
-_CONFIGS = {
-    "sam2_hiera_tiny": dict(stages=(1, 2, 7, 2), global_att_blocks=(5, 7, 9)),
-    "sam2_hiera_small": dict(stages=(1, 2, 11, 2), global_att_blocks=(7, 10, 13)),
-}
-
-
-register_configs(_CONFIGS, HieraDet)
+register_configs(HIERA_CONFIGS, HieraDet)

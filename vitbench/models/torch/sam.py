@@ -19,6 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..configs import SAM_CONFIGS
 from ._registry import register_configs
 from .layers import Mlp
 from .swin import ClassifierHead
@@ -256,12 +257,5 @@ def checkpoint_filter_fn(state_dict: dict[str, torch.Tensor], model: VisionTrans
     return out
 
 
-_CONFIGS = {
-    "samvit_base_patch16": dict(embed_dim=768, depth=12, num_heads=12, global_attn_indexes=(2, 5, 8, 11)),
-    "samvit_large_patch16": dict(embed_dim=1024, depth=24, num_heads=16, global_attn_indexes=(5, 11, 17, 23)),
-    "samvit_huge_patch16": dict(embed_dim=1280, depth=32, num_heads=16, global_attn_indexes=(7, 15, 23, 31)),
-}
-
-
-register_configs(_CONFIGS, VisionTransformerSAM)
-register_configs({"rsbuilding_vit_base": _CONFIGS["samvit_base_patch16"]}, RSBuildingBackbone)
+register_configs(SAM_CONFIGS, VisionTransformerSAM)
+register_configs({"rsbuilding_vit_base": SAM_CONFIGS["samvit_base_patch16"]}, RSBuildingBackbone)

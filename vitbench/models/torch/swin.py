@@ -13,6 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..configs import SWIN_CONFIGS
 from ._registry import register_configs
 from .layers import Mlp
 
@@ -235,11 +236,4 @@ def checkpoint_filter_fn(state_dict: dict[str, torch.Tensor], model: SwinTransfo
             if not k.endswith(("relative_position_index", "attn_mask"))}
 
 
-_CONFIGS = {
-    "swin_tiny_patch4_window7_224": dict(embed_dim=96, depths=(2, 2, 6, 2), num_heads=(3, 6, 12, 24)),
-    "swin_small_patch4_window7_224": dict(embed_dim=96, depths=(2, 2, 18, 2), num_heads=(3, 6, 12, 24)),
-    "swin_base_patch4_window7_224": dict(embed_dim=128, depths=(2, 2, 18, 2), num_heads=(4, 8, 16, 32)),
-}
-
-
-register_configs(_CONFIGS, SwinTransformer)
+register_configs(SWIN_CONFIGS, SwinTransformer)

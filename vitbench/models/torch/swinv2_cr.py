@@ -8,7 +8,7 @@ per-head temperature (logit_scale, clamped at log 100), and a continuous relativ
 MLP ("meta MLP") from log-spaced (dy, dx) offsets. Channels-last (B, H, W, C) inside.
 
 timm's FIXMEs, settled here:
-- configs (embed_dim, depths, heads, window 7 at 224) are the original SwinV2 ones (``_CONFIGS``);
+- configs (embed_dim, depths, heads, window 7 at 224) are the original SwinV2 ones (``SWINV2_CR_CONFIGS``);
 - the meta MLP's dropout (timm: 0.125) is ``meta_drop`` and, like every dropout, off in eval; benchmarks run in
   eval, so it never changes a measured output;
 - the shifted-window roll happens on the unpadded map, padding only after it (rolling a padded map would wrap
@@ -22,6 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..configs import SWINV2_CR_CONFIGS
 from ._registry import register_configs
 from .layers import Mlp
 from .swin import ClassifierHead, PatchEmbed, PatchMerging, shift_window_mask, shifted_window_attention
@@ -161,12 +162,4 @@ class SwinTransformerV2Cr(nn.Module):
         return self.forward_head(self.forward_features(x))
 
 
-_CONFIGS = {  # the original SwinV2 sizes (Liu et al. 2022, Table 1)
-    "swinv2_cr_tiny_224": dict(embed_dim=96, depths=(2, 2, 6, 2), num_heads=(3, 6, 12, 24)),
-    "swinv2_cr_tiny_ns_224": dict(embed_dim=96, depths=(2, 2, 6, 2), num_heads=(3, 6, 12, 24), extra_norm_stage=True),
-    "swinv2_cr_small_224": dict(embed_dim=96, depths=(2, 2, 18, 2), num_heads=(3, 6, 12, 24)),
-    "swinv2_cr_base_224": dict(embed_dim=128, depths=(2, 2, 18, 2), num_heads=(4, 8, 16, 32)),
-}
-
-
-register_configs(_CONFIGS, SwinTransformerV2Cr)
+register_configs(SWINV2_CR_CONFIGS, SwinTransformerV2Cr)
