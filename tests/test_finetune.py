@@ -56,8 +56,10 @@ def test_data_config_uses_the_models_own_preprocessing():
     assert augreg["mean"] == (0.5, 0.5, 0.5) and augreg["source"] == "model.pretrained_cfg"
     from vitbench.models import torch as ours
 
-    twin = D.data_config(ours.create_model("vit_tiny_patch16_224", depth=1), "vitbench", "vit_tiny_patch16_224")
-    assert twin["mean"] == (0.5, 0.5, 0.5) and "timm pretrained_cfg" in twin["source"]
+    own = D.data_config(ours.create_model("vit_tiny_patch16_224", depth=1))  # ours carry their own config
+    assert own["mean"] == (0.5, 0.5, 0.5) and own["crop_pct"] == 0.9 and own["source"] == "model.pretrained_cfg"
+    swin = D.data_config(ours.create_model("swin_tiny_patch4_window7_224", depths=(1, 1, 1, 1)))
+    assert swin["mean"] == (0.485, 0.456, 0.406)
     plain = D.data_config(nn.Linear(2, 2))
     assert plain["mean"] == D.IMAGENET_MEAN and plain["std"] == D.IMAGENET_STD
     assert D.data_config(nn.Linear(2, 2), mean=[0.1, 0.2, 0.3], std=[1, 1, 1])["mean"] == (0.1, 0.2, 0.3)

@@ -273,7 +273,7 @@ def scan_cmd(
                                                      "of each family up to this size (default: the smallest).")]
     = None,
     csv_out: Annotated[Path, typer.Option("--csv", help="Where to write the scan CSV.")]
-    = Path("results/vitbench-scan.csv"),
+    = Path("results/scan/vitbench-scan.csv"),
 ) -> None:
     """Group models into families, mark covered / new ones, rank by throughput at their size."""
     from .report.show import print_scan

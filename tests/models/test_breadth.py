@@ -35,7 +35,7 @@ def test_swin_matches_timm(img, kw):
     x = torch.randn(2, 3, img, img)
     with torch.inference_mode():
         d = _diff(theirs(x), mine(x))
-        stages = mine.forward_stages(x)
+        stages = mine.forward_intermediates(x, output_fmt="NHWC", intermediates_only=True)
     print(f"swin {img} {kw}: max abs diff {d:.2e}")
     assert d <= 1e-5
     assert len(stages) == len(kw["depths"]) and stages[-1].shape[-1] == kw["embed_dim"] * 2 ** (len(kw["depths"]) - 1)
@@ -118,7 +118,7 @@ def test_hiera_matches_timm_with_q_pooling_windows_and_padding():
     x = torch.randn(2, 3, 128, 128)  # maps 32 -> 16 -> 8 -> 4
     with torch.inference_mode():
         d = _diff(theirs(x), mine(x))
-        stages = mine.forward_stages(x)
+        stages = mine.forward_intermediates(x, output_fmt="NHWC", intermediates_only=True)
     print(f"hiera max abs diff {d:.2e}")
     assert d <= 1e-5
     assert [s.shape[1:] for s in stages] == [(32, 32, 16), (16, 16, 32), (8, 8, 64), (4, 4, 128)]

@@ -263,24 +263,15 @@ def iter_batches(ds: Any, batch_size: int, *, shuffle: bool, seed: int = 0, num_
         epoch += 1
 
 
-def data_config(model: Any, provider: str = "", name: str = "", mean: Sequence[float] | None = None,
+def data_config(model: Any, mean: Sequence[float] | None = None,
                 std: Sequence[float] | None = None) -> dict[str, Any]:
-    """The model's own preprocessing: mean/std, interpolation and crop_pct from its timm pretrained config (ours:
-    that of the timm twin of the same name); ImageNet's defaults when a model has none. ``mean``/``std`` win."""
+    """The model's own preprocessing: mean/std, interpolation and crop_pct from its ``pretrained_cfg`` (timm's
+    models and ours carry one); ImageNet's defaults when a model has none. ``mean``/``std`` win."""
     cfg: dict[str, Any] = {}
     source = "ImageNet defaults (the model has no preprocessing config)"
     pcfg = getattr(model, "pretrained_cfg", None)
     if pcfg:
         cfg, source = dict(pcfg), "model.pretrained_cfg"
-    elif provider == "vitbench" and name:
-        try:
-            import timm
-
-            twin = timm.models.get_pretrained_cfg(name)
-            if twin is not None:
-                cfg, source = twin.to_dict(), f"timm pretrained_cfg of {name}"
-        except Exception:  # noqa: BLE001  (no twin: defaults)
-            pass
     out = {
         "mean": tuple(float(v) for v in (mean or cfg.get("mean") or IMAGENET_MEAN)),
         "std": tuple(float(v) for v in (std or cfg.get("std") or IMAGENET_STD)),

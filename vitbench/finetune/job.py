@@ -125,7 +125,7 @@ def finetune(case: dict[str, Any], run_dir: str) -> dict[str, Any]:
     model, img = build_classifier(case, case["img_size"], len(classes), case["seed"])
     init = _start_weights(case, model, run_dir)
     model.to(dev)
-    cfg = D.data_config(model, case["provider"], case["model"], s.get("mean"), s.get("std"))
+    cfg = D.data_config(model, s.get("mean"), s.get("std"))
     data = D.load_dataset(spec, s["val_fraction"], img, cfg["crop_pct"], cfg["interpolation"])
     mean, std = cfg["mean"], cfg["std"]
 

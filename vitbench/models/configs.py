@@ -1,4 +1,5 @@
-"""Framework-neutral model configs: one table, read by the torch and the Keras twins (names are timm's)."""
+"""Framework-neutral model configs: one table per family, read by the torch and the Keras twins (names are
+timm's), and each model's preprocessing (``pretrained_cfg``: what timm's twin of the same name was trained with)."""
 from __future__ import annotations
 
 VIT_CONFIGS: dict[str, dict] = {
@@ -38,3 +39,21 @@ HIERA_CONFIGS: dict[str, dict] = {
     "sam2_hiera_tiny": dict(stages=(1, 2, 7, 2), global_att_blocks=(5, 7, 9)),
     "sam2_hiera_small": dict(stages=(1, 2, 11, 2), global_att_blocks=(7, 10, 13)),
 }
+
+
+# Preprocessing of each model (timm's pretrained_cfg of its twin): carried by our models as ``pretrained_cfg``
+IMAGENET_DEFAULT = dict(mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225), interpolation="bicubic", crop_pct=0.9)
+IMAGENET_INCEPTION = dict(mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5), interpolation="bicubic", crop_pct=0.9)
+PREPROCESSING: dict[str, dict] = {
+    **{name: IMAGENET_INCEPTION for name in VIT_CONFIGS},
+    "test_vit": {**IMAGENET_INCEPTION, "crop_pct": 0.95},
+    "vit_base_patch16_384": {**IMAGENET_INCEPTION, "crop_pct": 1.0},
+    **{name: IMAGENET_DEFAULT for name in (*SWIN_CONFIGS, *SWINV2_CR_CONFIGS)},
+    **{name: {**IMAGENET_DEFAULT, "crop_pct": 1.0} for name in (*SAM_CONFIGS, "rsbuilding_vit_base", *HIERA_CONFIGS)},
+}
+
+
+def pretrained_cfg(name: str, img_size: int, num_classes: int, in_chans: int = 3) -> dict:
+    """timm-style ``pretrained_cfg`` of our model ``name`` as built (its own input size and classes)."""
+    return {"architecture": name, "input_size": (in_chans, img_size, img_size), "num_classes": num_classes,
+            **PREPROCESSING.get(name, IMAGENET_DEFAULT)}

@@ -16,7 +16,7 @@ from torch import nn
 
 from ..configs import HIERA_CONFIGS
 from ._registry import register_configs
-from .layers import Mlp
+from .layers import Mlp, PatchEmbed, check_output_fmt, feature_take_indices
 
 
 def _ln(dim: int) -> nn.LayerNorm:
@@ -102,15 +102,6 @@ class MultiScaleBlock(nn.Module):
         return x + self.mlp(self.norm2(x))
 
 
-class HieraPatchEmbed(nn.Module):
-    def __init__(self, embed_dim: int) -> None:
-        super().__init__()
-        self.proj = nn.Conv2d(3, embed_dim, kernel_size=7, stride=4, padding=3)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.proj(x).permute(0, 2, 3, 1)
-
-
 class ClNormHead(nn.Module):
     """Average over (H, W) of channels-last features, LayerNorm, ``fc`` (timm's ClNormMlpClassifierHead keys)."""
 
@@ -128,12 +119,12 @@ class HieraDet(nn.Module):
     def __init__(self, *, img_size: int = 224, num_classes: int = 0, embed_dim: int = 96, num_heads: int = 1,
                  q_pool: int = 3, q_stride: tuple[int, int] = (2, 2), stages: tuple[int, ...] = (2, 3, 16, 3),
                  global_pos_size: tuple[int, int] = (7, 7), window_spec: tuple[int, ...] = (8, 4, 14, 7),
-                 global_att_blocks: tuple[int, ...] = (12, 16, 20)) -> None:
+                 global_att_blocks: tuple[int, ...] = (12, 16, 20), in_chans: int = 3) -> None:
         super().__init__()
-        self.img_size = img_size
+        self.img_size, self.num_classes = img_size, num_classes
         self.stage_ends = [sum(stages[:i]) - 1 for i in range(1, len(stages) + 1)]
         q_pool_blocks = [e + 1 for e in self.stage_ends[:-1]][:q_pool]
-        self.patch_embed = HieraPatchEmbed(embed_dim)
+        self.patch_embed = PatchEmbed(None, 4, in_chans, embed_dim, flatten=False, kernel_size=7, stride=4, padding=3)
         self.pos_embed = nn.Parameter(torch.zeros(1, embed_dim, *global_pos_size))
         self.pos_embed_window = nn.Parameter(torch.zeros(1, embed_dim, window_spec[0], window_spec[0]))
         nn.init.trunc_normal_(self.pos_embed, std=0.02)
@@ -159,14 +150,36 @@ class HieraDet(nn.Module):
         pos = pos + win.tile((pos.shape[-2] // win.shape[-2], pos.shape[-1] // win.shape[-1]))
         return x + pos.permute(0, 2, 3, 1)
 
-    def forward_stages(self, x: torch.Tensor) -> list[torch.Tensor]:
-        """Per-stage features (B, H_i, W_i, C_i), taken at each stage's last block."""
-        x, out = self._pos_embed(self.patch_embed(x)), []
-        for i, blk in enumerate(self.blocks):
+    def forward_intermediates(
+        self, x: torch.Tensor, indices: int | list[int] | None = None, norm: bool = False, stop_early: bool = True,
+        output_fmt: str = "NCHW", intermediates_only: bool = False, coarse: bool = True,
+    ) -> list | tuple[torch.Tensor, list]:
+        """timm's API: with ``coarse`` the indices count stages (taken at each stage's last block), else blocks;
+        each as (B, C, H, W) or channels-last (``'NHWC'``). No ``norm`` (as timm: the norm is in the head)."""
+        if norm:
+            raise ValueError("forward_intermediates: norm is not supported by Hiera (its norm is in the head)")
+        check_output_fmt(output_fmt, ("NCHW", "NHWC"))
+        if coarse:
+            take, last = feature_take_indices(len(self.stage_ends), indices)
+            take, last = [self.stage_ends[i] for i in take], self.stage_ends[last]
+        else:
+            take, last = feature_take_indices(len(self.blocks), indices)
+        x, inter = self._pos_embed(self.patch_embed(x)), []
+        for i, blk in enumerate(self.blocks[: last + 1] if stop_early else self.blocks):
             x = blk(x)
-            if i in self.stage_ends:
-                out.append(x)
-        return out
+            if i in take:
+                inter.append(x.permute(0, 3, 1, 2) if output_fmt == "NCHW" else x)
+        return inter if intermediates_only else (x, inter)
+
+    def get_classifier(self) -> nn.Module:
+        return self.head.fc
+
+    def reset_classifier(self, num_classes: int, global_pool: str | None = None) -> None:
+        """A new ``fc`` (the head's norm is kept, as timm's ClNormMlpClassifierHead.reset does)."""
+        if global_pool not in (None, "avg"):
+            raise ValueError(f"reset_classifier: global_pool {global_pool!r} is not supported (only 'avg')")
+        self.num_classes = num_classes
+        self.head.fc = nn.Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()
 
     def no_weight_decay(self) -> set[str]:
         """Parameters trained without weight decay (as timm's Hiera): the position tables."""

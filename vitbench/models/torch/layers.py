@@ -1,4 +1,5 @@
-"""Generic transformer layers: scaled dot-product attention, multi-head self-attention, MLP, patch embedding.
+"""Generic transformer layers: scaled dot-product attention, multi-head self-attention, MLP, patch embedding,
+and timm's ``forward_intermediates`` index rule.
 
 Submodule names follow timm (``qkv``, ``proj``, ``q_norm``, ``k_norm``, ``fc1``, ``fc2``, ``patch_embed.proj``)
 so a timm state_dict loads into our modules unchanged. Shapes in comments: B batch, H heads, N (or L/S) tokens,
@@ -126,25 +127,61 @@ class LayerScale(nn.Module):
 
 
 class PatchEmbed(nn.Module):
-    """Image (B, C, H, W) -> patch tokens (B, N, embed_dim) by a strided convolution."""
+    """Image (B, C, H, W) -> patches by a strided convolution (timm's ``patch_embed.proj``), then an optional
+    LayerNorm (``patch_embed.norm``; Swin). The families differ only in these arguments:
 
-    def __init__(self, img_size: int, patch_size: int, in_chans: int, embed_dim: int) -> None:
+    - ViT: ``flatten=True`` -> tokens (B, N, C); the input must be ``img_size``;
+    - Swin / SwinV2-cr: ``flatten=False, norm=True`` -> (B, H/p, W/p, C); the input must be ``img_size``;
+    - SAM: ``img_size=None`` -> (B, H/p, W/p, C) for any input that is a multiple of ``patch_size``;
+    - Hiera: ``kernel_size=7, stride=4, padding=3``, ``img_size=None`` (overlapping patches).
+    """
+
+    def __init__(self, img_size: int | None, patch_size: int, in_chans: int, embed_dim: int, *, flatten: bool = True,
+                 norm: bool = False, kernel_size: int | None = None, stride: int | None = None,
+                 padding: int = 0) -> None:
         super().__init__()
-        if img_size % patch_size:
-            raise ValueError(f"PatchEmbed: img_size {img_size} is not a multiple of patch_size {patch_size}")
+        self.patch_size, self.flatten = stride or patch_size, flatten
         self.img_size = img_size
-        self.patch_size = patch_size
-        self.grid_size = (img_size // patch_size, img_size // patch_size)
-        self.num_patches = self.grid_size[0] * self.grid_size[1]
-        self.proj = nn.Conv2d(in_chans, embed_dim, kernel_size=patch_size, stride=patch_size)
-        self.norm = nn.Identity()
+        if img_size is not None:
+            if img_size % self.patch_size:
+                raise ValueError(f"PatchEmbed: img_size {img_size} is not a multiple of patch_size {self.patch_size}")
+            self.grid_size = (img_size // self.patch_size, img_size // self.patch_size)
+            self.num_patches = self.grid_size[0] * self.grid_size[1]
+        self.proj = nn.Conv2d(in_chans, embed_dim, kernel_size=kernel_size or patch_size,
+                              stride=stride or patch_size, padding=padding)
+        self.norm = nn.LayerNorm(embed_dim) if norm else nn.Identity()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         H, W = x.shape[-2:]
-        if (H, W) != (self.img_size, self.img_size):
+        if self.img_size is not None and (H, W) != (self.img_size, self.img_size):
             raise ValueError(f"PatchEmbed: input {H}x{W} does not match the model's img_size {self.img_size}")
+        if self.img_size is None and self.proj.padding == (0, 0) and (H % self.patch_size or W % self.patch_size):
+            raise ValueError(f"PatchEmbed: input {H}x{W} is not a multiple of patch_size {self.patch_size}")
         x = self.proj(x)  # (B, C, H/p, W/p)
-        return self.norm(x.flatten(2).transpose(1, 2))  # (B, N, C)
+        x = x.flatten(2).transpose(1, 2) if self.flatten else x.permute(0, 2, 3, 1)  # (B, N, C) | (B, H, W, C)
+        return self.norm(x)
+
+
+def feature_take_indices(num: int, indices: int | list[int] | tuple[int, ...] | None = None) -> tuple[list[int], int]:
+    """timm's rule for ``forward_intermediates(indices=...)``: None -> all, an int n -> the last n, a sequence ->
+    those (negative from the end). Returns the absolute indices and the largest one."""
+    if indices is None:
+        indices = num
+    if isinstance(indices, int):
+        if not 0 < indices <= num:
+            raise ValueError(f"forward_intermediates: last-n {indices} is out of range (1 to {num})")
+        take = list(range(num - indices, num))
+    else:
+        take = [num + i if i < 0 else i for i in indices]
+        bad = [i for i in take if not 0 <= i < num]
+        if bad:
+            raise ValueError(f"forward_intermediates: index {bad[0]} is out of range (0 to {num - 1})")
+    return take, max(take)
+
+
+def check_output_fmt(output_fmt: str, allowed: tuple[str, ...]) -> None:
+    if output_fmt not in allowed:
+        raise ValueError(f"forward_intermediates: output_fmt must be one of {', '.join(allowed)}, not {output_fmt!r}")
 
 
 class SDPA(nn.Module):

@@ -21,7 +21,7 @@ from torch import nn
 
 from ..configs import SAM_CONFIGS
 from ._registry import register_configs
-from .layers import Mlp
+from .layers import Mlp, PatchEmbed, check_output_fmt, feature_take_indices
 from .swin import ClassifierHead
 
 
@@ -128,20 +128,6 @@ class LayerNorm2d(nn.LayerNorm):
         return super().forward(x.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
 
 
-class PatchEmbed(nn.Module):
-    """(B, 3, H, W) -> (B, H/p, W/p, C)."""
-
-    def __init__(self, patch_size: int, embed_dim: int) -> None:
-        super().__init__()
-        self.patch_size = patch_size
-        self.proj = nn.Conv2d(3, embed_dim, kernel_size=patch_size, stride=patch_size)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if x.shape[-1] % self.patch_size or x.shape[-2] % self.patch_size:
-            raise ValueError(f"PatchEmbed: input {tuple(x.shape[-2:])} is not a multiple of {self.patch_size}")
-        return self.proj(x).permute(0, 2, 3, 1)
-
-
 def resize_pos_embed(pos_embed: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     """(1, h, w, C) absolute position embedding -> (1, H, W, C), bicubic (antialiased when shrinking)."""
     if tuple(pos_embed.shape[1:3]) == tuple(size):
@@ -155,14 +141,15 @@ class VisionTransformerSAM(nn.Module):
     def __init__(self, *, img_size: int = 1024, patch_size: int = 16, num_classes: int = 0, embed_dim: int = 768,
                  depth: int = 12, num_heads: int = 12, mlp_ratio: float = 4.0, qkv_bias: bool = True,
                  use_rel_pos: bool = True, window_size: int = 14, global_attn_indexes: tuple[int, ...] = (2, 5, 8, 11),
-                 neck_chans: int = 256, ln_eps: float = 1e-5) -> None:
+                 neck_chans: int = 256, ln_eps: float = 1e-5, in_chans: int = 3) -> None:
         super().__init__()
+        self.num_classes = num_classes
         if img_size % patch_size:
             raise ValueError(f"VisionTransformerSAM: img_size {img_size} is not a multiple of patch {patch_size}")
         self.img_size = img_size
         grid = (img_size // patch_size, img_size // patch_size)
         self.grid_size = grid
-        self.patch_embed = PatchEmbed(patch_size, embed_dim)
+        self.patch_embed = PatchEmbed(None, patch_size, in_chans, embed_dim, flatten=False)
         self.pos_embed = nn.Parameter(torch.zeros(1, grid[0], grid[1], embed_dim))
         self.blocks = nn.Sequential(*[
             Block(embed_dim, num_heads, mlp_ratio, qkv_bias, use_rel_pos,
@@ -178,16 +165,29 @@ class VisionTransformerSAM(nn.Module):
         x = self.patch_embed(x)
         return x + resize_pos_embed(self.pos_embed, tuple(x.shape[1:3]))
 
-    def forward_intermediates(self, x: torch.Tensor, indices: list[int] | None = None) -> list[torch.Tensor]:
-        """Outputs of the chosen blocks (all by default), each (B, C, H, W) like timm's intermediates."""
-        depth = len(self.blocks)
-        keep = set(range(depth)) if indices is None else {i % depth for i in indices}
-        x, out = self._embed(x), []
-        for i, blk in enumerate(self.blocks):
+    def forward_intermediates(
+        self, x: torch.Tensor, indices: int | list[int] | None = None, norm: bool = False, stop_early: bool = False,
+        output_fmt: str = "NCHW", intermediates_only: bool = False,
+    ) -> list | tuple[torch.Tensor, list]:
+        """timm's API over the blocks: each picked block's output as (B, C, H, W); ``norm`` sends each through the
+        neck (as timm: the neck holds the norms). Returns ``(neck features, intermediates)`` or the latter alone."""
+        check_output_fmt(output_fmt, ("NCHW",))
+        take, last = feature_take_indices(len(self.blocks), indices)
+        x, inter = self._embed(x), []
+        for i, blk in enumerate(self.blocks[: last + 1] if stop_early else self.blocks):
             x = blk(x)
-            if i in keep:
-                out.append(x.permute(0, 3, 1, 2))
-        return out
+            if i in take:
+                y = x.permute(0, 3, 1, 2)
+                inter.append(self.neck(y) if norm else y)
+        return inter if intermediates_only else (self.neck(x.permute(0, 3, 1, 2)), inter)
+
+    def get_classifier(self) -> nn.Module:
+        return self.head.fc
+
+    def reset_classifier(self, num_classes: int, global_pool: str | None = None) -> None:
+        self.num_classes = num_classes
+        self.head = ClassifierHead(self.num_features, num_classes, pool_dims=(2, 3),
+                                   global_pool=global_pool or self.head.global_pool)
 
     def no_weight_decay(self) -> set[str]:
         """Parameters trained without weight decay (as timm's): the absolute position table."""

@@ -15,7 +15,7 @@ from torch import nn
 
 from ..configs import SWIN_CONFIGS
 from ._registry import register_configs
-from .layers import Mlp
+from .layers import Mlp, PatchEmbed, check_output_fmt, feature_take_indices
 
 
 def window_partition(x: torch.Tensor, ws: tuple[int, int]) -> torch.Tensor:
@@ -157,29 +157,16 @@ class SwinTransformerStage(nn.Module):
         return self.blocks(self.downsample(x))
 
 
-class PatchEmbed(nn.Module):
-    """(B, 3, H, W) -> (B, H/p, W/p, C), then LayerNorm (Swin normalises the patch embedding)."""
-
-    def __init__(self, img_size: int, patch_size: int, embed_dim: int) -> None:
-        super().__init__()
-        if img_size % patch_size:
-            raise ValueError(f"PatchEmbed: img_size {img_size} is not a multiple of patch_size {patch_size}")
-        self.img_size, self.grid_size = img_size, (img_size // patch_size, img_size // patch_size)
-        self.proj = nn.Conv2d(3, embed_dim, kernel_size=patch_size, stride=patch_size)
-        self.norm = nn.LayerNorm(embed_dim)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if tuple(x.shape[-2:]) != (self.img_size, self.img_size):
-            raise ValueError(f"PatchEmbed: input {tuple(x.shape[-2:])} does not match img_size {self.img_size}")
-        return self.norm(self.proj(x).permute(0, 2, 3, 1))
-
-
 class ClassifierHead(nn.Module):
-    """Average over the spatial axes ((1, 2) for channels-last, (2, 3) for NCHW), then ``fc`` (timm's key names)."""
+    """Average over the spatial axes ((1, 2) for channels-last, (2, 3) for NCHW), then ``fc`` (timm's key names).
+    Only timm's ``global_pool='avg'`` is implemented."""
 
-    def __init__(self, dim: int, num_classes: int, pool_dims: tuple[int, int] = (1, 2)) -> None:
+    def __init__(self, dim: int, num_classes: int, pool_dims: tuple[int, int] = (1, 2),
+                 global_pool: str = "avg") -> None:
         super().__init__()
-        self.pool_dims = pool_dims
+        if global_pool != "avg":
+            raise ValueError(f"ClassifierHead: global_pool {global_pool!r} is not supported (only 'avg')")
+        self.pool_dims, self.global_pool = pool_dims, global_pool
         self.fc = nn.Linear(dim, num_classes) if num_classes > 0 else nn.Identity()
 
     def forward(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
@@ -190,9 +177,10 @@ class ClassifierHead(nn.Module):
 class SwinTransformer(nn.Module):
     def __init__(self, *, img_size: int = 224, patch_size: int = 4, num_classes: int = 1000, embed_dim: int = 96,
                  depths: tuple[int, ...] = (2, 2, 6, 2), num_heads: tuple[int, ...] = (3, 6, 12, 24),
-                 window_size: int = 7, mlp_ratio: float = 4.0) -> None:
+                 window_size: int = 7, mlp_ratio: float = 4.0, in_chans: int = 3) -> None:
         super().__init__()
-        self.patch_embed = PatchEmbed(img_size, patch_size, embed_dim)
+        self.img_size, self.num_classes = img_size, num_classes
+        self.patch_embed = PatchEmbed(img_size, patch_size, in_chans, embed_dim, flatten=False, norm=True)
         dims = [embed_dim * 2**i for i in range(len(depths))]
         res = self.patch_embed.grid_size
         stages = []
@@ -208,13 +196,31 @@ class SwinTransformer(nn.Module):
         # regional compile: the blocks of every stage (shapes differ per stage, so one graph each)
         self.compile_regions = tuple(f"layers.{i}.blocks" for i in range(len(depths)))
 
-    def forward_stages(self, x: torch.Tensor) -> list[torch.Tensor]:
-        """Per-stage features, each (B, H_i, W_i, C_i) channels-last (the last one before the final norm)."""
-        x, out = self.patch_embed(x), []
-        for stage in self.layers:
+    def forward_intermediates(
+        self, x: torch.Tensor, indices: int | list[int] | None = None, norm: bool = False, stop_early: bool = False,
+        output_fmt: str = "NCHW", intermediates_only: bool = False,
+    ) -> list | tuple[torch.Tensor, list]:
+        """timm's API over the stages: each picked stage's output as (B, C, H, W) (``'NHWC'``: channels-last);
+        ``norm`` applies the final norm to the last stage only (it is sized for it). Returns ``(final features,
+        intermediates)`` or the intermediates alone."""
+        check_output_fmt(output_fmt, ("NCHW", "NHWC"))
+        take, last = feature_take_indices(len(self.layers), indices)
+        x, inter, final = self.patch_embed(x), [], len(self.layers) - 1
+        for i, stage in enumerate(self.layers[: last + 1] if stop_early else self.layers):
             x = stage(x)
-            out.append(x)
-        return out
+            if i in take:
+                y = self.norm(x) if norm and i == final else x
+                inter.append(y.permute(0, 3, 1, 2).contiguous() if output_fmt == "NCHW" else y)
+        if intermediates_only:
+            return inter
+        return (self.norm(x) if i == final else x), inter
+
+    def get_classifier(self) -> nn.Module:
+        return self.head.fc
+
+    def reset_classifier(self, num_classes: int, global_pool: str | None = None) -> None:
+        self.num_classes = num_classes
+        self.head = ClassifierHead(self.num_features, num_classes, global_pool=global_pool or self.head.global_pool)
 
     def no_weight_decay(self) -> set[str]:
         """Parameters trained without weight decay (as timm's): every relative-position bias table."""

@@ -24,8 +24,8 @@ from torch import nn
 
 from ..configs import SWINV2_CR_CONFIGS
 from ._registry import register_configs
-from .layers import Mlp
-from .swin import ClassifierHead, PatchEmbed, PatchMerging, shift_window_mask, shifted_window_attention
+from .layers import Mlp, PatchEmbed, check_output_fmt, feature_take_indices
+from .swin import ClassifierHead, PatchMerging, shift_window_mask, shifted_window_attention
 
 
 class MetaMlp(nn.Module):
@@ -126,9 +126,10 @@ class SwinTransformerV2Cr(nn.Module):
                  depths: tuple[int, ...] = (2, 2, 6, 2), num_heads: tuple[int, ...] = (3, 6, 12, 24),
                  window_size: int | None = None, window_ratio: int = 8, mlp_ratio: float = 4.0,
                  extra_norm_period: int = 0, extra_norm_stage: bool = False, meta_hidden_dim: int = 384,
-                 meta_drop: float = 0.0) -> None:
+                 meta_drop: float = 0.0, in_chans: int = 3) -> None:
         super().__init__()
-        self.patch_embed = PatchEmbed(img_size, patch_size, embed_dim)
+        self.img_size, self.num_classes = img_size, num_classes
+        self.patch_embed = PatchEmbed(img_size, patch_size, in_chans, embed_dim, flatten=False, norm=True)
         grid = self.patch_embed.grid_size
         ws = (window_size, window_size) if window_size else tuple(max(1, g // window_ratio) for g in grid)
         stages, dim, scale = [], embed_dim, 1
@@ -142,18 +143,35 @@ class SwinTransformerV2Cr(nn.Module):
                 dim, scale = dim * 2, scale * 2
         self.stages = nn.Sequential(*stages)
         self.num_features = dim
-        self.head = ClassifierHead(dim, num_classes)
+        self.head = ClassifierHead(dim, num_classes, pool_dims=(2, 3))  # features are NCHW, as timm's
         self.compile_regions = tuple(f"stages.{i}.blocks" for i in range(len(depths)))
 
-    def forward_stages(self, x: torch.Tensor) -> list[torch.Tensor]:
-        x, out = self.patch_embed(x), []
-        for stage in self.stages:
+    def forward_intermediates(
+        self, x: torch.Tensor, indices: int | list[int] | None = None, norm: bool = False, stop_early: bool = False,
+        output_fmt: str = "NCHW", intermediates_only: bool = False,
+    ) -> list | tuple[torch.Tensor, list]:
+        """timm's API over the stages: each picked stage's output as (B, C, H, W) (``'NHWC'``: channels-last).
+        ``norm`` changes nothing (as in timm: the norms live inside the stages)."""
+        check_output_fmt(output_fmt, ("NCHW", "NHWC"))
+        take, last = feature_take_indices(len(self.stages), indices)
+        x, inter = self.patch_embed(x), []
+        for i, stage in enumerate(self.stages[: last + 1] if stop_early else self.stages):
             x = stage(x)
-            out.append(x)
-        return out
+            if i in take:
+                inter.append(x.permute(0, 3, 1, 2).contiguous() if output_fmt == "NCHW" else x)
+        return inter if intermediates_only else (x.permute(0, 3, 1, 2), inter)
+
+    def get_classifier(self) -> nn.Module:
+        return self.head.fc
+
+    def reset_classifier(self, num_classes: int, global_pool: str | None = None) -> None:
+        self.num_classes = num_classes
+        self.head = ClassifierHead(self.num_features, num_classes, pool_dims=(2, 3),
+                                   global_pool=global_pool or self.head.global_pool)
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        return self.stages(self.patch_embed(x))  # (B, H/32, W/32, C)
+        """(B, 3, H, W) -> (B, C, H/32, W/32), NCHW as timm's (the stages run channels-last)."""
+        return self.stages(self.patch_embed(x)).permute(0, 3, 1, 2)
 
     def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
         return self.head(x, pre_logits=pre_logits)

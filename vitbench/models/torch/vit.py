@@ -17,7 +17,7 @@ from torch import nn
 
 from ..configs import VIT_CONFIGS
 from ._registry import register_configs
-from .layers import Attention, LayerScale, Mlp, PatchEmbed
+from .layers import Attention, LayerScale, Mlp, PatchEmbed, check_output_fmt, feature_take_indices
 
 
 def _layer_norm(dim: int) -> nn.LayerNorm:
@@ -92,7 +92,7 @@ class VisionTransformer(nn.Module):
         if global_pool == "token" and not class_token:
             raise ValueError("VisionTransformer: global_pool='token' needs class_token=True")
         self.global_pool = global_pool
-        self.num_classes = num_classes
+        self.img_size, self.num_classes = img_size, num_classes
         self.embed_dim = self.num_features = embed_dim
         self.num_prefix_tokens = 1 if class_token else 0
         self.patch_embed = PatchEmbed(img_size, patch_size, in_chans, embed_dim)
@@ -161,35 +161,48 @@ class VisionTransformer(nn.Module):
         return self.forward_head(self.forward_features(x))
 
     def forward_intermediates(
-        self, x: torch.Tensor, indices: list[int] | None = None, return_attn: bool = False
-    ) -> dict[str, torch.Tensor | list[torch.Tensor]]:
-        """Run block by block and keep what each block gives (what vit-pytorch's Recorder offers).
+        self, x: torch.Tensor, indices: int | list[int] | None = None, return_prefix_tokens: bool = False,
+        norm: bool = False, stop_early: bool = False, output_fmt: str = "NCHW", intermediates_only: bool = False,
+    ) -> list | tuple[torch.Tensor, list]:
+        """timm's API: the outputs of the blocks ``indices`` picks (None: all, n: the last n, a list: those),
+        prefix tokens split off, as (B, C, H, W) (``output_fmt='NCHW'``) or tokens (B, N, C) (``'NLC'``); with
+        ``norm`` through the final norm; with ``return_prefix_tokens`` each as (spatial, prefix). Returns
+        ``(normed final tokens, intermediates)``, or the intermediates alone."""
+        check_output_fmt(output_fmt, ("NCHW", "NLC"))
+        take, last = feature_take_indices(len(self.blocks), indices)
+        x, inter = self._embed(x), []
+        for i, blk in enumerate(self.blocks[: last + 1] if stop_early else self.blocks):
+            x = blk(x)
+            if i in take:
+                inter.append(self.norm(x) if norm else x)
+        p = self.num_prefix_tokens
+        prefix, inter = [y[:, :p] for y in inter], [y[:, p:] for y in inter]
+        if output_fmt == "NCHW":
+            H, W = self.patch_embed.grid_size
+            inter = [y.reshape(y.shape[0], H, W, -1).permute(0, 3, 1, 2).contiguous() for y in inter]
+        if return_prefix_tokens and p:
+            inter = list(zip(inter, prefix, strict=True))
+        return inter if intermediates_only else (self.norm(x), inter)
 
-        Returns ``{"intermediates": [(B, N, C) per kept block], "attn": [(B, H, N, N) per kept block],
-        "features": normed tokens}``. ``indices`` (negative allowed) picks the blocks; all by default.
-        """
-        depth = len(self.blocks)
-        keep = set(range(depth)) if indices is None else {i % depth for i in indices}
-        inter: list[torch.Tensor] = []
-        attns: list[torch.Tensor] = []
-        x = self._embed(x)
-        for i, blk in enumerate(self.blocks):
-            if return_attn:
-                x, attn = blk(x, return_attn=True)
-                if i in keep:
-                    attns.append(attn)
-            else:
-                x = blk(x)
-            if i in keep:
-                inter.append(x)
-        out: dict[str, torch.Tensor | list[torch.Tensor]] = {"intermediates": inter, "features": self.norm(x)}
-        if return_attn:
-            out["attn"] = attns
-        return out
+    def get_classifier(self) -> nn.Module:
+        return self.head
+
+    def reset_classifier(self, num_classes: int, global_pool: str | None = None) -> None:
+        """A new head for ``num_classes`` (0: none, forward gives pooled features); optionally a new pooling."""
+        if global_pool is not None:
+            if global_pool not in ("token", "avg") or (global_pool == "token" and self.cls_token is None):
+                raise ValueError(f"reset_classifier: global_pool {global_pool!r} does not fit this model")
+            self.global_pool = global_pool
+        self.num_classes = num_classes
+        self.head = nn.Linear(self.embed_dim, num_classes) if num_classes > 0 else nn.Identity()
 
     def attention_maps(self, x: torch.Tensor) -> list[torch.Tensor]:
         """Softmax attention of every block, each (B, H, N, N)."""
-        return self.forward_intermediates(x, return_attn=True)["attn"]  # type: ignore[return-value]
+        x, maps = self._embed(x), []
+        for blk in self.blocks:
+            x, attn = blk(x, return_attn=True)
+            maps.append(attn)
+        return maps
 
 
 def resample_pos_embed(pos_embed: torch.Tensor, new_grid: tuple[int, int], num_prefix_tokens: int = 1) -> torch.Tensor:
