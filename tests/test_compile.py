@@ -9,13 +9,13 @@ import timm
 import torch
 from torch import nn
 
-from vitbench.measure.compile import find_regions, prepare
+from vitbench.measure.compile import apply_compile, find_regions
 from vitbench.models import torch as ours
+from vitbench.testing import make_case
 
 
-def _case(mode: str, backend: str = "aot_eager") -> dict:
-    return {"compile_mode": mode, "compile_options": {"backend": backend, "mode": None, "dynamic": None,
-                                                       "fullgraph": False}, "regions": None}
+def _case(mode: str, backend: str = "aot_eager"):  # type: ignore[no-untyped-def]
+    return make_case(compile_mode=mode, compile_options={"backend": backend})
 
 
 def test_find_regions_declared_found_and_named():
@@ -37,7 +37,8 @@ def test_our_vit_compiles_with_zero_graph_breaks(mode):
     model = ours.create_model("test_vit", depth=2).eval()
     keys = list(model.state_dict())
     x = torch.randn(2, 3, 160, 160)
-    runner, row = prepare(model, _case(mode), x, contextlib.nullcontext())
+    runner, sec = apply_compile(model, _case(mode), x, contextlib.nullcontext())
+    row = sec.columns()
     with torch.inference_mode():
         y = runner(x)
     print(mode, row)

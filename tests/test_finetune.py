@@ -163,13 +163,13 @@ def test_loss_decreases_over_a_few_dozen_steps():
     sched = make_scheduler(opt, 40, 4, "cosine")
     prep = lambda x: D.to_model_input(x, 16, (0.5,) * 3, (0.5,) * 3)  # noqa: E731
     hist = train_loop(model, D.iter_batches(data.train, 64, shuffle=True, seed=1, drop_last=True), steps=40,
-                      optimizer=opt, scheduler=sched, loss_fn=nn.CrossEntropyLoss(), prepare=prep,
+                      optimizer=opt, scheduler=sched, loss_fn=nn.CrossEntropyLoss(), to_input=prep,
                       device=torch.device("cpu"), grad_clip=1.0)
     assert [h.step for h in hist] == list(range(1, 41)) and all(h.step_s > 0 for h in hist)
     first, last = np.mean([h.loss for h in hist[:5]]), np.mean([h.loss for h in hist[-5:]])
     assert last < first - 0.2, (first, last)
     assert hist[0].lr < hist[4].lr  # warm-up
-    res = evaluate(model, D.iter_batches(data.val, 500, shuffle=False, epochs=1), ks=[1, 5], prepare=prep,
+    res = evaluate(model, D.iter_batches(data.val, 500, shuffle=False, epochs=1), ks=[1, 5], to_input=prep,
                    device=torch.device("cpu"), loss_fn=nn.CrossEntropyLoss())
     assert res["n"] == 2000 and res["topk"][1] > 20 and res["topk"][5] > 60  # chance: 10% / 50%
 
@@ -181,7 +181,7 @@ def test_diverging_training_stops_with_a_clear_error():
     batches = iter([(torch.zeros(2, 3, 4, 4, dtype=torch.uint8), torch.tensor([0, 1]))])
     with pytest.raises(FloatingPointError, match="loss is nan at step 1"):
         train_loop(model, batches, steps=1, optimizer=torch.optim.SGD(model.parameters(), 0.1), scheduler=None,
-                   loss_fn=nn.CrossEntropyLoss(), prepare=lambda x: x.float(), device=torch.device("cpu"))
+                   loss_fn=nn.CrossEntropyLoss(), to_input=lambda x: x.float(), device=torch.device("cpu"))
 
 
 def test_finetune_section_is_validated(write_suite):

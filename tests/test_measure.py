@@ -51,14 +51,13 @@ def test_macs_and_activations_match_timm_published_table():
 
 def test_perturb_std_changes_only_the_reference_side_and_is_seeded():
     from vitbench.runner.torch_worker import build
+    from vitbench.testing import make_case
 
-    base = {"seed": 0, "img_size": 32, "perturb_std": 0.02, "tokens": None, "role": "reference",
-            "provider": "import", "model": "vitbench.testing:TinyNet", "kwargs": {}}
     dev = torch.device("cpu")
-    plain, _ = build({**base, "perturb_std": None}, dev)
-    ref1, _ = build(base, dev)
-    ref2, _ = build(base, dev)
-    cand, _ = build({**base, "role": "candidate"}, dev)  # a candidate gets the reference's weights by port
+    plain, _ = build(make_case(img_size=32), dev)
+    ref1, _ = build(make_case(img_size=32, perturb_std=0.02), dev)
+    ref2, _ = build(make_case(img_size=32, perturb_std=0.02), dev)
+    cand, _ = build(make_case(img_size=32, perturb_std=0.02, role="candidate"), dev)  # gets them by port
     w = "stem.weight"
     assert not torch.equal(plain.state_dict()[w], ref1.state_dict()[w])
     assert torch.equal(ref1.state_dict()[w], ref2.state_dict()[w])

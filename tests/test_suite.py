@@ -28,7 +28,7 @@ pairs:
 def test_expand_orders_reference_first_and_applies_overrides(write_suite):
     cases = expand(load_suite(write_suite(GOOD)), "cpu")
     assert [(c.role, c.batch_size) for c in cases] == [("reference", 1), ("reference", 4), ("candidate", 2)]
-    assert cases[2].reference["model"] == "test_vit"
+    assert cases[2].reference.model == "test_vit" and cases[0].reference is None
     assert len({c.case_id for c in cases}) == 3
     assert [c.batch_size for c in expand(load_suite(write_suite(GOOD)), "cpu", batch_sizes=[8])] == [8, 8]
     assert expand(load_suite(write_suite(GOOD)), "cpu", only="nomatch*") == []

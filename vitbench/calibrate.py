@@ -87,8 +87,8 @@ def calibrate(model: str, device: str, batch_size: int, img_size: int | None, ro
     c = cases[1]
     if failed or not pairs:
         why = "; ".join(f"{r['label']}: {r['status']}: {r['error']}" for r in failed) or "no pair row"
-        return Calibration(model, device, batch_size, None, None, None, 0, c.processes, "failed", seconds, why,
-                           out_dir, None)
+        return Calibration(model, device, batch_size, None, None, None, 0, c.settings.processes, "failed", seconds,
+                           why, out_dir, None)
     p = pairs[0]
 
     def num(k: str) -> float | None:
@@ -99,8 +99,8 @@ def calibrate(model: str, device: str, batch_size: int, img_size: int | None, ro
 
     note = p.get("speed_note") or ""
     return Calibration(model, device, batch_size, num("speed_ratio"), num("speed_ratio_ci_low"),
-                       num("speed_ratio_ci_high"), int(p["rounds"] or 0), c.processes, p["speed_verdict"], seconds,
-                       note, out_dir, num("reference_samples_per_sec"))
+                       num("speed_ratio_ci_high"), int(p["rounds"] or 0), c.settings.processes, p["speed_verdict"],
+                       seconds, note, out_dir, num("reference_samples_per_sec"))
 
 
 def summary_lines(cal: Calibration) -> list[str]:

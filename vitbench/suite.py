@@ -5,7 +5,7 @@ from __future__ import annotations
 import fnmatch
 import hashlib
 import os
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
@@ -13,11 +13,9 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from .errors import SuiteError
+from .modes import CompileMode, modes_for
 
 Precision = Literal["fp32", "fp16", "bf16", "amp", "amp_bf16"]
-CompileMode = Literal["eager", "full", "regional", "graph", "xla", "jit"]
-TORCH_COMPILE_MODES = ("eager", "full", "regional")
-KERAS_COMPILE_MODES = {"tensorflow": ("eager", "graph", "xla"), "jax": ("eager", "jit"), "torch": ("eager",)}
 
 
 class _Strict(BaseModel):
@@ -208,61 +206,69 @@ def load_suite(path: str | Path, check_models: bool = True) -> Suite:
 
 
 @dataclass(frozen=True)
-class Case:
-    """One measurement: one implementation at one batch size, precision and compile mode."""
+class SideSpec:
+    """What builds one implementation (a suite side without its settings)."""
+
+    provider: str
+    model: str
+    kwargs: dict[str, Any]
+    label: str
+    backend: str | None = None
+    port: bool = True
+    output: str = "forward"
+
+    @property
+    def framework(self) -> str:
+        from .providers import framework_of
+
+        return framework_of(self.provider)
+
+    @classmethod
+    def of(cls, side: Side) -> SideSpec:
+        return cls(provider=side.provider, model=side.model, kwargs=dict(side.kwargs), label=side_label(side),
+                   backend=side.backend, port=side.port, output=side.output)
+
+
+@dataclass(frozen=True)
+class CaseBase:
+    """One side of one pair on one device; what inference and fine-tune cases share. ``reference``: the pair's
+    reference side, whose weights a candidate is ported from (None for the reference itself)."""
 
     suite: str
     pair: str
     role: Literal["reference", "candidate"]
     index: int  # 0 for the reference, 1.. for candidates
-    provider: str
-    model: str
-    label: str
-    framework: str
-    backend: str | None
-    kwargs: dict[str, Any]
+    side: SideSpec
     device: str
+    reference: SideSpec | None
+
+    # the side's identity, read everywhere
+    provider = property(lambda self: self.side.provider)
+    model = property(lambda self: self.side.model)
+    kwargs = property(lambda self: self.side.kwargs)
+    label = property(lambda self: self.side.label)
+    backend = property(lambda self: self.side.backend)
+    port = property(lambda self: self.side.port)
+    output = property(lambda self: self.side.output)
+    framework = property(lambda self: self.side.framework)
+
+
+@dataclass(frozen=True)
+class Case(CaseBase):
+    """One measurement: one implementation at one batch size, precision and compile mode. ``settings`` are the
+    suite's settings resolved for this side (built-in defaults < suite defaults < pair < side): every field set."""
+
     precision: str
     compile_mode: str
     batch_size: int
-    img_size: int | None
-    tokens: int | None
-    dim: int | None
-    warmup_iters: int
-    min_iters: int
-    min_seconds: float
-    max_iters: int
-    timeout_s: float
-    max_memory_gb: float | None
-    rounds: int
-    processes: int
-    max_steal_pct: float
-    max_foreign_cpu_pct: float
-    speed_threshold_pct: float
-    timing_attempts: int
-    numerics_batch: int
-    perturb_std: float | None
-    seed: int
-    tolerance_max_abs: float
-    tolerance_min_cosine: float | None
-    compile_options: dict[str, Any]
-    regions: str | None
-    port: bool
-    output: str = "forward"
-    reference: dict[str, Any] = field(default_factory=dict)  # the pair's reference side, to port weights from
+    settings: Settings
 
     @property
     def case_id(self) -> str:
+        s = self.settings
         key = (f"{self.pair}|{self.role}|{self.index}|{self.provider}|{self.model}|{self.backend}|{self.device}|"
-               f"{self.precision}|{self.compile_mode}|{self.batch_size}|{self.img_size}|{self.tokens}|{self.dim}")
+               f"{self.precision}|{self.compile_mode}|{self.batch_size}|{s.img_size}|{s.tokens}|{s.dim}")
         return hashlib.sha1(key.encode()).hexdigest()[:12]
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-
-def framework_of(provider: str) -> str:
-    return "keras" if provider in ("vitbench_keras", "keras") else "torch"
 
 
 def merge_settings(*layers: Settings) -> dict[str, Any]:
@@ -297,37 +303,21 @@ def expand(
         if only and not fnmatch.fnmatch(pair.name, only):
             continue
         sides = [("reference", 0, pair.reference)] + [("candidate", j + 1, c) for j, c in enumerate(pair.candidates)]
-        ref = pair.reference.model_dump(include={"provider", "model", "kwargs", "backend", "output"})
+        ref = SideSpec.of(pair.reference)
         for role, index, side in sides:
-            s = merge_settings(BUILTIN_DEFAULTS, suite.defaults, pair, side)
-            bss = batch_sizes or s["batch_sizes"]
-            modes = s["compile"]
-            fw = framework_of(side.provider)
-            allowed = TORCH_COMPILE_MODES if fw == "torch" else KERAS_COMPILE_MODES[side.backend or "tensorflow"]
-            modes = [m for m in modes if m in allowed] or ["eager"]
-            if bool(s.get("tokens")) != bool(s.get("dim")):
+            settings = Settings(**merge_settings(BUILTIN_DEFAULTS, suite.defaults, pair, side))
+            if bool(settings.tokens) != bool(settings.dim):
                 raise SuiteError(f"pair '{pair.name}': a token input needs both 'tokens' and 'dim'")
-            tol: Tolerance = s["tolerance"]
-            for precision in s["precision"]:
+            spec = SideSpec.of(side)
+            allowed = modes_for(spec.framework, spec.backend)
+            modes = [m for m in settings.compile or () if m in allowed] or ["eager"]
+            for precision in settings.precision or ():
                 for mode in modes:
-                    for bs in bss:
+                    for bs in batch_sizes or settings.batch_sizes or ():
                         cases.append(Case(
-                            suite=suite.name, pair=pair.name, role=role, index=index, provider=side.provider,
-                            model=side.model, label=side_label(side), framework=fw, backend=side.backend,
-                            kwargs=dict(side.kwargs), device=device, precision=precision, compile_mode=mode,
-                            batch_size=bs, img_size=s.get("img_size"), tokens=s.get("tokens"), dim=s.get("dim"),
-                            warmup_iters=s["warmup_iters"],
-                            min_iters=s["min_iters"], min_seconds=s["min_seconds"], max_iters=s["max_iters"],
-                            timeout_s=s["timeout_s"], max_memory_gb=s.get("max_memory_gb"), rounds=s["rounds"],
-                            processes=s["processes"],
-                            max_steal_pct=s["max_steal_pct"], max_foreign_cpu_pct=s["max_foreign_cpu_pct"],
-                            speed_threshold_pct=s["speed_threshold_pct"],
-                            timing_attempts=s["timing_attempts"], numerics_batch=s["numerics_batch"],
-                            perturb_std=s.get("perturb_std"), seed=s["seed"],
-                            tolerance_max_abs=tol.max_abs, tolerance_min_cosine=tol.min_cosine,
-                            compile_options=s["compile_options"].model_dump(), regions=s.get("regions"),
-                            port=side.port, output=side.output, reference=ref if role == "candidate" else {},
-                        ))
+                            suite=suite.name, pair=pair.name, role=role, index=index, side=spec, device=device,
+                            reference=ref if role == "candidate" else None, precision=precision,
+                            compile_mode=mode, batch_size=bs, settings=settings))
     return cases
 
 

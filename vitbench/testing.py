@@ -5,6 +5,7 @@ Use them from a suite with the import provider, e.g. ``{provider: import, model:
 from __future__ import annotations
 
 import time
+from typing import Any
 
 import torch
 from torch import nn
@@ -91,3 +92,16 @@ class FailsLater(TinyNet):
         if self.seen > self.calls:
             raise RuntimeError(f"FailsLater: call {self.seen} fails (vitbench.testing)")
         return super().forward(x)
+
+
+def make_case(model: str = "vitbench.testing:TinyNet", provider: str = "import", role: str = "reference",
+              compile_mode: str = "eager", batch_size: int = 1, device: str = "cpu", **settings: Any) -> Any:
+    """A ``Case`` for tests, as ``expand`` would make it: built-in defaults, then ``settings`` (suite fields,
+    e.g. img_size=32, perturb_std=0.02, compile_options={"backend": "aot_eager"})."""
+    from .suite import BUILTIN_DEFAULTS, Case, Settings, SideSpec, merge_settings
+
+    side = SideSpec(provider=provider, model=model, kwargs={}, label=model)
+    resolved = Settings(**merge_settings(BUILTIN_DEFAULTS, Settings(**settings)))
+    return Case(suite="test", pair="p", role=role, index=0 if role == "reference" else 1,  # type: ignore[arg-type]
+                side=side, device=device, reference=side if role == "candidate" else None, precision="fp32",
+                compile_mode=compile_mode, batch_size=batch_size, settings=resolved)

@@ -20,9 +20,10 @@ from ..measure.timing import cpu_times, percentile, steal_pct
 from ..providers import get_provider
 from ..providers.torch_common import state_dict_to_numpy
 from ..runner.worker import one_line, safe_name
+from ..suite import CaseBase, SideSpec
 from . import data as D
 from .loop import Step, evaluate, logits_of, make_optimizer, make_scheduler, train
-from .plan import init_path
+from .plan import FinetuneCase, init_path
 
 GRID = 32  # images per sample grid
 
@@ -33,35 +34,36 @@ def seed_all(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def build_classifier(side: dict[str, Any], img_size: int | None, num_classes: int, seed: int) -> tuple[nn.Module, int]:
+def build_classifier(side: SideSpec | CaseBase, img_size: int | None, num_classes: int,
+                     seed: int) -> tuple[nn.Module, int]:
     """Build a suite side with ``num_classes`` outputs: through the constructor's ``num_classes`` argument, else
     ``reset_classifier(n)`` (timm's API). Seeded, so every worker builds the same initial weights."""
     seed_all(seed)
-    provider = get_provider(side["provider"])
-    kwargs = dict(side["kwargs"])
+    provider = get_provider(side.provider)
+    kwargs = dict(side.kwargs)
     if kwargs.get("num_classes", num_classes) != num_classes:
         raise ValueError(f"kwargs.num_classes={kwargs['num_classes']} but the dataset has {num_classes} classes")
     try:
-        model, img = provider.build(side["model"], {**kwargs, "num_classes": num_classes}, img_size)
+        model, img = provider.build(side.model, {**kwargs, "num_classes": num_classes}, img_size)
     except TypeError as e:
         if "num_classes" not in str(e):
             raise
-        model, img = provider.build(side["model"], kwargs, img_size)
+        model, img = provider.build(side.model, kwargs, img_size)
         if not hasattr(model, "reset_classifier"):
-            raise ValueError(f"{side['model']}: takes no num_classes argument and has no reset_classifier(n); "
+            raise ValueError(f"{side.model}: takes no num_classes argument and has no reset_classifier(n); "
                              f"cannot give it {num_classes} outputs") from None
         model.reset_classifier(num_classes)
     if not img:
-        raise ValueError(f"{side['model']}: no input size known; set img_size in the suite's finetune section")
+        raise ValueError(f"{side.model}: no input size known; set img_size in the suite's finetune section")
     return model, int(img)
 
 
-def init_weights(case: dict[str, Any], run_dir: str) -> dict[str, Any]:
+def init_weights(case: FinetuneCase, run_dir: str) -> dict[str, Any]:
     """Job 'finetune_init': the pair's reference, freshly built, saved as the initial weights of every side."""
-    ref = {**case, **case["reference"]} if case["role"] == "candidate" else case
-    n = len(case["dataset"]["classes"])
-    model, img = build_classifier(ref, case["img_size"], n, case["seed"])
-    path = init_path(run_dir, case["pair"], case["device"])
+    ref = case.reference if case.role == "candidate" else case.side
+    n = len(case.dataset["classes"])
+    model, img = build_classifier(ref, case.img_size, n, case.seed)
+    path = init_path(run_dir, case.pair, case.device)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp.npz")
     np.savez(tmp, **{f"w/{k}": v for k, v in state_dict_to_numpy(model).items()})
@@ -69,23 +71,23 @@ def init_weights(case: dict[str, Any], run_dir: str) -> dict[str, Any]:
     return {"img_size": img}
 
 
-def _start_weights(case: dict[str, Any], model: nn.Module, run_dir: str) -> str:
+def _start_weights(case: FinetuneCase, model: nn.Module, run_dir: str) -> str:
     """Load the pair's initial weights (the reference's, ported). Returns what the ``init`` column says."""
-    own = f"own (seed {case['seed']})"
-    if case["settings"]["init"] != "reference":
+    own = f"own (seed {case.seed})"
+    if case.settings.init != "reference":
         return own
-    if case["role"] == "candidate" and not case["port"]:
+    if case.role == "candidate" and not case.port:
         return f"{own}; port: false in the suite"
-    path = init_path(run_dir, case["pair"], case["device"])
+    path = init_path(run_dir, case.pair, case.device)
     if not path.exists():
         return f"{own}; no reference weights (the init job failed, see logs/)"
     art = np.load(path)
     state = {k[2:]: art[k] for k in art.files if k.startswith("w/")}
     try:
-        get_provider(case["provider"]).port(model, state)
+        get_provider(case.provider).port(model, state)
     except Exception as e:  # noqa: BLE001  (a failed port: trains from its own init, and says so)
         return f"{own}; port failed: {one_line(e)}"
-    return "reference" if case["role"] == "candidate" else f"seed {case['seed']}, shared with the candidates"
+    return "reference" if case.role == "candidate" else f"seed {case.seed}, shared with the candidates"
 
 
 def _autocast(precision: str, dev: torch.device) -> tuple[contextlib.AbstractContextManager | None, Any]:
@@ -112,28 +114,28 @@ def _writer(log_dir: Path) -> Any:
     return SummaryWriter(log_dir=str(log_dir))
 
 
-def finetune(case: dict[str, Any], run_dir: str) -> dict[str, Any]:
+def finetune(case: FinetuneCase, run_dir: str) -> dict[str, Any]:
     """Job 'finetune': returns the row (plus 'curve' and 'latencies_ms', which the runner stores apart)."""
     from .. import env as env_mod
     from ..runner.torch_worker import device_name, setup_device
 
     t_start = time.perf_counter()
-    s = case["settings"]
+    s = case.settings
     dev = setup_device(case)
-    spec = D.DatasetSpec.from_dict(case["dataset"])
+    spec = D.DatasetSpec.from_dict(case.dataset)
     classes = list(spec.classes)
-    model, img = build_classifier(case, case["img_size"], len(classes), case["seed"])
+    model, img = build_classifier(case, case.img_size, len(classes), case.seed)
     init = _start_weights(case, model, run_dir)
     model.to(dev)
-    cfg = D.data_config(model, s.get("mean"), s.get("std"))
-    data = D.load_dataset(spec, s["val_fraction"], img, cfg["crop_pct"], cfg["interpolation"])
+    cfg = D.data_config(model, s.mean, s.std)
+    data = D.load_dataset(spec, s.val_fraction, img, cfg["crop_pct"], cfg["interpolation"])
     mean, std = cfg["mean"], cfg["std"]
 
-    def prepare(x: torch.Tensor) -> torch.Tensor:
+    def to_input(x: torch.Tensor) -> torch.Tensor:
         return D.to_model_input(x, img, mean, std)
 
     out = Path(run_dir)
-    name = f"{safe_name(case['label'])[:80]}-{case['case_id']}"
+    name = f"{safe_name(case.label)[:80]}-{case.case_id}"
     row: dict[str, Any] = {  # the settings' columns come from the runner: they are in failed rows too
         "img_size": img, "device_name": device_name(dev), "threads": torch.get_num_threads(),
         "tf32": False, "torch_version": torch.__version__, "timm_version": pkg_version("timm"),
@@ -141,30 +143,30 @@ def finetune(case: dict[str, Any], run_dir: str) -> dict[str, Any]:
         "param_count_m": sum(p.numel() for p in model.parameters()) / 1e6,
         "trainable_params_m": sum(p.numel() for p in model.parameters() if p.requires_grad) / 1e6,
     }
-    row["epochs"] = s["steps"] * s["batch_size"] / max(1, len(data.train))
-    if len(data.train) < s["batch_size"]:
-        raise ValueError(f"batch_size {s['batch_size']} is larger than the training split ({len(data.train)} images)")
+    row["epochs"] = s.steps * s.batch_size / max(1, len(data.train))
+    if len(data.train) < s.batch_size:
+        raise ValueError(f"batch_size {s.batch_size} is larger than the training split ({len(data.train)} images)")
 
     # what the model sees, before any training: a labelled grid of denormalised inputs
-    gx, gy = next(D.iter_batches(data.train, GRID, shuffle=True, seed=case["seed"] + 1))
-    grid_in = D.save_sample_grid(D.denormalize(prepare(gx.to(dev)), mean, std), gy.tolist(), classes,
+    gx, gy = next(D.iter_batches(data.train, GRID, shuffle=True, seed=case.seed + 1))
+    grid_in = D.save_sample_grid(D.denormalize(to_input(gx.to(dev)), mean, std), gy.tolist(), classes,
                                  out / "samples" / f"{name}-inputs.png",
-                                 title=f"{case['label']}: training inputs ({spec.label}, {img}px, denormalised)")
+                                 title=f"{case.label}: training inputs ({spec.label}, {img}px, denormalised)")
 
     tb_dir = out / "tensorboard" / name
     writer = _writer(tb_dir)
-    config = {"case_id": case["case_id"], "pair": case["pair"], "label": case["label"], "provider": case["provider"],
-              "model": case["model"], "kwargs": case["kwargs"], "img_size": img, "dataset": spec.to_dict(),
+    config = {"case_id": case.case_id, "pair": case.pair, "label": case.label, "provider": case.provider,
+              "model": case.model, "kwargs": case.kwargs, "img_size": img, "dataset": spec.to_dict(),
               "split": data.split, "preprocessing": cfg, "init": init, "settings": s}
     writer.add_text("config", "```\n" + json.dumps(config, indent=2, default=str) + "\n```")
 
-    autocast, scaler = _autocast(s["precision"], dev)
-    optimizer = make_optimizer(model, s["optimizer"], s["lr"], s["weight_decay"], s["momentum"])
-    scheduler = make_scheduler(optimizer, s["steps"], s["warmup_steps"], s["schedule"])
+    autocast, scaler = _autocast(s.precision, dev)
+    optimizer = make_optimizer(model, s.optimizer, s.lr, s.weight_decay, s.momentum)
+    scheduler = make_scheduler(optimizer, s.steps, s.warmup_steps, s.schedule)
     ce = nn.CrossEntropyLoss()
-    loss_fn = nn.CrossEntropyLoss(label_smoothing=s["label_smoothing"])
-    batches = D.iter_batches(data.train, s["batch_size"], shuffle=True, seed=case["seed"] + 1,
-                             num_workers=s["num_workers"], drop_last=True)
+    loss_fn = nn.CrossEntropyLoss(label_smoothing=s.label_smoothing)
+    batches = D.iter_batches(data.train, s.batch_size, shuffle=True, seed=case.seed + 1,
+                             num_workers=s.num_workers, drop_last=True)
     curve: list[dict[str, Any]] = []
     evals: list[dict[str, Any]] = []
     window: list[Step] = []
@@ -173,9 +175,9 @@ def finetune(case: dict[str, Any], run_dir: str) -> dict[str, Any]:
     def run_eval(step: int) -> dict[str, Any]:
         nonlocal eval_s
         t = time.perf_counter()
-        res = evaluate(model, D.iter_batches(data.val, s["eval_batch_size"], shuffle=False, epochs=1,
-                                             num_workers=s["num_workers"]),
-                       ks=sorted({1, *s["topk"]}), prepare=prepare, device=dev, autocast=autocast, loss_fn=ce)
+        res = evaluate(model, D.iter_batches(data.val, s.eval_batch_size, shuffle=False, epochs=1,
+                                             num_workers=s.num_workers),
+                       ks=sorted({1, *s.topk}), to_input=to_input, device=dev, autocast=autocast, loss_fn=ce)
         eval_s += time.perf_counter() - t
         writer.add_scalar("val/loss", res["loss"], step)
         curve.append({"step": step, "metric": "val_loss", "value": res["loss"]})
@@ -191,13 +193,13 @@ def finetune(case: dict[str, Any], run_dir: str) -> dict[str, Any]:
         curve.append({"step": st.step, "metric": "train_loss", "value": st.loss})
         curve.append({"step": st.step, "metric": "lr", "value": st.lr})
         window.append(st)
-        if st.step % s["log_every"] == 0 or st.step == s["steps"]:
-            sps = s["batch_size"] * len(window) / sum(w.step_s for w in window)
+        if st.step % s.log_every == 0 or st.step == s.steps:
+            sps = s.batch_size * len(window) / sum(w.step_s for w in window)
             writer.add_scalar("train/samples_per_sec", sps, st.step)
             curve.append({"step": st.step, "metric": "train_samples_per_sec", "value": sps})
             window.clear()
-            print(f"step {st.step}/{s['steps']} loss {st.loss:.4f} lr {st.lr:.3g} {sps:.1f} samples/s", flush=True)
-        if st.step % s["eval_every"] == 0 and st.step != s["steps"]:
+            print(f"step {st.step}/{s.steps} loss {st.loss:.4f} lr {st.lr:.3g} {sps:.1f} samples/s", flush=True)
+        if st.step % s.eval_every == 0 and st.step != s.steps:
             res = run_eval(st.step)
             print(f"eval @ {st.step}: loss {res['loss']:.4f} " +
                   " ".join(f"top{k} {v:.2f}" for k, v in res["topk"].items()), flush=True)
@@ -208,8 +210,8 @@ def finetune(case: dict[str, Any], run_dir: str) -> dict[str, Any]:
     t_train = time.perf_counter()
     sampler = memory.RssSampler(0.01) if dev.type == "cpu" else contextlib.nullcontext()
     with sampler:
-        history = train(model, batches, steps=s["steps"], optimizer=optimizer, scheduler=scheduler,
-                        loss_fn=loss_fn, prepare=prepare, device=dev, autocast=autocast, grad_clip=s["grad_clip"],
+        history = train(model, batches, steps=s.steps, optimizer=optimizer, scheduler=scheduler,
+                        loss_fn=loss_fn, to_input=to_input, device=dev, autocast=autocast, grad_clip=s.grad_clip,
                         scaler=scaler, on_step=on_step)
     train_s = time.perf_counter() - t_train - eval_s
     row["cpu_steal_pct"] = steal_pct(before, cpu_times())
@@ -219,15 +221,15 @@ def finetune(case: dict[str, Any], run_dir: str) -> dict[str, Any]:
                    nvml_used_mb=memory.nvml_used_mb(dev.index or 0))
     else:
         row["train_rss_delta_mb"] = sampler.peak_delta_mb
-    final = run_eval(s["steps"])
+    final = run_eval(s.steps)
     writer.flush()
     writer.close()
 
-    skip = min(s["timing_warmup_steps"], len(history) - 1)  # the first steps (allocations, caches) are left out
+    skip = min(s.timing_warmup_steps, len(history) - 1)  # the first steps (allocations, caches) are left out
     timed = history[skip:]
     step_ms = [h.step_s * 1e3 for h in timed]
     row.update(
-        samples_per_sec=s["batch_size"] * len(timed) / sum(h.step_s for h in timed),
+        samples_per_sec=s.batch_size * len(timed) / sum(h.step_s for h in timed),
         step_time_ms=float(np.mean(step_ms)), latency_ms_p50=percentile(step_ms, 50),
         latency_ms_p90=percentile(step_ms, 90), latency_ms_p99=percentile(step_ms, 99),
         latency_ms_mean=float(np.mean(step_ms)), latency_ms_min=min(step_ms),
@@ -244,18 +246,18 @@ def finetune(case: dict[str, Any], run_dir: str) -> dict[str, Any]:
     weights.parent.mkdir(parents=True, exist_ok=True)
     torch.save({k: v.detach().cpu() for k, v in model.state_dict().items()}, weights)
     row["weights_path"] = str(weights.relative_to(out))
-    vx, vy = next(D.iter_batches(data.val, GRID, shuffle=True, seed=case["seed"] + 2))  # a mix of classes
+    vx, vy = next(D.iter_batches(data.val, GRID, shuffle=True, seed=case.seed + 2))  # a mix of classes
     model.eval()
     with torch.no_grad(), autocast or contextlib.nullcontext():
-        vx = prepare(vx.to(dev))
+        vx = to_input(vx.to(dev))
         preds = logits_of(model(vx)).argmax(-1).cpu()
     D.save_sample_grid(D.denormalize(vx.float(), mean, std), vy.tolist(), classes,
                        out / "samples" / f"{name}-val-predictions.png", preds=preds.tolist(),
-                       title=f"{case['label']}: validation images after {s['steps']} steps "
+                       title=f"{case.label}: validation images after {s.steps} steps "
                              f"(top-1 {row['top1']:.1f}% on all {len(data.val)}; red = wrong)")
 
     # FLOPs last, on the trained model (they are not part of any timing and change no weight used above)
-    x1 = prepare(gx[:2].to(dev))
+    x1 = to_input(gx[:2].to(dev))
     try:
         model.eval()
         macs, acts = flops.count_macs_acts(model, x1[:1])

@@ -89,7 +89,7 @@ class Step:
 
 def train(model: nn.Module, batches: Iterator[tuple[torch.Tensor, torch.Tensor]], *, steps: int,
           optimizer: torch.optim.Optimizer, scheduler: Any | None, loss_fn: Callable[..., torch.Tensor],
-          prepare: Callable[[torch.Tensor], torch.Tensor], device: torch.device,
+          to_input: Callable[[torch.Tensor], torch.Tensor], device: torch.device,
           autocast: contextlib.AbstractContextManager | None = None, grad_clip: float | None = None,
           scaler: Any | None = None, on_step: Callable[[Step], None] | None = None) -> list[Step]:
     """``steps`` optimizer steps over ``batches`` (uint8 images, labels). Each step is timed apart from its data
@@ -101,7 +101,7 @@ def train(model: nn.Module, batches: Iterator[tuple[torch.Tensor, torch.Tensor]]
     for i in range(steps):
         t0 = time.perf_counter()
         x, y = next(batches)
-        x = prepare(x.to(device, non_blocking=True))
+        x = to_input(x.to(device, non_blocking=True))
         y = y.to(device, non_blocking=True)
         sync()
         t1 = time.perf_counter()
@@ -136,7 +136,7 @@ def train(model: nn.Module, batches: Iterator[tuple[torch.Tensor, torch.Tensor]]
 
 @torch.no_grad()
 def evaluate(model: nn.Module, batches: Iterator[tuple[torch.Tensor, torch.Tensor]], *, ks: Sequence[int],
-             prepare: Callable[[torch.Tensor], torch.Tensor], device: torch.device,
+             to_input: Callable[[torch.Tensor], torch.Tensor], device: torch.device,
              autocast: contextlib.AbstractContextManager | None = None,
              loss_fn: Callable[..., torch.Tensor] | None = None) -> dict[str, Any]:
     """Loss (when ``loss_fn`` is given) and top-k accuracy (percent) over every batch."""
@@ -145,7 +145,7 @@ def evaluate(model: nn.Module, batches: Iterator[tuple[torch.Tensor, torch.Tenso
     loss_sum, n = 0.0, 0
     logits_all, targets_all = [], []
     for x, y in batches:
-        x = prepare(x.to(device))
+        x = to_input(x.to(device))
         y = y.to(device)
         with autocast or contextlib.nullcontext():
             logits = logits_of(model(x)).float()

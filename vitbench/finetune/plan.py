@@ -5,66 +5,36 @@ from __future__ import annotations
 import fnmatch
 import hashlib
 import json
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from ..runner.worker import artifact_path
-from ..suite import FinetuneSettings, Suite, framework_of, merge_settings, side_label
+from ..suite import CaseBase, FinetuneSettings, SideSpec, Suite, merge_settings
 from .data import DatasetSpec
 
 
 @dataclass(frozen=True)
-class FinetuneCase:
-    suite: str
-    pair: str
-    role: str  # reference | candidate
-    index: int
-    provider: str
-    model: str
-    label: str
-    framework: str
-    backend: str | None
-    kwargs: dict[str, Any]
-    device: str
+class FinetuneCase(CaseBase):
+    """One side trained with the resolved ``finetune:`` settings on one dataset (``DatasetSpec.to_dict()``)."""
+
     img_size: int | None
-    port: bool
-    settings: dict[str, Any]  # FinetuneSettings, resolved
-    dataset: dict[str, Any]  # DatasetSpec.to_dict()
-    reference: dict[str, Any] = field(default_factory=dict)  # the pair's reference side (provider, model, kwargs)
+    settings: FinetuneSettings
+    dataset: dict[str, Any]
     task: str = "finetune"
 
-    @property
-    def precision(self) -> str:
-        return str(self.settings["precision"])
-
-    @property
-    def compile_mode(self) -> str:
-        return "eager"
-
-    @property
-    def batch_size(self) -> int:
-        return int(self.settings["batch_size"])
-
-    @property
-    def seed(self) -> int:
-        return int(self.settings["seed"])
-
-    @property
-    def timeout_s(self) -> float:
-        return float(self.settings["timeout_s"])
+    precision = property(lambda self: self.settings.precision)
+    compile_mode = property(lambda self: "eager")
+    batch_size = property(lambda self: self.settings.batch_size)
+    seed = property(lambda self: self.settings.seed)
 
     @property
     def case_id(self) -> str:
-        what = {k: v for k, v in self.settings.items() if k not in ("timeout_s", "num_workers")}
+        what = {k: v for k, v in self.settings.model_dump().items() if k not in ("timeout_s", "num_workers")}
         key = (f"finetune|{self.pair}|{self.role}|{self.index}|{self.provider}|{self.model}|{self.backend}|"
                f"{self.device}|{self.img_size}|{json.dumps(self.kwargs, sort_keys=True, default=str)}|"
                f"{self.dataset['kind']}:{self.dataset['name']}|{json.dumps(what, sort_keys=True)}")
         return hashlib.sha1(key.encode()).hexdigest()[:12]
-
-    def to_dict(self) -> dict[str, Any]:
-        return {**asdict(self), "precision": self.precision, "batch_size": self.batch_size, "seed": self.seed,
-                "timeout_s": self.timeout_s}
 
 
 def resolve_settings(suite: Suite, **overrides: Any) -> FinetuneSettings:
@@ -85,20 +55,17 @@ def resolve_settings(suite: Suite, **overrides: Any) -> FinetuneSettings:
 def expand(suite: Suite, settings: FinetuneSettings, dataset: DatasetSpec, device: str,
            only: str | None = None) -> list[FinetuneCase]:
     cases: list[FinetuneCase] = []
-    s = settings.model_dump()
     for pair in suite.pairs:
         if only and not fnmatch.fnmatch(pair.name, only):
             continue
-        ref = pair.reference.model_dump(include={"provider", "model", "kwargs", "backend"})
+        ref = SideSpec.of(pair.reference)
         sides = [("reference", 0, pair.reference)] + [("candidate", j + 1, c) for j, c in enumerate(pair.candidates)]
         for role, index, side in sides:
             img = settings.img_size or merge_settings(suite.defaults, pair, side).get("img_size")
             cases.append(FinetuneCase(
-                suite=suite.name, pair=pair.name, role=role, index=index, provider=side.provider, model=side.model,
-                label=side_label(side), framework=framework_of(side.provider), backend=side.backend,
-                kwargs=dict(side.kwargs), device=device, img_size=img, port=side.port, settings=s,
-                dataset=dataset.to_dict(), reference=ref if role == "candidate" else {},
-            ))
+                suite=suite.name, pair=pair.name, role=role, index=index, side=SideSpec.of(side), device=device,
+                reference=ref if role == "candidate" else None, img_size=img, settings=settings,
+                dataset=dataset.to_dict()))
     return cases
 
 

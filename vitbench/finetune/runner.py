@@ -19,33 +19,34 @@ CASE_KEYS = ("suite", "pair", "role", "label", "provider", "model", "framework",
 SETTINGS_COLUMNS = ("optimizer", "lr", "weight_decay", "schedule", "warmup_steps", "label_smoothing")
 
 
-class FinetuneRunner(Runner):
-    """Runner's store, logs and case loop; run_case trains instead of timing inference."""
+class FinetuneRunner:
+    """Trains the cases one after the other (training is not paired). It uses an inference ``Runner`` for what
+    the two share - the result store, the logs folder, the environment columns - and runs its own jobs."""
 
     def __init__(self, out_dir: Path, env_row: dict[str, Any]) -> None:
-        super().__init__(out_dir, env_row)
+        self.runner = Runner(out_dir, env_row)
+        self.out, self.store, self.logs = self.runner.out, self.runner.store, self.runner.logs
+        self.env_row = env_row
+        self.on_progress: Callable[[str], None] | None = None
         self._init_errors: dict[str, str] = {}
 
     def _ensure_init(self, case: FinetuneCase) -> None:
         """The pair's reference, built once with the dataset's classes: the initial weights of every side."""
-        if case.settings["init"] != "reference":
+        if case.settings.init != "reference":
             return
         path = init_path(self.out, case.pair, case.device)
         if path.exists() or str(path) in self._init_errors:
             return
-        ref_fw = "keras" if case.reference.get("provider", case.provider) in ("keras", "vitbench_keras") else "torch"
-        if ref_fw != "torch":
+        if (case.reference or case.side).framework != "torch":
             self._init_errors[str(path)] = "the reference is a Keras model"
             return
-        d = {**case.to_dict(), "case_id": case.case_id, "framework": "torch"}
-        out = run_job(d, self.out, f"{JOBS}:init_weights", case.timeout_s, self.logs / f"init-{case.case_id}.log",
-                      max_memory_gb=default_memory_limit_gb())
+        out = run_job(case, self.out, f"{JOBS}:init_weights", case.settings.timeout_s,
+                      self.logs / f"init-{case.case_id}.log", max_memory_gb=default_memory_limit_gb())
         self._init_errors[str(path)] = out.error
 
-    def run(self, cases: list[FinetuneCase], on_start: Callable[[int, FinetuneCase], None] | None = None,  # type: ignore[override]
+    def run(self, cases: list[FinetuneCase], on_start: Callable[[int, FinetuneCase], None] | None = None,
             on_done: Callable[[int, FinetuneCase, dict[str, Any]], None] | None = None,
             partners: list[FinetuneCase] | None = None) -> list[dict[str, Any]]:
-        """One model after the other (training is not paired)."""
         rows = []
         for i, case in enumerate(cases):
             if on_start:
@@ -61,17 +62,16 @@ class FinetuneRunner(Runner):
         row: dict[str, Any] = {**self.env_row, **{k: getattr(case, k) for k in CASE_KEYS}, "task": "finetune",
                                "case_id": case.case_id, "compile_mode": "eager", "attention": attention_of(case),
                                "started_at": started, "dataset": DatasetSpec.from_dict(case.dataset).label,
-                               "train_steps": case.settings["steps"],
-                               **{k: case.settings[k] for k in SETTINGS_COLUMNS}}
+                               "train_steps": case.settings.steps,
+                               **{k: getattr(case.settings, k) for k in SETTINGS_COLUMNS}}
         curve: list[dict[str, Any]] = []
         latencies = None
         if case.framework != "torch":
             row.update(status="skipped", error="fine-tuning runs PyTorch models; this Keras side was not trained")
         else:
             self._ensure_init(case)
-            d = {**case.to_dict(), "case_id": case.case_id}
-            out = run_job(d, self.out, f"{JOBS}:finetune", case.timeout_s, self.logs / f"{case.case_id}.log",
-                          max_memory_gb=default_memory_limit_gb())
+            out = run_job(case, self.out, f"{JOBS}:finetune", case.settings.timeout_s,
+                          self.logs / f"{case.case_id}.log", max_memory_gb=default_memory_limit_gb())
             row.update(out.result)
             curve = row.pop("curve", None) or []
             latencies = row.pop("latencies_ms", None)

@@ -15,6 +15,9 @@ from typing import Any
 import torch
 from torch import nn
 
+from ..modes import TORCH_COMPILED
+from .sections import Compile
+
 
 def find_regions(model: nn.Module, attr: str | None = None) -> tuple[str, list[nn.Module]]:
     """The repeated blocks to compile: ``attr`` (dotted path) if given, else ``model.compile_regions``, else the
@@ -80,21 +83,21 @@ def output_tensor(y: Any) -> torch.Tensor:
     raise TypeError(f"cannot compare a model output of type {type(y).__name__}")
 
 
-def prepare(
-    model: nn.Module, case: dict[str, Any], x: torch.Tensor, autocast: contextlib.AbstractContextManager,
-    fresh: bool = True,
-) -> tuple[Callable[[torch.Tensor], Any], dict[str, Any]]:
-    """Apply the case's compile mode. Returns the callable to time and the compile columns of the row.
-    ``fresh``: reset dynamo first (a cold start); a timing session hosting several compiled sides keeps what the
-    sides before compiled."""
-    mode = case["compile_mode"]
+def apply_compile(
+    model: nn.Module, case: Any, x: torch.Tensor, autocast: contextlib.AbstractContextManager,
+    fresh: bool = True, phase: str = "cold",
+) -> tuple[Callable[[torch.Tensor], Any], Compile]:
+    """Apply the case's compile mode; returns the callable to time and the compile section (``phase``: 'cold', a
+    fresh process and cache, or 'warm', the second launch). ``fresh``: reset dynamo first; a timing session
+    hosting several compiled sides keeps what the sides before compiled."""
+    mode = case.compile_mode
     if mode == "eager":
-        return model, {}
-    if mode not in ("full", "regional"):
-        raise ValueError(f"compile mode '{mode}' is not a torch mode (eager, full, regional)")
+        return model, Compile()
+    if mode not in TORCH_COMPILED:
+        raise ValueError(f"compile mode '{mode}' is not a torch.compile mode ({', '.join(TORCH_COMPILED)})")
     dev = x.device
     sync = (lambda: torch.cuda.synchronize(dev)) if dev.type == "cuda" else (lambda: None)
-    opts = {k: v for k, v in case["compile_options"].items() if v is not None}
+    opts = {k: v for k, v in case.settings.compile_options.model_dump().items() if v is not None}
     with torch.inference_mode(), autocast:
         eager_first, y_eager = _timed_call(lambda: model(x), sync)
     from torch._dynamo.utils import counters
@@ -102,35 +105,33 @@ def prepare(
     if fresh:
         torch.compiler.reset()
         counters.clear()
-    row: dict[str, Any] = {"eager_first_call_s": eager_first}
+    sec = Compile(eager_first_call_s=eager_first)
     if mode == "full":
         runner: Callable[[torch.Tensor], Any] = torch.compile(model, **opts)
     else:
-        where, blocks = find_regions(model, case.get("regions"))
+        where, blocks = find_regions(model, case.settings.regions)
         for blk in blocks:
             blk.compile(**opts)  # in place: the module tree and state_dict keys stay as they were
         runner = model
-        row["regions"] = f"{where} x{len(blocks)}"
+        sec.regions = f"{where} x{len(blocks)}"
     from .timing import cpu_times, steal_pct
 
     cpu0 = cpu_times()
     with torch.inference_mode(), autocast:
         first, y_comp = _timed_call(lambda: runner(x), sync)
     c = _counters()
-    key = "warm" if case.get("_compile_phase") == "warm" else "cold"
-    row[f"compile_first_call_{key}_s"] = first
-    row[f"compile_{key}_s"] = first - eager_first
-    row[f"compile_cache_hits_{key}"] = c["cache_hits"]
-    row[f"compile_steal_pct_{key}"] = steal_pct(cpu0, cpu_times())
+    setattr(sec, f"compile_first_call_{phase}_s", first)
+    setattr(sec, f"compile_{phase}_s", first - eager_first)
+    setattr(sec, f"compile_cache_hits_{phase}", c["cache_hits"])
+    setattr(sec, f"compile_steal_pct_{phase}", steal_pct(cpu0, cpu_times()))
     from torch._dynamo.utils import compile_times
 
-    print(f"compile ({mode}, {key}) first call {first:.2f}s; dynamo/inductor phases:\n{compile_times(repr='str')}",
-          flush=True)
-    row["graph_breaks"] = c["graph_breaks"]
-    row["_frames_after_first_call"] = c["frames"]
-    diff = (output_tensor(y_comp).float() - output_tensor(y_eager).float()).abs().max().item()
-    row["compiled_max_abs_diff"] = diff
-    return runner, row
+    print(f"compile ({mode}, {phase}) first call {first:.2f}s; dynamo/inductor phases:\n"
+          f"{compile_times(repr='str')}", flush=True)
+    sec.graph_breaks = c["graph_breaks"]
+    sec.frames_after_first_call = c["frames"]
+    sec.compiled_max_abs_diff = (output_tensor(y_comp).float() - output_tensor(y_eager).float()).abs().max().item()
+    return runner, sec
 
 
 def frames_compiled() -> int:

@@ -1,9 +1,12 @@
-"""Providers build models for a suite side: ``timm``, ``vitbench`` (our torch models), ``import`` (any
-``package.module:Name`` with kwargs). Each provider module is imported lazily so ``--help`` stays instant."""
+"""Providers build the model of a suite side. Every provider implements ``Provider``; the registry maps a suite's
+``provider:`` name to its module, imported lazily so ``--help`` and suite validation stay fast (a provider imports
+its framework only inside ``build``/``port``/``count_macs``)."""
 from __future__ import annotations
 
 import importlib
-from types import ModuleType
+from typing import Any, Protocol
+
+import numpy as np
 
 PROVIDERS = {
     "timm": "vitbench.providers.timm_provider",
@@ -12,15 +15,44 @@ PROVIDERS = {
     "vitbench_keras": "vitbench.providers.vitbench_keras_provider",
     "keras": "vitbench.providers.keras_provider",
 }
-PLANNED: dict[str, str] = {}
 
 
-def get_provider(name: str) -> ModuleType:
-    if name in PLANNED:
-        raise KeyError(f"provider '{name}' is not available yet: {PLANNED[name]}")
+class Provider(Protocol):
+    """What the harness asks of a provider. ``framework`` ('torch' | 'keras') picks the worker that runs its sides.
+
+    - ``check(model)``: None, or one line saying what is wrong with the name (validation, in the parent);
+    - ``build(model, kwargs, img_size)``: ``(model, img_size)``, the size the model was built for (None: tokens);
+    - ``port(model, state)``: load a reference's state_dict (numpy arrays, timm's keys); raise naming the keys;
+    - ``count_macs(model, x)``: ``(macs, activations, method)`` per image for input ``x``, or None if not counted;
+    - ``preprocessing(model)``: the model's mean/std/interpolation/crop (its ``pretrained_cfg``), or None;
+    - ``list_names()``: what ``vitbench models`` shows.
+    """
+
+    name: str
+    framework: str
+
+    def check(self, model: str) -> str | None: ...
+
+    def build(self, model: str, kwargs: dict[str, Any], img_size: int | None) -> tuple[Any, int | None]: ...
+
+    def port(self, model: Any, state: dict[str, np.ndarray]) -> None: ...
+
+    def count_macs(self, model: Any, x: Any) -> tuple[float, float, str] | None: ...
+
+    def preprocessing(self, model: Any) -> dict[str, Any] | None: ...
+
+    def list_names(self) -> list[str]: ...
+
+
+def get_provider(name: str) -> Provider:
     if name not in PROVIDERS:
         raise KeyError(f"unknown provider '{name}' (known: {', '.join(PROVIDERS)})")
-    return importlib.import_module(PROVIDERS[name])
+    return importlib.import_module(PROVIDERS[name]).PROVIDER  # type: ignore[no-any-return]
+
+
+def framework_of(provider: str) -> str:
+    """'torch' or 'keras': the worker kind that runs this provider's models."""
+    return get_provider(provider).framework
 
 
 def check_side(side) -> str | None:  # type: ignore[no-untyped-def]

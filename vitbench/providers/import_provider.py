@@ -11,9 +11,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from .torch_common import build_with_img_size, default_img_size, load_numpy_state
-
-FRAMEWORK = "torch"
+from .torch_common import TorchProvider, build_with_img_size, default_img_size
 
 
 def add_import_paths(*dirs: str | Path) -> None:
@@ -51,7 +49,7 @@ def check(target: str) -> str | None:
     return None
 
 
-def build(target: str, kwargs: dict[str, Any], img_size: int | None) -> Any:
+def build(target: str, kwargs: dict[str, Any], img_size: int | None) -> tuple[Any, int | None]:
     module_name, attr = _split(target)
     module = importlib.import_module(module_name)
     if not hasattr(module, attr):
@@ -60,10 +58,15 @@ def build(target: str, kwargs: dict[str, Any], img_size: int | None) -> Any:
     return model, img_size or default_img_size(model)
 
 
-def port(model: Any, state: dict) -> None:
-    family = importlib.import_module(type(model).__module__)
-    load_numpy_state(model, state, getattr(family, "checkpoint_filter_fn", None))
+class ImportProvider(TorchProvider):
+    """A torch model by import path; its module's ``checkpoint_filter_fn`` ports weights when it has one."""
+
+    name = "import"
+    check = staticmethod(check)
+    build = staticmethod(build)
+
+    def list_names(self) -> list[str]:
+        return ["<package.module:Name>"]
 
 
-def list_names() -> list[str]:
-    return ["<package.module:Name>"]
+PROVIDER = ImportProvider()

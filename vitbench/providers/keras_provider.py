@@ -8,29 +8,37 @@ from typing import Any
 
 import numpy as np
 
-FRAMEWORK = "keras"
+from .keras_common import KerasProvider
+
 NAMES = ("MultiHeadAttention", "dot_product_attention")
 
 
-def check(name: str) -> str | None:
-    return None if name in NAMES else f"unknown keras model '{name}' (known: {', '.join(NAMES)})"
+class KerasLibraryProvider(KerasProvider):
+    name = "keras"
 
+    def check(self, model: str) -> str | None:
+        return None if model in NAMES else f"unknown keras model '{model}' (known: {', '.join(NAMES)})"
 
-def build(name: str, kwargs: dict[str, Any], img_size: int | None) -> Any:
-    import keras
+    def build(self, model: str, kwargs: dict[str, Any], img_size: int | None) -> tuple[Any, int | None]:
+        import keras
 
-    from vitbench.models import keras as ours
+        from vitbench.models import keras as ours
 
-    if name == "MultiHeadAttention":
-        return KerasMHA(keras.layers.MultiHeadAttention(**kwargs)), None
-    return ours.SDPA(impl="keras", **kwargs), None
+        if model == "MultiHeadAttention":
+            return KerasMHA(keras.layers.MultiHeadAttention(**kwargs)), None
+        return ours.SDPA(impl="keras", **kwargs), None
 
+    def port(self, model: Any, state: dict) -> None:
+        if getattr(model, "mha", None) is not None:
+            port_mha(model.mha, state)
+        elif state:
+            raise ValueError(f"no weight port for {type(model).__name__}")
 
-def port(model: Any, state: dict) -> None:
-    if getattr(model, "mha", None) is not None:
-        port_mha(model.mha, state)
-    elif state:
-        raise ValueError(f"no weight port for {type(model).__name__}")
+    def count_macs(self, model: Any, x: Any) -> tuple[float, float, str] | None:
+        return None  # Keras' own layers: not counted
+
+    def list_names(self) -> list[str]:
+        return list(NAMES)
 
 
 def port_mha(mha: Any, state: dict[str, np.ndarray]) -> None:
@@ -69,5 +77,4 @@ def KerasMHA(mha: Any) -> Any:  # noqa: N802  (a factory that reads like the cla
     return _mha_wrapper()(mha)
 
 
-def list_names() -> list[str]:
-    return list(NAMES)
+PROVIDER = KerasLibraryProvider()

@@ -1,4 +1,5 @@
-"""What torch providers share: building with an optional img_size, porting a reference state_dict."""
+"""What torch providers share: the ``TorchProvider`` base (port with strict=True, MACs by the torch counter, the
+model's pretrained_cfg), building with an optional img_size, unknown-name messages."""
 from __future__ import annotations
 
 from collections.abc import Callable
@@ -68,3 +69,26 @@ def default_img_size(model, fallback: int = 224) -> int:  # type: ignore[no-unty
     if isinstance(size, (tuple, list)):
         return int(size[-1])
     return int(size) if size else fallback
+
+
+class TorchProvider:
+    """Base of the torch providers: ``build``/``check``/``list_names`` are theirs; ``port`` loads strictly through the
+    model family's ``checkpoint_filter_fn`` when its module has one."""
+
+    name = ""
+    framework = "torch"
+
+    def port(self, model: Any, state: dict[str, np.ndarray]) -> None:
+        import importlib
+
+        family = importlib.import_module(type(model).__module__)
+        load_numpy_state(model, state, getattr(family, "checkpoint_filter_fn", None))
+
+    def count_macs(self, model: Any, x: Any) -> tuple[float, float, str] | None:
+        from ..measure import flops
+
+        macs, acts = flops.count_macs_acts(model, x)
+        return macs, acts, flops.METHOD
+
+    def preprocessing(self, model: Any) -> dict[str, Any] | None:
+        return dict(getattr(model, "pretrained_cfg", None) or {}) or None

@@ -1,48 +1,49 @@
-"""Our Keras 3 models (``vitbench.models.keras``) on a chosen backend: the ViT configs (timm names) and the
-attention layers ``Attention`` (kwargs dim, num_heads, qkv_bias) and ``SDPA`` (kwargs num_heads, impl)."""
+"""Our Keras 3 models (``vitbench.models.keras``) on a chosen backend: every family of the Keras package by its
+timm name, and the attention layers ``Attention`` (kwargs dim, num_heads, qkv_bias) and ``SDPA`` (kwargs
+num_heads, impl). Names are checked without importing Keras (from the shared config tables)."""
 from __future__ import annotations
 
 from typing import Any
 
+from .keras_common import KerasProvider
 from .torch_common import unknown_model
 
-FRAMEWORK = "keras"
 LAYERS = ("Attention", "SDPA")
 
 
 def _names() -> list[str]:
-    from vitbench.models.configs import VIT_CONFIGS
+    from vitbench.models.configs import KERAS_MODELS
 
-    return sorted(VIT_CONFIGS) + list(LAYERS)
-
-
-def check(name: str) -> str | None:
-    if name in _names():
-        return None
-    return unknown_model("vitbench_keras", name, _names())
+    return sorted(KERAS_MODELS) + list(LAYERS)
 
 
-def build(name: str, kwargs: dict[str, Any], img_size: int | None) -> Any:
-    from vitbench.models import keras as ours
+class VitbenchKerasProvider(KerasProvider):
+    name = "vitbench_keras"
 
-    if name == "Attention":
-        return ours.Attention(**kwargs), None
-    if name == "SDPA":
-        return ours.SDPA(**kwargs), None
-    model = ours.create_model(name, **({"img_size": img_size} if img_size else {}), **kwargs)
-    return model, model.img_size
+    def check(self, model: str) -> str | None:
+        return None if model in _names() else unknown_model("vitbench_keras", model, _names())
+
+    def build(self, model: str, kwargs: dict[str, Any], img_size: int | None) -> tuple[Any, int | None]:
+        from vitbench.models import keras as ours
+
+        if model in LAYERS:
+            return getattr(ours, model)(**kwargs), None
+        m = ours.create_model(model, **({"img_size": img_size} if img_size else {}), **kwargs)
+        return m, m.img_size
+
+    def port(self, model: Any, state: dict) -> None:
+        from vitbench.models import keras as ours
+
+        if isinstance(model, ours.Attention):
+            ours.load_timm_attention(model, state)
+        elif isinstance(model, ours.SDPA):
+            if state:
+                raise ValueError("SDPA has no weights to port")
+        else:
+            ours.load_timm_state_dict(model, state)
+
+    def list_names(self) -> list[str]:
+        return _names()
 
 
-def port(model: Any, state: dict) -> None:
-    from vitbench.models import keras as ours
-
-    if isinstance(model, ours.VisionTransformer):
-        ours.load_timm_state_dict(model, state)
-    elif isinstance(model, ours.Attention):
-        ours.load_timm_attention(model, state)
-    elif state:
-        raise ValueError(f"no weight port for {type(model).__name__}")
-
-
-def list_names() -> list[str]:
-    return _names()
+PROVIDER = VitbenchKerasProvider()

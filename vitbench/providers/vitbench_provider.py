@@ -3,34 +3,27 @@ from __future__ import annotations
 
 from typing import Any
 
-from .torch_common import build_with_img_size, default_img_size, load_numpy_state, unknown_model
-
-FRAMEWORK = "torch"
+from .torch_common import TorchProvider, build_with_img_size, default_img_size, unknown_model
 
 
-def check(name: str) -> str | None:
-    from vitbench.models import torch as ours
+class VitbenchProvider(TorchProvider):
+    name = "vitbench"
 
-    if ours.is_model(name):
-        return None
-    return unknown_model("vitbench", name, ours.list_models())
+    def check(self, model: str) -> str | None:
+        from vitbench.models import torch as ours
 
+        return None if ours.is_model(model) else unknown_model("vitbench", model, ours.list_models())
 
-def build(name: str, kwargs: dict[str, Any], img_size: int | None) -> Any:
-    from vitbench.models import torch as ours
+    def build(self, model: str, kwargs: dict[str, Any], img_size: int | None) -> tuple[Any, int | None]:
+        from vitbench.models import torch as ours
 
-    model = build_with_img_size(lambda **kw: ours.create_model(name, **kw), kwargs, img_size)
-    return model, img_size or default_img_size(model)
+        m = build_with_img_size(lambda **kw: ours.create_model(model, **kw), kwargs, img_size)
+        return m, img_size or default_img_size(m)
 
+    def list_names(self) -> list[str]:
+        from vitbench.models import torch as ours
 
-def port(model: Any, state: dict) -> None:
-    import importlib
-
-    family = importlib.import_module(type(model).__module__)
-    load_numpy_state(model, state, getattr(family, "checkpoint_filter_fn", None))
+        return ours.list_models()
 
 
-def list_names() -> list[str]:
-    from vitbench.models import torch as ours
-
-    return ours.list_models()
+PROVIDER = VitbenchProvider()

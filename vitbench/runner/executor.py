@@ -14,6 +14,7 @@ from typing import Any
 
 from ..measure.stats import RatioEstimate
 from ..measure.timing import Block, least_contended
+from ..modes import TORCH_COMPILED
 from ..suite import Case
 from . import worker
 from .rounds import Limits, RoundsResult, SideFailed, block_iters_for, run_rounds, summarize
@@ -70,14 +71,15 @@ class Runner:
         path = worker.artifact_path(self.out, case.pair, case.device)
         if path.exists() or str(path) in self._prepared:
             return
-        out = run_job(case.to_dict(), self.out, "prepare", case.timeout_s, self.logs / f"prepare-{case.case_id}.log")
+        out = run_job(case, self.out, "reference", case.settings.timeout_s,
+                      self.logs / f"reference-{case.case_id}.log")
         self._prepared[str(path)] = out.error
 
     def _setup(self, case: Case) -> JobOutcome:
         """The case measured but for its timing, in a fresh worker. A cold compile the hypervisor took too much
         CPU from is run again in a fresh worker and cache (the least-contended is kept); its cache then serves
         the warm start, a second worker."""
-        compiled = case.framework == "torch" and case.compile_mode in ("full", "regional")
+        compiled = case.framework == "torch" and case.compile_mode in TORCH_COMPILED
         log = self.logs / f"{case.case_id}.log"
         dirs: list[str] = []
 
@@ -87,16 +89,16 @@ class Runner:
                 d = tempfile.mkdtemp(prefix=f"vitbench-inductor-{case.case_id}-")
                 dirs.append(d)
                 env = _cache_env(d)
-            out = run_job(case.to_dict(), self.out, "setup", case.timeout_s, log, env,
+            out = run_job(case, self.out, "setup", case.settings.timeout_s, log, env,
                           max_memory_gb=_memory_limit(case))
             return (out, d), out.result.get("compile_steal_pct_cold") if out.status == "ok" else None
 
         try:
-            (out, cache_dir), _, attempts = least_contended(attempt, case.max_steal_pct,
-                                                            case.timing_attempts if compiled else 1)
+            (out, cache_dir), _, attempts = least_contended(attempt, case.settings.max_steal_pct,
+                                                            case.settings.timing_attempts if compiled else 1)
             if compiled and out.status == "ok":
                 out.result["compile_attempts"] = attempts  # cold compiles run; the least-contended one is kept
-                warm = run_job(case.to_dict(), self.out, "warm", case.timeout_s, log, _cache_env(cache_dir),
+                warm = run_job(case, self.out, "warm", case.settings.timeout_s, log, _cache_env(cache_dir),
                                max_memory_gb=_memory_limit(case))
                 if warm.status == "ok":
                     out.result.update(warm.result)
@@ -146,8 +148,8 @@ class Runner:
         """Paired rounds over ``processes`` timing sessions per framework; rows get their timing columns. A side
         that fails in a block leaves the rounds; the sides that shared its session go on in the next one."""
         c0 = live[0].case
-        per_process = math.ceil(c0.rounds / c0.processes)
-        compiled = any(s.case.compile_mode in ("full", "regional") for s in live)
+        per_process = math.ceil(c0.settings.rounds / c0.settings.processes)
+        compiled = any(s.case.compile_mode in TORCH_COMPILED for s in live)
         cache_dir = tempfile.mkdtemp(prefix="vitbench-inductor-timing-") if compiled else None
         env = _cache_env(cache_dir) if cache_dir else {}
         dead: dict[int, JobOutcome] = {}
@@ -155,16 +157,17 @@ class Runner:
         total: RoundsResult | None = None
         sessions: list[Session] = []
         try:
-            for p in range(c0.processes):
+            for p in range(c0.settings.processes):
                 sessions = []
                 sides = self._open_sessions(live, dead, env, p, sessions)
                 if not iters:
-                    iters = [block_iters_for(s.iter_s, c0.rounds, s.case.min_iters, s.case.min_seconds,
-                                             s.case.max_iters) for s in sides]
-                limits = Limits(c0.max_steal_pct, c0.max_foreign_cpu_pct,
+                    iters = [block_iters_for(s.iter_s, c0.settings.rounds, s.case.settings.min_iters,
+                                             s.case.settings.min_seconds,
+                                             s.case.settings.max_iters) for s in sides]
+                limits = Limits(c0.settings.max_steal_pct, c0.settings.max_foreign_cpu_pct,
                                 gpu_others(c0.device, {x.pid for x in sessions if x.pid})
                                 if c0.device.startswith("cuda") else None, our_cpu=cpu_of(sessions))
-                res = run_rounds([s.timeable for s in sides], iters, per_process, limits, seed=c0.seed + p,
+                res = run_rounds([s.timeable for s in sides], iters, per_process, limits, seed=c0.settings.seed + p,
                                  on_round=self._round_progress(c0, p, per_process), failed=dead)
                 for x in sessions:
                     x.finish()
@@ -202,8 +205,8 @@ class Runner:
                             for i in range(len(live))]
         for (fw, backend), idx in by_fw.items():
             name = f"timing-{live[0].case.case_id}-{fw}{'-' + backend if backend else ''}-{p}.log"
-            x = Session([live[i].case.to_dict() for i in idx], self.out, "serve",
-                        sum(live[i].case.timeout_s for i in idx), self.logs / name, env,
+            x = Session([live[i].case for i in idx], self.out, "serve",
+                        sum(live[i].case.settings.timeout_s for i in idx), self.logs / name, env,
                         sum(_memory_limit(live[i].case) for i in idx))
             sessions.append(x)
             ready = x.receive("ready")
@@ -220,7 +223,7 @@ class Runner:
     def _round_progress(self, c: Case, p: int, per_process: int) -> Callable[[int, int], None]:
         def progress(clean: int, attempts: int) -> None:
             if self.on_progress:
-                self.on_progress(f"{c.pair} bs{c.batch_size}: process {p + 1}/{c.processes}, round "
+                self.on_progress(f"{c.pair} bs{c.batch_size}: process {p + 1}/{c.settings.processes}, round "
                                  f"{clean}/{per_process}" + (f" ({attempts - clean} contended)"
                                                              if attempts > clean else ""))
         return progress
@@ -232,7 +235,7 @@ class Runner:
             if s.case.role != "candidate" or not s.record:
                 continue
             failed = {j, 0} & set(result.failed)  # a side died while timing: no verdict from the rounds before
-            est = None if ref is None or failed else result.estimate(j, s.case.speed_threshold_pct)
+            est = None if ref is None or failed else result.estimate(j, s.case.settings.speed_threshold_pct)
             r = pair_row(s, ref, est, result)
             s.row.update({k: r[k] for k in ("speed_ratio", "speed_ratio_ci_low", "speed_ratio_ci_high",
                                             "speed_verdict")})
@@ -271,7 +274,7 @@ class _TimingSide:
 
 
 def _memory_limit(case: Case) -> float:
-    return case.max_memory_gb if case.max_memory_gb is not None else default_memory_limit_gb()
+    return case.settings.max_memory_gb if case.settings.max_memory_gb is not None else default_memory_limit_gb()
 
 
 def _cache_env(d: str | None) -> dict[str, str]:
@@ -283,7 +286,9 @@ def plan_groups(cases: list[Case], partners: list[Case]) -> list[list[_Side]]:
     batch size and input; the same compile mode, else the reference's eager case (a Keras graph/XLA candidate
     against timm eager). References come first; a case whose reference is not in the suite is timed alone."""
     todo = {c.case_id for c in cases}
-    key = lambda c: (c.pair, c.device, c.precision, c.batch_size, c.img_size, c.tokens, c.dim)  # noqa: E731
+    def key(c: Case) -> tuple:
+        return c.pair, c.device, c.precision, c.batch_size, c.settings.img_size, c.settings.tokens, c.settings.dim
+
     refs = {(key(c), c.compile_mode): c for c in partners if c.role == "reference"}
     groups: dict[str, list[_Side]] = {}
     order: list[str] = []
@@ -318,11 +323,11 @@ def pair_row(side: _Side, ref: _Side | None, est: RatioEstimate | None, result: 
     return {
         "pair": c.pair, "label": c.label, "framework": c.framework, "backend": c.backend, "device": c.device,
         "compile_mode": c.compile_mode, "precision": c.precision, "batch_size": c.batch_size,
-        "img_size": r.get("img_size", c.img_size), "tokens": c.tokens,
+        "img_size": r.get("img_size", c.settings.img_size), "tokens": c.settings.tokens,
         "reference_label": ref.case.label if ref else None, "reference_compile_mode": ref.case.compile_mode if ref
         else None, "speed_ratio": ratio, "speed_ratio_ci_low": lo, "speed_ratio_ci_high": hi, "rounds": rounds,
         "rounds_run": result.attempts, "contended_rounds": result.attempts - result.clean_rounds,
-        "threshold_pct": c.speed_threshold_pct, "speed_verdict": verdict, "speed_note": why,
+        "threshold_pct": c.settings.speed_threshold_pct, "speed_verdict": verdict, "speed_note": why,
         "samples_per_sec": r.get("samples_per_sec"),
         "reference_samples_per_sec": ref.row.get("samples_per_sec") if ref else None,
         "cpu_steal_pct": r.get("cpu_steal_pct"), "foreign_cpu_pct": r.get("foreign_cpu_pct"),
@@ -334,14 +339,14 @@ def pair_row(side: _Side, ref: _Side | None, est: RatioEstimate | None, result: 
 
 
 def _case_columns(case: Case) -> dict[str, Any]:
-    d = case.to_dict()
-    keep = ("suite", "pair", "role", "label", "provider", "model", "framework", "backend", "device", "precision",
-            "compile_mode", "batch_size", "img_size", "tokens", "seed", "tolerance_max_abs", "regions")
-    out = {k: d[k] for k in keep}
-    out["case_id"] = case.case_id
-    out["task"] = "infer"
-    out["attention"] = attention_of(case)
-    return out
+    """The row's identity columns (what was measured)."""
+    st = case.settings
+    return {"case_id": case.case_id, "task": "infer", "suite": case.suite, "pair": case.pair, "role": case.role,
+            "label": case.label, "provider": case.provider, "model": case.model, "framework": case.framework,
+            "backend": case.backend, "device": case.device, "precision": case.precision,
+            "compile_mode": case.compile_mode, "batch_size": case.batch_size, "img_size": st.img_size,
+            "tokens": st.tokens, "seed": st.seed, "tolerance_max_abs": st.tolerance.max_abs, "regions": st.regions,
+            "attention": attention_of(case)}
 
 
 def attention_of(case: Any) -> str | None:

@@ -9,15 +9,18 @@ from typing import Any
 
 import numpy as np
 
-from ..env import pkg_version
+from ..env import cpu_name, pkg_version
 from ..measure import memory
+from ..measure.sections import Compile, Numerics, Provenance, SetupResult, Size
+from ..modes import KERAS_DEFAULT_BACKEND, KERAS_JIT
+from ..suite import Case
 from .worker import Timed, compare_candidate
 
 
-def _setup(case: dict[str, Any]) -> str:
-    backend = case.get("backend") or "tensorflow"
+def _setup(case: Case) -> str:
+    backend = case.backend or KERAS_DEFAULT_BACKEND
     os.environ["KERAS_BACKEND"] = backend
-    dev = case["device"]
+    dev = case.device
     # one device per worker: hide the others (and every GPU for a cpu case)
     os.environ["CUDA_VISIBLE_DEVICES"] = "" if dev == "cpu" else (dev.partition(":")[2] or "0")
     if dev != "cpu" and backend == "tensorflow":
@@ -25,42 +28,37 @@ def _setup(case: dict[str, Any]) -> str:
     return backend
 
 
-def _input(case: dict[str, Any], batch: int, img: int | None) -> np.ndarray:
+def _input(case: Case, batch: int, img: int | None) -> np.ndarray:
     """Same values as the torch worker's seeded input, in Keras' channels-last layout."""
-    rng = np.random.default_rng(case["seed"] + 1)
-    if case.get("tokens"):
-        return rng.standard_normal((batch, case["tokens"], case["dim"]), dtype=np.float32)
+    st = case.settings
+    rng = np.random.default_rng(st.seed + 1)
+    if st.tokens:
+        return rng.standard_normal((batch, st.tokens, st.dim), dtype=np.float32)
     return rng.standard_normal((batch, img, img, 3), dtype=np.float32)
 
 
-def _numerics(case: dict[str, Any], model: Any, run_dir: str) -> dict[str, Any]:
-    from ..providers import get_provider
-
-    if case["role"] == "reference":
-        return {"numerics_status": "reference", "numerics_error": "a Keras reference writes no artifacts yet"}
+def output_array(y: Any) -> np.ndarray:
+    """The output that is compared, as the torch side's: the last of a list (a multi-level backbone's deepest
+    level), and a channels-last map (B, H, W, C) back in the torch layout (B, C, H, W)."""
     import keras
+
+    if isinstance(y, (list, tuple)):
+        y = y[-1]
+    y = keras.ops.convert_to_numpy(y)
+    return y.transpose(0, 3, 1, 2) if y.ndim == 4 else y
+
+
+def _numerics(case: Case, forward: Any, port: Any, run_dir: str) -> Numerics:
+    if case.role == "reference":
+        return Numerics("reference", "a Keras reference writes no artifacts yet")
 
     def nhwc(x: np.ndarray) -> np.ndarray:
         return x.transpose(0, 2, 3, 1) if x.ndim == 4 else x  # NCHW (torch reference) -> NHWC
 
-    def port(state: dict[str, np.ndarray]) -> None:
-        get_provider(case["provider"]).port(model, state)
-
-    return compare_candidate(case, run_dir, port, lambda x: keras.ops.convert_to_numpy(model(nhwc(x))))
+    return compare_candidate(case, run_dir, port, lambda x: output_array(forward(nhwc(x))))
 
 
-def _macs(model: Any, case: dict[str, Any]) -> dict[str, Any]:
-    """TF's profiler does not count Einsum, so our Keras models are counted from their configuration."""
-    from vitbench.models import keras as ours
-
-    if isinstance(model, ours.VisionTransformer):
-        macs, acts = ours.count_macs_acts(model)
-        return {"gmacs": macs / 1e9, "macts_m": acts / 1e6, "flops_method": "analytic from the model config "
-                "(conv/matmul MACs incl. attention; TF's profiler misses Einsum)"}
-    return {"flops_method": "not counted for this Keras layer"}
-
-
-def setup(case: dict[str, Any], run_dir: str, timing_only: bool = False) -> tuple[dict[str, Any], Timed]:
+def setup(case: Case, run_dir: str, timing_only: bool = False) -> tuple[SetupResult, Timed]:
     """Build, numerics, MACs, compile (graph/xla/jit) and warm-up; the serve loop then times blocks.
     ``timing_only`` (a timing session): no numerics or MACs."""
     backend = _setup(case)
@@ -68,56 +66,77 @@ def setup(case: dict[str, Any], run_dir: str, timing_only: bool = False) -> tupl
 
     from ..providers import get_provider
 
-    keras.utils.set_random_seed(case["seed"])
-    if case["precision"] != "fp32":
-        raise ValueError(f"precision {case['precision']} is not supported for Keras cases yet (fp32 only)")
-    model, img = get_provider(case["provider"]).build(case["model"], dict(case["kwargs"]), case["img_size"])
-    x = _input(case, case["batch_size"], img)
-    model(x[:1])
-    row: dict[str, Any] = {
-        "img_size": img, "device_name": case["device"], "threads": os.cpu_count(), "tf32": False,
-        "param_count_m": sum(int(np.prod(w.shape)) for w in model.weights) / 1e6,
-        "keras_version": keras.__version__, "tf_version": pkg_version("tensorflow"),
-        "torch_version": pkg_version("torch") if backend == "torch" else None,
-    }
+    keras.utils.set_random_seed(case.settings.seed)
+    if case.precision != "fp32":
+        raise ValueError(f"precision {case.precision} is not supported for Keras cases yet (fp32 only)")
+    provider = get_provider(case.provider)
+    model, img = provider.build(case.model, dict(case.kwargs), case.settings.img_size)
+    forward = model.forward_features if case.output == "features" else model
+    x = _input(case, case.batch_size, img)
+    forward(x[:1])
+    res = SetupResult(
+        provenance=Provenance(device_name=cpu_name() if case.device == "cpu" else case.device,
+                              threads=os.cpu_count(), tf32=False, keras_version=keras.__version__,
+                              tf_version=pkg_version("tensorflow"),
+                              torch_version=pkg_version("torch") if backend == "torch" else None),
+        size=Size(img_size=img, param_count_m=sum(int(np.prod(w.shape)) for w in model.weights) / 1e6))
     if not timing_only:
-        row.update(_numerics(case, model, run_dir))
-        row.update(_macs(model, case))
+        res.numerics = _numerics(case, forward, lambda state: provider.port(model, state), run_dir)
+        counted = provider.count_macs(model, x[:1])
+        if counted is None:
+            res.size.flops_method = f"not counted for {type(model).__name__}"
+        else:
+            res.size.gmacs, res.size.macts_m, res.size.flops_method = counted[0] / 1e9, counted[1] / 1e6, counted[2]
 
     def eager() -> Any:
-        return keras.ops.convert_to_numpy(model(x, training=False))  # materialise: the work is done
+        return output_array(forward(x))  # materialise: the work is done
 
-    mode = case["compile_mode"]
+    mode = case.compile_mode
     runner = eager
     if mode != "eager":
         t0 = time.perf_counter()
         y_eager = eager()
-        row["eager_first_call_s"] = time.perf_counter() - t0
-        if not isinstance(model, keras.Model):  # a bare layer: wrap it so Keras can compile it
-            inp = keras.Input(shape=x.shape[1:], batch_size=None)
-            model = keras.Model(inp, model(inp))
-        model.compile(jit_compile=mode in ("xla", "jit"))
+        sec = Compile(eager_first_call_s=time.perf_counter() - t0)
+        # Keras compiles a Model's predict step: the model itself, or a Model around a bare layer / forward_features
+        compiled = model if isinstance(model, keras.Model) and case.output == "forward" else _as_model(model, case)
+        compiled.compile(jit_compile=mode in KERAS_JIT)
 
         def runner() -> Any:
-            return model.predict_on_batch(x)
+            return compiled.predict_on_batch(x)
 
         t0 = time.perf_counter()
         y_comp = runner()
-        row["compile_first_call_cold_s"] = time.perf_counter() - t0
-        row["compile_cold_s"] = row["compile_first_call_cold_s"] - row["eager_first_call_s"]
-        row["compiled_max_abs_diff"] = float(np.abs(np.asarray(y_comp) - y_eager).max())
+        sec.compile_first_call_cold_s = time.perf_counter() - t0
+        sec.compile_cold_s = sec.compile_first_call_cold_s - (sec.eager_first_call_s or 0)
+        sec.compiled_max_abs_diff = float(np.abs(output_array(y_comp) - y_eager).max())
+        res.compile = sec
     t0 = time.perf_counter()
     runner()
-    row["first_call_s"] = time.perf_counter() - t0
+    res.first_call_s = time.perf_counter() - t0
+    n = case.settings.warmup_iters
     t0 = time.perf_counter()
-    for _ in range(case["warmup_iters"]):
+    for _ in range(n):
         runner()
-    n = case["warmup_iters"]
-    iter_s = (time.perf_counter() - t0) / n if n else row["first_call_s"]
-    return row, Timed(step=runner, sync=lambda: None, iter_s=iter_s,
+    iter_s = (time.perf_counter() - t0) / n if n else res.first_call_s
+    return res, Timed(step=runner, sync=lambda: None, iter_s=iter_s,
                       finish=lambda: {"peak_rss_mb": memory.peak_rss_mb()})
 
 
-def prepare(case: dict[str, Any], run_dir: str) -> dict[str, Any]:
-    raise NotImplementedError("a Keras reference cannot write artifacts yet: use a torch reference")
+def _as_model(layer: Any, case: Case) -> Any:
+    import keras
 
+    class _Forward(keras.Model):
+        """A Model whose call is the side's forward (``forward_features`` for ``output: features``)."""
+
+        def __init__(self, inner: Any) -> None:
+            super().__init__()
+            self.inner = inner
+
+        def call(self, x: Any) -> Any:
+            return self.inner.forward_features(x) if case.output == "features" else self.inner(x)
+
+    return _Forward(layer)
+
+
+def write_reference(case: Case, run_dir: str) -> dict[str, Any]:
+    raise NotImplementedError("a Keras reference cannot write artifacts yet: use a torch reference")

@@ -166,7 +166,7 @@ class Session:
             self.conn.close()
 
 
-def run_job(case: dict[str, Any], run_dir: Path, job: str, timeout_s: float, log_path: Path,
+def run_job(case: Any, run_dir: Path, job: str, timeout_s: float, log_path: Path,
             env: dict[str, str] | None = None, max_memory_gb: float | None = None) -> JobOutcome:
     """Run one worker job in a fresh process. Never raises for what happens inside the worker."""
     s = Session(case, run_dir, job, timeout_s, log_path, env, max_memory_gb)

@@ -11,19 +11,21 @@ import numpy as np
 import torch
 
 from ..env import cpu_name, pkg_version
-from ..measure import flops, memory
+from ..measure import memory
 from ..measure.compile import output_tensor
+from ..measure.sections import Memory, Numerics, Provenance, SetupResult, Size
 from ..providers import get_provider
-from .worker import Timed, artifact_path, compare_candidate
+from ..suite import Case, SideSpec
+from .worker import Timed, artifact_path, compare_candidate, load_reference_state
 
 DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16, "amp": torch.float16, "amp_bf16": torch.bfloat16}
 
 
-def setup_device(case: dict[str, Any]) -> torch.device:
+def setup_device(case: Case) -> torch.device:
     """The case's device, ready (TF32 off: fp32 means fp32)."""
     torch.backends.cuda.matmul.allow_tf32 = False  # numerics and "fp32" timings are true fp32 (timm uses TF32)
     torch.backends.cudnn.allow_tf32 = False
-    dev = torch.device(case["device"])
+    dev = torch.device(case.device)
     if dev.type == "cuda":
         if not torch.cuda.is_available():
             raise RuntimeError("CUDA is not available in the worker")
@@ -31,30 +33,32 @@ def setup_device(case: dict[str, Any]) -> torch.device:
     return dev
 
 
-def build(case: dict[str, Any], dev: torch.device, side: dict[str, Any] | None = None) -> tuple[Any, int | None]:
-    side = side or case
-    torch.manual_seed(case["seed"])
-    model, img = get_provider(side["provider"]).build(side["model"], dict(side["kwargs"]), case["img_size"])
-    building_reference = side is not case or case["role"] == "reference"  # prepare() passes the reference side
-    if case.get("perturb_std") and building_reference:
-        g = torch.Generator().manual_seed(case["seed"] + 2)  # the reference's weights, the same in every worker
+def build(case: Case, dev: torch.device, side: SideSpec | None = None) -> tuple[Any, int | None]:
+    """The case's model (or ``side``: the pair's reference, for its artifacts), seeded; a reference's weights
+    perturbed by ``perturb_std``."""
+    spec, st = side or case.side, case.settings
+    torch.manual_seed(st.seed)
+    model, img = get_provider(spec.provider).build(spec.model, dict(spec.kwargs), st.img_size)
+    if st.perturb_std and (side is not None or case.role == "reference"):
+        g = torch.Generator().manual_seed(st.seed + 2)  # the reference's weights, the same in every worker
         with torch.no_grad():
             for p in model.parameters():
-                p.add_(torch.randn(p.shape, generator=g) * case["perturb_std"])
-    if side.get("output") == "features":
+                p.add_(torch.randn(p.shape, generator=g) * st.perturb_std)
+    if spec.output == "features":
         model.forward = model.forward_features  # compare and time the feature map, not the classifier
-    return model.eval().to(dev), (int(img) if img and not case.get("tokens") else None)
+    return model.eval().to(dev), (int(img) if img and not st.tokens else None)
 
 
-def _input(case: dict[str, Any], batch: int, img: int | None, dev: torch.device) -> torch.Tensor:
+def _input(case: Case, batch: int, img: int | None, dev: torch.device) -> torch.Tensor:
     """Image (B, 3, H, W), or tokens (B, N, C) when the case sets tokens/dim. Seeded: the same in every worker."""
-    g = torch.Generator().manual_seed(case["seed"] + 1)
-    shape = (batch, case["tokens"], case["dim"]) if case.get("tokens") else (batch, 3, img, img)
+    st = case.settings
+    g = torch.Generator().manual_seed(st.seed + 1)
+    shape = (batch, st.tokens, st.dim) if st.tokens else (batch, 3, img, img)
     return torch.randn(*shape, generator=g).to(dev)
 
 
-def _write_artifact(path: Path, model: Any, img: int | None, case: dict[str, Any], dev: torch.device) -> None:
-    x = _input(case, case["numerics_batch"], img, dev)
+def _write_artifact(path: Path, model: Any, img: int | None, case: Case, dev: torch.device) -> None:
+    x = _input(case, case.settings.numerics_batch, img, dev)
     with torch.inference_mode():
         y = output_tensor(model(x))
     weights = {f"w/{k}": v.detach().float().cpu().numpy() for k, v in model.state_dict().items()}
@@ -64,27 +68,27 @@ def _write_artifact(path: Path, model: Any, img: int | None, case: dict[str, Any
     os.replace(tmp, path)
 
 
-def prepare(case: dict[str, Any], run_dir: str) -> dict[str, Any]:
-    """Build the pair's reference at fp32 and save weights, input and output for the candidates."""
+def write_reference(case: Case, run_dir: str) -> dict[str, Any]:
+    """Job 'reference': build the pair's reference at fp32 and save its weights, input and output for the
+    candidates (run for a candidate whose reference is not in this run)."""
     dev = setup_device(case)
-    ref_case = {**case, **case["reference"]} if case["role"] == "candidate" else case
-    model, img = build(case, dev, ref_case)
-    _write_artifact(artifact_path(run_dir, case["pair"], case["device"]), model, img, case, dev)
+    model, img = build(case, dev, case.reference)
+    _write_artifact(artifact_path(run_dir, case.pair, case.device), model, img, case, dev)
     return {"img_size": img}
 
 
-def _numerics(case: dict[str, Any], model: Any, run_dir: str, dev: torch.device, img: int | None) -> dict[str, Any]:
-    path = artifact_path(run_dir, case["pair"], case["device"])
-    if case["role"] == "reference":
+def _numerics(case: Case, model: Any, run_dir: str, dev: torch.device, img: int | None) -> Numerics:
+    path = artifact_path(run_dir, case.pair, case.device)
+    if case.role == "reference":
         if not path.exists():
             _write_artifact(path, model, img, case, dev)
-        return {"numerics_status": "reference"}
+        return Numerics(numerics_status="reference")
 
     def run(x: np.ndarray) -> np.ndarray:
         with torch.inference_mode():
             return output_tensor(model(torch.from_numpy(x).to(dev))).float().cpu().numpy()
 
-    return compare_candidate(case, run_dir, lambda state: get_provider(case["provider"]).port(model, state), run)
+    return compare_candidate(case, run_dir, lambda state: get_provider(case.provider).port(model, state), run)
 
 
 def device_name(dev: torch.device) -> str:
@@ -101,77 +105,71 @@ def _with_precision(model: Any, x: torch.Tensor, precision: str, dev: torch.devi
     return model, x, autocast
 
 
-def warm_compile(case: dict[str, Any], run_dir: str) -> dict[str, Any]:
-    """Second launch: same compile, Inductor's on-disk cache kept from the cold worker. First call only."""
-    from ..measure import compile as compile_mod
+def warm_compile(case: Case, run_dir: str) -> dict[str, Any]:
+    """Job 'warm', the second launch: same compile, Inductor's on-disk cache kept from the cold worker. First call
+    only; returns the warm compile columns."""
+    from ..measure.compile import apply_compile
 
     dev = setup_device(case)
     model, img = build(case, dev)
-    model, x, autocast = _with_precision(model, _input(case, case["batch_size"], img, dev),
-                                         case["precision"], dev)
-    _, row = compile_mod.prepare(model, {**case, "_compile_phase": "warm"}, x, autocast)
-    return {k: v for k, v in row.items() if k.endswith("_warm") or k.endswith("_warm_s")}
+    model, x, autocast = _with_precision(model, _input(case, case.batch_size, img, dev), case.precision, dev)
+    _, sec = apply_compile(model, case, x, autocast, phase="warm")
+    return sec.warm_columns()
 
 
-def setup(case: dict[str, Any], run_dir: str, timing_only: bool = False) -> tuple[dict[str, Any], Timed]:
+def setup(case: Case, run_dir: str, timing_only: bool = False) -> tuple[SetupResult, Timed]:
     """Everything but the timed blocks: build, memory of one forward, numerics, FLOPs, precision, compile, warm-up.
     ``timing_only`` (a timing session): build (a candidate with the reference's weights where they port), precision,
-    compile and warm-up only. Returns the row so far and what to time."""
+    compile and warm-up only. Returns the sections measured so far and what to time."""
     dev = setup_device(case)
     model, img = build(case, dev)
+    res = SetupResult()
     if timing_only:
         _port_quietly(case, model, run_dir)
-        return _timed(case, model, img, dev, {}, fresh=False)
-    row: dict[str, Any] = {
-        "img_size": img,
-        "param_count_m": sum(p.numel() for p in model.parameters()) / 1e6,
-        "device_name": device_name(dev),
-        "threads": torch.get_num_threads(),
-        "tf32": False,
-        "torch_version": torch.__version__,
-    }
-    row["timm_version"] = pkg_version("timm")  # from metadata: importing timm costs seconds per worker
+        return res, _timed(case, model, img, dev, res, fresh=False)
+    provider = get_provider(case.provider)
+    res.provenance = Provenance(device_name=device_name(dev), threads=torch.get_num_threads(), tf32=False,
+                                torch_version=torch.__version__,
+                                timm_version=pkg_version("timm"))  # metadata: importing timm costs seconds
+    res.size = Size(img_size=img, param_count_m=sum(p.numel() for p in model.parameters()) / 1e6)
     if dev.type == "cpu":
         # memory first, before any other phase has allocated: freed memory that the C allocator keeps would
         # otherwise hide what a forward pass needs (eager, fp32, the case's batch size)
-        x0 = _input(case, case["batch_size"], img, dev)
+        x0 = _input(case, case.batch_size, img, dev)
         with torch.inference_mode(), memory.RssSampler(0.002) as rss:
             model(x0)
-        row["forward_rss_delta_mb"] = rss.peak_delta_mb
+        res.memory.forward_rss_delta_mb = rss.peak_delta_mb
         del x0
-    row.update(_numerics(case, model, run_dir, dev, img))
-
+    res.numerics = _numerics(case, model, run_dir, dev, img)
     try:
-        macs, acts = flops.count_macs_acts(model, _input(case, 1, img, dev))
-        row.update(gmacs=macs / 1e9, macts_m=acts / 1e6, flops_method=flops.METHOD)
+        counted = provider.count_macs(model, _input(case, 1, img, dev))
+        if counted is None:
+            res.size.flops_method = f"not counted for {type(model).__name__}"
+        else:
+            res.size.gmacs, res.size.macts_m, res.size.flops_method = counted[0] / 1e9, counted[1] / 1e6, counted[2]
     except Exception as e:  # noqa: BLE001
-        row["flops_method"] = f"failed: {type(e).__name__}: {str(e).splitlines()[0][:200]}"
-    return _timed(case, model, img, dev, row)
+        res.size.flops_method = f"failed: {type(e).__name__}: {str(e).splitlines()[0][:200]}"
+    return res, _timed(case, model, img, dev, res)
 
 
-def _port_quietly(case: dict[str, Any], model: Any, run_dir: str) -> None:
+def _port_quietly(case: Case, model: Any, run_dir: str) -> None:
     """A timing session's candidate runs with the reference's weights, as in the set-up job, where they port (a
     failed port is reported by the set-up job; the timing goes on with the candidate's own weights)."""
-    path = artifact_path(run_dir, case["pair"], case["device"])
-    if case["role"] != "candidate" or not case["port"] or not path.exists():
-        return
-    art = np.load(path)
-    with contextlib.suppress(Exception):
-        get_provider(case["provider"]).port(model, {k[2:]: art[k] for k in art.files if k.startswith("w/")})
+    state = load_reference_state(case, run_dir)
+    if state is not None:
+        with contextlib.suppress(Exception):
+            get_provider(case.provider).port(model, state)
 
 
-def _timed(case: dict[str, Any], model: Any, img: int | None, dev: torch.device, row: dict[str, Any],
-           fresh: bool = True) -> tuple[dict[str, Any], Timed]:
+def _timed(case: Case, model: Any, img: int | None, dev: torch.device, res: SetupResult,
+           fresh: bool = True) -> Timed:
     """Precision and compile mode applied, the first call timed apart, the warm-up run."""
-    model, x, autocast = _with_precision(model, _input(case, case["batch_size"], img, dev),
-                                         case["precision"], dev)
+    model, x, autocast = _with_precision(model, _input(case, case.batch_size, img, dev), case.precision, dev)
 
     from ..measure import compile as compile_mod
 
-    runner, compile_row = compile_mod.prepare(model, case, x, autocast, fresh)
-    frames_after_first_call = compile_row.pop("_frames_after_first_call", None)
-    row.update(compile_row)
-
+    runner, res.compile = compile_mod.apply_compile(model, case, x, autocast, fresh)
+    frames_after_first_call = res.compile.frames_after_first_call
     sync = (lambda: torch.cuda.synchronize(dev)) if dev.type == "cuda" else (lambda: None)
 
     def context() -> contextlib.ExitStack:
@@ -183,35 +181,36 @@ def _timed(case: dict[str, Any], model: Any, img: int | None, dev: torch.device,
     def step() -> Any:
         return runner(x)
 
+    n = case.settings.warmup_iters
     with context():  # the first call (compiled: after compile) timed apart, then the warm-up
         sync()
         t0 = time.perf_counter()
         step()
         sync()
-        row["first_call_s"] = time.perf_counter() - t0
+        res.first_call_s = time.perf_counter() - t0
         t0 = time.perf_counter()
-        for _ in range(case["warmup_iters"]):
+        for _ in range(n):
             step()
         sync()
-    n = case["warmup_iters"]
-    iter_s = (time.perf_counter() - t0) / n if n else row["first_call_s"]
+    iter_s = (time.perf_counter() - t0) / n if n else res.first_call_s
     if dev.type == "cuda":
         torch.cuda.reset_peak_memory_stats(dev)
     _stop_compile_workers()
 
     def finish() -> dict[str, Any]:
-        out: dict[str, Any] = {"peak_rss_mb": memory.peak_rss_mb()}
+        mem = Memory(peak_rss_mb=memory.peak_rss_mb())
+        if dev.type == "cuda":
+            mem = Memory(peak_rss_mb=mem.peak_rss_mb, cuda_peak_allocated_mb=torch.cuda.max_memory_allocated(dev) / 1e6,
+                         cuda_peak_reserved_mb=torch.cuda.max_memory_reserved(dev) / 1e6,
+                         nvml_used_mb=memory.nvml_used_mb(dev.index or 0))
+        out = mem.columns()
         if frames_after_first_call is not None:
             out["recompiles"] = compile_mod.frames_compiled() - frames_after_first_call
-        if dev.type == "cuda":
-            out.update(cuda_peak_allocated_mb=torch.cuda.max_memory_allocated(dev) / 1e6,
-                       cuda_peak_reserved_mb=torch.cuda.max_memory_reserved(dev) / 1e6,
-                       nvml_used_mb=memory.nvml_used_mb(dev.index or 0))
         return out
 
     # between blocks another side runs on the same GPU: give back cached blocks so it finds the memory free
     after = (lambda: torch.cuda.empty_cache()) if dev.type == "cuda" else (lambda: None)
-    return row, Timed(step=step, sync=sync, iter_s=iter_s, context=context, finish=finish, after_block=after)
+    return Timed(step=step, sync=sync, iter_s=iter_s, context=context, finish=finish, after_block=after)
 
 
 def _stop_compile_workers() -> None:

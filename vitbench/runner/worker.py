@@ -1,6 +1,7 @@
 """The worker: runs in a fresh spawned process, measures one case, sends back a row (or an error).
 
-Only this module's functions run in the child; torch/timm are imported here, never in the parent's hot path.
+The parent sends the frozen ``Case`` (it pickles); the job picks the framework's worker module (torch_worker or
+keras_worker), which imports its framework, so one worker process holds one framework.
 """
 from __future__ import annotations
 
@@ -15,6 +16,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from ..measure.sections import Numerics, SetupResult
 
 ARTIFACT = "reference.npz"
 
@@ -33,17 +36,17 @@ class Timed:
     after_block: Callable[[], None] = field(default=lambda: None)
 
 
-Setup = Callable[[dict[str, Any], str, bool], tuple[dict[str, Any], Timed]]
+Setup = Callable[[Any, str, bool], tuple[SetupResult, Timed]]
 
 
-def setup_only(setup: Setup, case: dict[str, Any], run_dir: str) -> dict[str, Any]:
+def setup_only(setup: Setup, case: Any, run_dir: str) -> dict[str, Any]:
     """Job 'setup': one case in a fresh process, everything measured but the timed blocks (build, memory of one
     forward, numerics, FLOPs, compile cold start, first call, warm-up); the row so far."""
-    row, timed = setup(case, run_dir, False)
-    return {**row, **timed.finish()}
+    res, timed = setup(case, run_dir, False)
+    return {**res.columns(), **timed.finish()}
 
 
-def serve(conn: Any, setup: Setup, cases: list[dict[str, Any]], run_dir: str) -> list[dict[str, Any]]:
+def serve(conn: Any, setup: Setup, cases: list[Any], run_dir: str) -> list[dict[str, Any]]:
     """Job 'serve': a timing session for several sides of one framework. Each is built, compiled and warmed up
     (timing only: no memory, numerics or FLOPs), then the session says ready and times blocks on request until
     told to finish; the parent alternates the sides (and sessions) block by block, so all see the same machine.
@@ -108,32 +111,41 @@ def classify(e: BaseException) -> str:
     return "error"
 
 
-def compare_candidate(case: dict[str, Any], run_dir: str | Path, port: Callable[[dict[str, np.ndarray]], None],
-                      run: Callable[[np.ndarray], np.ndarray]) -> dict[str, Any]:
+def compare_candidate(case: Any, run_dir: str | Path, port: Callable[[dict[str, np.ndarray]], None],
+                      run: Callable[[np.ndarray], np.ndarray]) -> Numerics:
     """A candidate's numerics, the same for every framework: load the reference's artifacts, port the weights
     (``port(state)``), run the input (``run(x) -> output``), compare, judge against the tolerance.
     A failed port is ``port_failed`` (with the key counts), a broken output (zeros, NaN, Inf) is ``fail`` with the
     reason; either way the case's timing still counts."""
     from ..measure import numerics
 
-    if not case["port"]:
-        return {"numerics_status": "skipped", "numerics_error": "port: false in the suite"}
-    path = artifact_path(run_dir, case["pair"], case["device"])
+    if not case.port:
+        return Numerics("skipped", "port: false in the suite")
+    path = artifact_path(run_dir, case.pair, case.device)
     if not path.exists():
-        return {"numerics_status": "error", "numerics_error": "no reference artifacts (did the reference fail?)"}
+        return Numerics("error", "no reference artifacts (did the reference fail?)")
     art = np.load(path)
-    state = {k[2:]: art[k] for k in art.files if k.startswith("w/")}
     try:
-        port(state)
+        port({k[2:]: art[k] for k in art.files if k.startswith("w/")})
     except Exception as e:  # noqa: BLE001
-        return {"numerics_status": "port_failed", "numerics_error": f"weight port failed: {port_problem(e)}"}
+        return Numerics("port_failed", f"weight port failed: {port_problem(e)}")
     try:
         res = numerics.compare(art["y"], run(art["x"]))
     except Exception as e:  # noqa: BLE001
-        return {"numerics_status": "error", "numerics_error": one_line(e)}
-    verdict = numerics.judge(res, case["tolerance_max_abs"], case.get("tolerance_min_cosine"))
+        return Numerics("error", one_line(e))
+    tol = case.settings.tolerance
+    verdict = numerics.judge(res, tol.max_abs, tol.min_cosine)
     measured = {k: v for k, v in res.items() if k not in ("problem", "reference_broken")}
-    return {**measured, **verdict, "tolerance_max_abs": case["tolerance_max_abs"]}
+    return Numerics(**measured, **verdict, tolerance_max_abs=tol.max_abs)
+
+
+def load_reference_state(case: Any, run_dir: str | Path) -> dict[str, np.ndarray] | None:
+    """The reference's weights a candidate is ported from (None: a reference, ``port: false``, or none written)."""
+    path = artifact_path(run_dir, case.pair, case.device)
+    if case.role != "candidate" or not case.port or not path.exists():
+        return None
+    art = np.load(path)
+    return {k[2:]: art[k] for k in art.files if k.startswith("w/")}
 
 
 def port_problem(e: BaseException) -> str:
@@ -145,19 +157,19 @@ def port_problem(e: BaseException) -> str:
             f"unexpected keys (e.g. {', '.join(unexpected[:3]) or '-'})")
 
 
-def _preload(cases: list[dict[str, Any]]) -> None:
+def _preload(cases: list[Any]) -> None:
     """Imports that belong to start-up, not to the case's work (timeout_s starts after them): timm, for the
     sides that build a timm model."""
     import importlib.util
 
-    if any(c.get("provider") == "timm" for c in cases) and importlib.util.find_spec("timm") is not None:
+    if any(c.provider == "timm" for c in cases) and importlib.util.find_spec("timm") is not None:
         import timm  # noqa: F401
 
 
 def main(case: Any, run_dir: str, conn: Any, log_path: str, env: dict[str, str], job: str) -> None:
     """Entry point of the child process. ``job``: 'setup' (a case measured but for its timing), 'serve' (a timing
-    session; ``case`` is then the list of its sides), 'prepare' (reference artifacts only), 'warm' (second-launch
-    compile time), or 'package.module:function' (a job of another package, e.g. fine-tuning's)."""
+    session; ``case`` is then the list of its sides), 'reference' (the pair's reference artifacts only), 'warm'
+    (second-launch compile time), or 'package.module:function' (a job of another package, e.g. fine-tuning's)."""
     if hasattr(os, "setsid"):
         os.setsid()  # own process group: the runner ends it whole, compile-worker pools included
     from .signals import die_with_parent
@@ -170,27 +182,27 @@ def main(case: Any, run_dir: str, conn: Any, log_path: str, env: dict[str, str],
     sys.stdout = os.fdopen(1, "w", buffering=1, closefd=False)
     sys.stderr = os.fdopen(2, "w", buffering=1, closefd=False)
     os.environ.update(env)
-    print(f"== vitbench worker pid {os.getpid()} job={job} case={case}", flush=True)
     cases = case if isinstance(case, list) else [case]
     case = cases[0]
+    print(f"== vitbench worker pid {os.getpid()} job={job} " + ", ".join(f"{c.label} [{c.case_id}]" for c in cases),
+          flush=True)
+    jobs: dict[str, Callable[[Any, str], Any]]
     try:
-        if job == "prepare" and case["role"] == "candidate":
-            # artifacts come from the pair's reference, whatever framework this candidate is
-            case = {**case, "framework": "keras" if case["reference"]["provider"] in ("keras", "vitbench_keras")
-                    else "torch"}
+        # artifacts come from the pair's reference, whatever framework this candidate is
+        framework = case.reference.framework if job == "reference" and case.role == "candidate" else case.framework
         if ":" in job:  # a job another package registers by import path (fine-tuning: vitbench.finetune.job:...)
             module, _, name = job.partition(":")
             jobs = {job: getattr(importlib.import_module(module), name)}
-        elif case["framework"] == "keras":
+        elif framework == "keras":
             from . import keras_worker
 
             setup: Setup = keras_worker.setup
-            jobs = {"prepare": keras_worker.prepare}
+            jobs = {"reference": keras_worker.write_reference}
         else:
             from . import torch_worker
 
             setup = torch_worker.setup
-            jobs = {"prepare": torch_worker.prepare, "warm": torch_worker.warm_compile}
+            jobs = {"reference": torch_worker.write_reference, "warm": torch_worker.warm_compile}
         if ":" not in job:
             jobs["setup"] = lambda c, d: setup_only(setup, c, d)
             jobs["serve"] = lambda c, d: serve(conn, setup, cases, d)
