@@ -151,15 +151,20 @@ def test_scan_url_without_network_is_a_clear_error(cli):
     assert res.exit_code == 2 and "cannot fetch" in res.output
 
 
-def test_plot_timm_tables_and_run_dir(cli, tmp_path):
+def test_plot_timm_tables_and_run_dir(cli, tmp_path, kept_figures):
     res = cli("plot", EAGER, COMPILED, "--out", tmp_path / "p")
     assert res.exit_code == 0, res.output
-    png = tmp_path / "p" / "throughput_vs_params.png"
-    assert png.stat().st_size > 5000
+    assert (tmp_path / "p" / "throughput_vs_params.png").read_bytes()[:4] == b"\x89PNG"
+    ax = kept_figures[-1].axes[0]
+    assert "param" in ax.get_xlabel() and "samples" in ax.get_ylabel()
+    assert len(ax.get_legend().get_texts()) == 2  # one series per table (eager, dynamo)
     run = _run_dir(tmp_path / "run", 100, [10, 11, 12], "2.5")
     res = cli("plot", run, "--out", tmp_path / "q")
     assert res.exit_code == 0, res.output
-    assert (tmp_path / "q" / "latency_percentiles.png").stat().st_size > 5000
+    (ax,) = next(f for f in kept_figures if "latency" in f.axes[0].get_title()).axes
+    assert [t.get_text() for t in ax.get_legend().get_texts()][:3] == ["p99", "p90", "p50"]
+    assert len(ax.patches) == 3 * 2  # three percentile bars for each of the two cases
+    assert {t.get_text().split()[0] for t in ax.get_yticklabels()} == {"mine", "other"}
 
 
 @pytest.fixture

@@ -69,7 +69,9 @@ def _nvml() -> dict[str, Any]:
         pynvml.nvmlShutdown()
 
 
-def collect(import_torch: bool = True) -> dict[str, Any]:
+def collect() -> dict[str, Any]:
+    """The machine and versions of a run (env.json); torch is imported to describe its build (CUDA, cuDNN,
+    threads, GPUs)."""
     import psutil
 
     env: dict[str, Any] = {
@@ -85,18 +87,17 @@ def collect(import_torch: bool = True) -> dict[str, Any]:
                                                  "numpy", "nvidia-ml-py")},
         "nvml": _nvml(),
     }
-    if import_torch:
-        import torch
+    import torch
 
-        env["torch"] = {
-            "version": torch.__version__,
-            "cuda_available": torch.cuda.is_available(),
-            "cuda_version": torch.version.cuda,
-            "cudnn": torch.backends.cudnn.version() if torch.backends.cudnn.is_available() else None,
-            "num_threads": torch.get_num_threads(),
-            "gpus": [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())]
-            if torch.cuda.is_available() else [],
-        }
+    env["torch"] = {
+        "version": torch.__version__,
+        "cuda_available": torch.cuda.is_available(),
+        "cuda_version": torch.version.cuda,
+        "cudnn": torch.backends.cudnn.version() if torch.backends.cudnn.is_available() else None,
+        "num_threads": torch.get_num_threads(),
+        "gpus": [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())]
+        if torch.cuda.is_available() else [],
+    }
     return env
 
 

@@ -11,7 +11,7 @@ import importlib.resources
 import importlib.util
 import pickle
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -202,7 +202,6 @@ class ImageData:
     train: Any
     val: Any
     split: str  # how train/val were made
-    info: dict[str, Any] = field(default_factory=dict)
 
 
 def _stratified_split(labels: np.ndarray, val_fraction: float, seed: int = SPLIT_SEED) -> tuple[np.ndarray, ...]:

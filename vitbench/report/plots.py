@@ -4,6 +4,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from ..modes import MODES
 from .timm_table import as_float
 
 
@@ -23,7 +24,7 @@ def compile_plot(rows: list[dict[str, Any]], path: Path) -> Path | None:
         return None
     plt = _plt()
     groups = sorted({(r["label"], int(float(r["batch_size"]))) for r in ok})
-    modes = [m for m in ("eager", "full", "regional") if any(r["compile_mode"] == m for r in ok)]
+    modes = [m for m in MODES["torch"] if any(r["compile_mode"] == m for r in ok)]
     by = {(r["label"], int(float(r["batch_size"])), r["compile_mode"]): r for r in ok}
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(max(8, 2.2 * len(groups) * 2), 4.8))
     width = 0.8 / max(len(modes), 1)

@@ -13,15 +13,16 @@ from typing import Any
 import pandas as pd
 
 from ..errors import InputError
+from ..modes import MODE_SUFFIX
 
 # normalised column names (cases.csv names); timm tables are mapped onto them
 TIMM_TO_CASES = {"model": "label", "infer_img_size": "img_size", "infer_samples_per_sec": "samples_per_sec",
                  "infer_step_time": "step_time_ms", "infer_batch_size": "batch_size", "param_count": "param_count_m",
                  "infer_gmacs": "gmacs", "infer_macts": "macts_m"}
-TABLE_NAME = re.compile(r"benchmark-infer-(?P<precision>[a-z0-9_-]+?)-(?P<layout>nchw|nhwc)-pt(?P<torch>\d+)-"
+TABLE_NAME = re.compile(r"benchmark-infer-(?P<precision>[a-z0-9_-]+?)-(?P<layout>nchw|nhwc)-"
+                        r"(?:pt(?P<torch>\d+)|keras(?P<keras>\d+)-(?P<backend>tensorflow|jax|torch))-"
                         r"(?P<device>.+?)(?P<mode>-dynamo|-regional|-graph|-xla|-jit)?\.csv$")
-MODE_FROM_SUFFIX = {None: "eager", "-dynamo": "full", "-regional": "regional", "-graph": "graph", "-xla": "xla",
-                    "-jit": "jit"}
+MODE_FROM_SUFFIX = {(suffix or None): mode for mode, suffix in MODE_SUFFIX.items()}
 
 
 @dataclass
@@ -85,8 +86,8 @@ def load(path: str | Path) -> Results:
         df = df.rename(columns=TIMM_TO_CASES)
         m = TABLE_NAME.search(Path(src).name)
         if m:
-            env = {"precision": m["precision"], "torch": m["torch"], "device": m["device"],
-                   "compile_mode": MODE_FROM_SUFFIX[m["mode"]]}
+            env = {"precision": m["precision"], "torch": m["torch"], "keras": m["keras"], "backend": m["backend"],
+                   "device": m["device"], "compile_mode": MODE_FROM_SUFFIX[m["mode"]]}
             # what the file name says is part of every row: a changed precision or device is not comparable
             df["precision"], df["device"] = m["precision"], re.sub(r"^cu\d+-", "", m["device"])  # CUDA may change
         df["status"] = "ok"

@@ -6,20 +6,32 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
+from ..modes import KERAS_DEFAULT_BACKEND, MODE_SUFFIX, layout
+
 TIMM_COLUMNS = ["model", "infer_img_size", "infer_samples_per_sec", "infer_step_time", "infer_batch_size",
                 "param_count", "infer_gmacs", "infer_macts"]
 PRECISION_TAG = {"fp32": "fp32", "fp16": "fp16", "bf16": "bf16", "amp": "amp", "amp_bf16": "amp-bf16"}
-MODE_SUFFIX = {"eager": "", "full": "-dynamo", "regional": "-regional", "graph": "-graph", "xla": "-xla",
-               "jit": "-jit"}
 
 
 TIMM_TRAIN_COLUMNS = ["model", "train_samples_per_sec", "train_step_time", "train_batch_size", "train_img_size",
                       "param_count"]
 
 
-def table_name(precision: str, torch_version: str, device_tag: str, compile_mode: str, task: str = "infer") -> str:
-    ver = torch_version.split("+")[0].replace(".", "")
-    return f"benchmark-{task}-{PRECISION_TAG.get(precision, precision)}-nchw-pt{ver}-{device_tag}" \
+def framework_tag(row: dict[str, Any], torch_version: str) -> str:
+    """Layout and framework of a row as timm's file names put them: ``nchw-pt2141`` for torch rows,
+    ``nhwc-keras3151-tensorflow`` for Keras rows (channels-last, on their backend)."""
+    if row.get("framework", "torch") == "torch":
+        return f"{layout('torch')}-pt{_ver(str(row.get('torch_version') or torch_version))}"
+    backend = row.get("backend") or KERAS_DEFAULT_BACKEND
+    return f"{layout('keras')}-keras{_ver(str(row.get('keras_version') or 'unknown'))}-{backend}"
+
+
+def _ver(v: str) -> str:
+    return v.split("+")[0].replace(".", "")
+
+
+def table_name(precision: str, fw_tag: str, device_tag: str, compile_mode: str, task: str = "infer") -> str:
+    return f"benchmark-{task}-{PRECISION_TAG.get(precision, precision)}-{fw_tag}-{device_tag}" \
            f"{MODE_SUFFIX.get(compile_mode, '-' + compile_mode)}.csv"
 
 
@@ -78,15 +90,16 @@ def _write(path: Path, columns: list[str], rows: list[dict[str, Any]], speed: st
 
 def write_timm_tables(rows: list[dict[str, Any]], out_dir: Path, torch_version: str,
                       device_tags: dict[str, str]) -> list[Path]:
-    """One table per (device, precision, compile mode) over the inference rows that ended ok; failures are left
-    out, as in timm (cases.csv keeps them with their errors)."""
-    groups: dict[tuple[str, str, str], list[dict[str, Any]]] = defaultdict(list)
+    """One table per (device, precision, framework and layout, compile mode) over the inference rows that ended ok;
+    failures are left out, as in timm (cases.csv keeps them with their errors)."""
+    groups: dict[tuple[str, str, str, str], list[dict[str, Any]]] = defaultdict(list)
     for r in rows:
         if r.get("status") == "ok" and r.get("task") != "finetune":
-            groups[(r["device"], r["precision"], r["compile_mode"])].append(timm_row(r))
-    return [_write(Path(out_dir) / table_name(precision, torch_version, device_tags.get(device, device), mode),
+            groups[(r["device"], r["precision"], framework_tag(r, torch_version), r["compile_mode"])].append(
+                timm_row(r))
+    return [_write(Path(out_dir) / table_name(precision, fw, device_tags.get(device, device), mode),
                    TIMM_COLUMNS, trs, "infer_samples_per_sec")
-            for (device, precision, mode), trs in sorted(groups.items())]
+            for (device, precision, fw, mode), trs in sorted(groups.items())]
 
 
 def write_train_tables(rows: list[dict[str, Any]], out_dir: Path, torch_version: str,
@@ -97,6 +110,7 @@ def write_train_tables(rows: list[dict[str, Any]], out_dir: Path, torch_version:
     for r in rows:
         if r.get("status") == "ok" and r.get("task") == "finetune":
             groups[(r["device"], r["precision"])].append(timm_train_row(r))
-    return [_write(Path(out_dir) / table_name(precision, torch_version, device_tags.get(device, device), "eager",
-                                              "train"), TIMM_TRAIN_COLUMNS, trs, "train_samples_per_sec")
+    fw = f"{layout('torch')}-pt{_ver(torch_version)}"  # fine-tuning trains torch models
+    return [_write(Path(out_dir) / table_name(precision, fw, device_tags.get(device, device), "eager", "train"),
+                   TIMM_TRAIN_COLUMNS, trs, "train_samples_per_sec")
             for (device, precision), trs in sorted(groups.items())]

@@ -1,1 +1,2 @@
-"""Running cases: one spawned worker process per case, a timeout, and an append-only result store."""
+"""Running cases: spawned worker processes (set-up jobs, timing sessions) with timeouts, paired rounds, the run
+directory and the result store."""

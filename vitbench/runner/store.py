@@ -1,4 +1,5 @@
-"""Append-only per-case CSV: each finished case is written, flushed and fsynced at once."""
+"""The run's result files: cases.csv, pairs.csv, latencies.jsonl; each finished row is written, flushed and fsynced
+at once (the files are rewritten only to upgrade an old header or, on --resume, to drop unfinished groups)."""
 from __future__ import annotations
 
 import csv

@@ -262,12 +262,17 @@ NEW_PARAMETERS = {"linformer": ("proj_k", "proj_v"), "atrous": ("gate.weight", "
                   "hybrid": ("gate.weight", "gate.bias")}
 
 
+def new_parameter_names(model: nn.Module) -> list[str]:
+    """The state_dict keys of ``model`` that only a variant has (no timm counterpart: they keep their own init)."""
+    suffixes = tuple(f".{name}" for names in NEW_PARAMETERS.values() for name in names)
+    return [k for k in model.state_dict() if f".{k}".endswith(suffixes)]
+
+
 def checkpoint_filter_fn(state_dict: dict[str, torch.Tensor], model: nn.Module) -> dict[str, torch.Tensor]:
     """timm ``Attention`` (or ViT) weights -> a model with variant attention: ``qkv``/``proj`` are reused as they
-    are; parameters timm has no counterpart for (Linformer's E/F, the atrous gate) keep the model's own init."""
+    are; parameters timm has no counterpart for (``new_parameter_names``) keep the model's own init."""
     own = model.state_dict()
     out = {k.replace("_orig_mod.", ""): v for k, v in state_dict.items()}
-    for k, v in own.items():
-        if k not in out and (k.endswith(("proj_k", "proj_v")) or ".gate." in f".{k}"):
-            out[k] = v
+    for k in new_parameter_names(model):
+        out.setdefault(k, own[k])
     return out
