@@ -101,6 +101,27 @@ def collect() -> dict[str, Any]:
     return env
 
 
+def torch_device(name: str) -> Any:
+    """``torch.device(name)``, made current, TF32 off (fp32 means fp32; timm's benchmark allows TF32)."""
+    import torch
+
+    torch.backends.cuda.matmul.allow_tf32 = False
+    torch.backends.cudnn.allow_tf32 = False
+    dev = torch.device(name)
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise RuntimeError("CUDA is not available in the worker")
+        torch.cuda.set_device(dev)
+    return dev
+
+
+def device_name(dev: Any) -> str:
+    """The GPU's name, or the CPU's model name (the ``device_name`` column)."""
+    import torch
+
+    return torch.cuda.get_device_name(dev) if dev.type == "cuda" else cpu_name()
+
+
 def check_device(device: str) -> None:
     """Raise DeviceError with one line when ``device`` cannot be used here."""
     from .errors import DeviceError

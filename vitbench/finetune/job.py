@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
 import random
 import time
 from pathlib import Path
@@ -19,11 +18,12 @@ from ..measure import flops, memory
 from ..measure.timing import cpu_times, percentile, steal_pct
 from ..providers import get_provider
 from ..providers.torch_common import state_dict_to_numpy
-from ..runner.worker import one_line, safe_name
+from ..runner.artifacts import init_path, load_weights, safe_name, save_npz
+from ..runner.worker import one_line
 from ..suite import CaseBase, SideSpec
 from . import data as D
 from .loop import Step, evaluate, logits_of, make_optimizer, make_scheduler, train
-from .plan import FinetuneCase, init_path
+from .plan import FinetuneCase
 
 GRID = 32  # images per sample grid
 
@@ -63,11 +63,7 @@ def init_weights(case: FinetuneCase, run_dir: str) -> dict[str, Any]:
     ref = case.reference if case.role == "candidate" else case.side
     n = len(case.dataset["classes"])
     model, img = build_classifier(ref, case.img_size, n, case.seed)
-    path = init_path(run_dir, case.pair, case.device)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp.npz")
-    np.savez(tmp, **{f"w/{k}": v for k, v in state_dict_to_numpy(model).items()})
-    os.replace(tmp, path)
+    save_npz(init_path(run_dir, case.pair, case.device), state_dict_to_numpy(model))
     return {"img_size": img}
 
 
@@ -81,10 +77,8 @@ def _start_weights(case: FinetuneCase, model: nn.Module, run_dir: str) -> str:
     path = init_path(run_dir, case.pair, case.device)
     if not path.exists():
         return f"{own}; no reference weights (the init job failed, see logs/)"
-    art = np.load(path)
-    state = {k[2:]: art[k] for k in art.files if k.startswith("w/")}
     try:
-        get_provider(case.provider).port(model, state)
+        get_provider(case.provider).port(model, load_weights(path))
     except Exception as e:  # noqa: BLE001  (a failed port: trains from its own init, and says so)
         return f"{own}; port failed: {one_line(e)}"
     return "reference" if case.role == "candidate" else f"seed {case.seed}, shared with the candidates"
@@ -117,11 +111,11 @@ def _writer(log_dir: Path) -> Any:
 def finetune(case: FinetuneCase, run_dir: str) -> dict[str, Any]:
     """Job 'finetune': returns the row (plus 'curve' and 'latencies_ms', which the runner stores apart)."""
     from .. import env as env_mod
-    from ..runner.torch_worker import device_name, setup_device
+    from ..env import device_name, torch_device
 
     t_start = time.perf_counter()
     s = case.settings
-    dev = setup_device(case)
+    dev = torch_device(case.device)
     spec = D.DatasetSpec.from_dict(case.dataset)
     classes = list(spec.classes)
     model, img = build_classifier(case, case.img_size, len(classes), case.seed)

@@ -9,7 +9,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..runner.worker import artifact_path
 from ..suite import CaseBase, FinetuneSettings, SideSpec, Suite, merge_settings
 from .data import DatasetSpec
 
@@ -67,11 +66,6 @@ def expand(suite: Suite, settings: FinetuneSettings, dataset: DatasetSpec, devic
                 reference=ref if role == "candidate" else None, img_size=img, settings=settings,
                 dataset=dataset.to_dict()))
     return cases
-
-
-def init_path(run_dir: str | Path, pair: str, device: str) -> Path:
-    """Where a pair's initial weights (its reference, freshly built) are kept while the run lasts."""
-    return artifact_path(run_dir, pair, device).with_name("finetune-init.npz")
 
 
 def describe(settings: FinetuneSettings, where: str) -> str:

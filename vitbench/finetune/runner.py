@@ -8,10 +8,11 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+from ..runner.artifacts import init_path
 from ..runner.executor import Runner, attention_of
 from ..runner.session import default_memory_limit_gb, run_job
 from .data import DatasetSpec
-from .plan import FinetuneCase, init_path
+from .plan import FinetuneCase
 
 JOBS = "vitbench.finetune.job"  # the worker runs f"{JOBS}:finetune" and f"{JOBS}:init_weights"
 CASE_KEYS = ("suite", "pair", "role", "label", "provider", "model", "framework", "backend", "device", "precision",

@@ -16,7 +16,7 @@ from ..measure.stats import RatioEstimate
 from ..measure.timing import Block, least_contended
 from ..modes import TORCH_COMPILED
 from ..suite import Case
-from . import worker
+from .artifacts import artifact_path
 from .rounds import Limits, RoundsResult, SideFailed, block_iters_for, run_rounds, summarize
 from .session import JobOutcome, Session, cpu_of, default_memory_limit_gb, gpu_others, run_job
 from .signals import deferred_signals
@@ -68,7 +68,7 @@ class Runner:
         self.on_progress: Callable[[str], None] | None = None
 
     def _ensure_reference(self, case: Case) -> None:
-        path = worker.artifact_path(self.out, case.pair, case.device)
+        path = artifact_path(self.out, case.pair, case.device)
         if path.exists() or str(path) in self._prepared:
             return
         out = run_job(case, self.out, "reference", case.settings.timeout_s,
@@ -135,7 +135,7 @@ class Runner:
                 if not s.record:
                     continue
                 if s.row.get("numerics_status") == "error" and not s.row.get("numerics_error"):
-                    s.row["numerics_error"] = self._prepared.get(str(worker.artifact_path(self.out, s.case.pair,
+                    s.row["numerics_error"] = self._prepared.get(str(artifact_path(self.out, s.case.pair,
                                                                                           s.case.device)))
                 s.row["duration_s"] = duration
                 self.store.append(s.row, s.row.pop("_blocks", None))

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import contextlib
-import os
 import time
 from pathlib import Path
 from typing import Any
@@ -10,27 +9,21 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..env import cpu_name, pkg_version
+from ..env import device_name, pkg_version, torch_device
 from ..measure import memory
 from ..measure.compile import output_tensor
 from ..measure.sections import Memory, Numerics, Provenance, SetupResult, Size
 from ..providers import get_provider
 from ..suite import Case, SideSpec
-from .worker import Timed, artifact_path, compare_candidate, load_reference_state
+from .artifacts import artifact_path, reference_state, save_npz
+from .worker import Timed, compare_candidate
 
 DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16, "amp": torch.float16, "amp_bf16": torch.bfloat16}
 
 
-def setup_device(case: Case) -> torch.device:
+def setup_device(case: Any) -> torch.device:
     """The case's device, ready (TF32 off: fp32 means fp32)."""
-    torch.backends.cuda.matmul.allow_tf32 = False  # numerics and "fp32" timings are true fp32 (timm uses TF32)
-    torch.backends.cudnn.allow_tf32 = False
-    dev = torch.device(case.device)
-    if dev.type == "cuda":
-        if not torch.cuda.is_available():
-            raise RuntimeError("CUDA is not available in the worker")
-        torch.cuda.set_device(dev)
-    return dev
+    return torch_device(case.device)
 
 
 def build(case: Case, dev: torch.device, side: SideSpec | None = None) -> tuple[Any, int | None]:
@@ -61,11 +54,8 @@ def _write_artifact(path: Path, model: Any, img: int | None, case: Case, dev: to
     x = _input(case, case.settings.numerics_batch, img, dev)
     with torch.inference_mode():
         y = output_tensor(model(x))
-    weights = {f"w/{k}": v.detach().float().cpu().numpy() for k, v in model.state_dict().items()}
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp.npz")
-    np.savez(tmp, x=x.cpu().numpy(), y=y.float().cpu().numpy(), **weights)
-    os.replace(tmp, path)
+    weights = {k: v.detach().float().cpu().numpy() for k, v in model.state_dict().items()}
+    save_npz(path, weights, x=x.cpu().numpy(), y=y.float().cpu().numpy())
 
 
 def write_reference(case: Case, run_dir: str) -> dict[str, Any]:
@@ -89,11 +79,6 @@ def _numerics(case: Case, model: Any, run_dir: str, dev: torch.device, img: int 
             return output_tensor(model(torch.from_numpy(x).to(dev))).float().cpu().numpy()
 
     return compare_candidate(case, run_dir, lambda state: get_provider(case.provider).port(model, state), run)
-
-
-def device_name(dev: torch.device) -> str:
-    """The GPU's name, or the CPU's model name."""
-    return torch.cuda.get_device_name(dev) if dev.type == "cuda" else cpu_name()
 
 
 def _with_precision(model: Any, x: torch.Tensor, precision: str, dev: torch.device):  # type: ignore[no-untyped-def]
@@ -155,7 +140,7 @@ def setup(case: Case, run_dir: str, timing_only: bool = False) -> tuple[SetupRes
 def _port_quietly(case: Case, model: Any, run_dir: str) -> None:
     """A timing session's candidate runs with the reference's weights, as in the set-up job, where they port (a
     failed port is reported by the set-up job; the timing goes on with the candidate's own weights)."""
-    state = load_reference_state(case, run_dir)
+    state = reference_state(case, run_dir)
     if state is not None:
         with contextlib.suppress(Exception):
             get_provider(case.provider).port(model, state)

@@ -18,8 +18,7 @@ from typing import Any
 import numpy as np
 
 from ..measure.sections import Numerics, SetupResult
-
-ARTIFACT = "reference.npz"
+from .artifacts import artifact_path, load_arrays, load_weights
 
 
 @dataclass
@@ -83,15 +82,6 @@ def serve(conn: Any, setup: Setup, cases: list[Any], run_dir: str) -> list[dict[
             raise ValueError(f"unknown session command {cmd!r}")
 
 
-def safe_name(text: str) -> str:
-    """``text`` usable as a file or folder name: anything but letters, digits and -_. becomes _."""
-    return "".join(c if c.isalnum() or c in "-_." else "_" for c in text)
-
-
-def artifact_path(run_dir: str | Path, pair: str, device: str) -> Path:
-    return Path(run_dir) / "artifacts" / f"{safe_name(pair)}-{device.replace(':', '')}" / ARTIFACT
-
-
 def one_line(e: BaseException) -> str:
     """The exception as one line; Keras' generic first line ('Exception encountered when calling ...') is
     followed by the line that says what went wrong."""
@@ -124,9 +114,9 @@ def compare_candidate(case: Any, run_dir: str | Path, port: Callable[[dict[str, 
     path = artifact_path(run_dir, case.pair, case.device)
     if not path.exists():
         return Numerics("error", "no reference artifacts (did the reference fail?)")
-    art = np.load(path)
+    art = load_arrays(path)
     try:
-        port({k[2:]: art[k] for k in art.files if k.startswith("w/")})
+        port(load_weights(path))
     except Exception as e:  # noqa: BLE001
         return Numerics("port_failed", f"weight port failed: {port_problem(e)}")
     try:
@@ -137,15 +127,6 @@ def compare_candidate(case: Any, run_dir: str | Path, port: Callable[[dict[str, 
     verdict = numerics.judge(res, tol.max_abs, tol.min_cosine)
     measured = {k: v for k, v in res.items() if k not in ("problem", "reference_broken")}
     return Numerics(**measured, **verdict, tolerance_max_abs=tol.max_abs)
-
-
-def load_reference_state(case: Any, run_dir: str | Path) -> dict[str, np.ndarray] | None:
-    """The reference's weights a candidate is ported from (None: a reference, ``port: false``, or none written)."""
-    path = artifact_path(run_dir, case.pair, case.device)
-    if case.role != "candidate" or not case.port or not path.exists():
-        return None
-    art = np.load(path)
-    return {k[2:]: art[k] for k in art.files if k.startswith("w/")}
 
 
 def port_problem(e: BaseException) -> str:

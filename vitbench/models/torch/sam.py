@@ -186,8 +186,7 @@ class VisionTransformerSAM(nn.Module):
 
     def reset_classifier(self, num_classes: int, global_pool: str | None = None) -> None:
         self.num_classes = num_classes
-        self.head = ClassifierHead(self.num_features, num_classes, pool_dims=(2, 3),
-                                   global_pool=global_pool or self.head.global_pool)
+        self.head.reset(num_classes, global_pool)
 
     def no_weight_decay(self) -> set[str]:
         """Parameters trained without weight decay (as timm's): the absolute position table."""

@@ -166,8 +166,14 @@ class ClassifierHead(nn.Module):
         super().__init__()
         if global_pool != "avg":
             raise ValueError(f"ClassifierHead: global_pool {global_pool!r} is not supported (only 'avg')")
-        self.pool_dims, self.global_pool = pool_dims, global_pool
+        self.pool_dims, self.global_pool, self.dim = pool_dims, global_pool, dim
         self.fc = nn.Linear(dim, num_classes) if num_classes > 0 else nn.Identity()
+
+    def reset(self, num_classes: int, global_pool: str | None = None) -> None:
+        """A new ``fc`` for ``num_classes`` (0: none); the pooling stays 'avg' (timm's ``reset``)."""
+        if global_pool not in (None, "avg"):
+            raise ValueError(f"ClassifierHead: global_pool {global_pool!r} is not supported (only 'avg')")
+        self.fc = nn.Linear(self.dim, num_classes) if num_classes > 0 else nn.Identity()
 
     def forward(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
         x = x.mean(dim=self.pool_dims)
@@ -220,7 +226,7 @@ class SwinTransformer(nn.Module):
 
     def reset_classifier(self, num_classes: int, global_pool: str | None = None) -> None:
         self.num_classes = num_classes
-        self.head = ClassifierHead(self.num_features, num_classes, global_pool=global_pool or self.head.global_pool)
+        self.head.reset(num_classes, global_pool)
 
     def no_weight_decay(self) -> set[str]:
         """Parameters trained without weight decay (as timm's): every relative-position bias table."""

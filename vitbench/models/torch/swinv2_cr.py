@@ -166,8 +166,7 @@ class SwinTransformerV2Cr(nn.Module):
 
     def reset_classifier(self, num_classes: int, global_pool: str | None = None) -> None:
         self.num_classes = num_classes
-        self.head = ClassifierHead(self.num_features, num_classes, pool_dims=(2, 3),
-                                   global_pool=global_pool or self.head.global_pool)
+        self.head.reset(num_classes, global_pool)
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         """(B, 3, H, W) -> (B, C, H/32, W/32), NCHW as timm's (the stages run channels-last)."""
