@@ -256,5 +256,7 @@ def test_calibrate_prints_the_noise_floor(cli, tmp_path):
     assert "A/A test_vit bs1 on cpu:" in res.output
     assert "noise floor" in res.output or "busy" in res.output or "no estimate" in res.output
     pairs = list(csv.DictReader((tmp_path / "cal" / "pairs.csv").open()))
-    assert len(pairs) == 1 and int(pairs[0]["rounds_run"]) >= 6  # contended rounds are re-run on a busy machine
+    assert len(pairs) == 1 and int(pairs[0]["rounds_run"]) >= 1
+    if pairs[0]["speed_verdict"] != "contended":  # a busy machine's rounds are re-run, or given up early
+        assert int(pairs[0]["rounds_run"]) >= 6
     assert cli("calibrate", "--model", "vit_smal", "--out", tmp_path / "x").exit_code == 2

@@ -111,7 +111,8 @@ def summary_lines(cal: Calibration) -> list[str]:
     if cal.ratio is None or cal.low is None or cal.high is None:
         return [f"{head}: no estimate ({cal.verdict}): {cal.note}"]
     h = cal.half_width_pct or 0.0
-    lines = [f"{head}: {cal.ratio:.3f}x [{cal.low:.3f}, {cal.high:.3f}] {cal.verdict}, {cal.rounds} clean rounds over "
+    which = "rounds, all kept though contended" if cal.verdict == "contended" else "clean rounds"
+    lines = [f"{head}: {cal.ratio:.3f}x [{cal.low:.3f}, {cal.high:.3f}] {cal.verdict}, {cal.rounds} {which} over "
              f"{cal.processes} processes, {cal.seconds:.0f} s (model at {cal.samples_per_sec or 0:.1f} samples/s)"]
     if cal.verdict == "contended":
         lines.append(f"the machine was busy: {cal.note}. Calibrate again when nothing else runs.")
