@@ -1,10 +1,12 @@
 """Our Keras 3 models (any backend). Importing this package imports keras and registers every model family: keep
 it out of torch-only paths."""
-from . import vit  # noqa: F401  (registers models)
+from . import hiera, sam, vit  # noqa: F401  (registers models)
 from ._registry import create_model, list_models, load_timm_state_dict, register_configs
+from .hiera import HieraDet
 from .layers import SDPA, Attention, Mlp, PatchEmbed, sdpa
+from .sam import RSBuildingBackbone, VisionTransformerSAM
 from .vit import Block, VisionTransformer, count_macs_acts, load_timm_attention, port_table
 
-__all__ = ["Attention", "Block", "count_macs_acts", "Mlp", "PatchEmbed", "VisionTransformer", "create_model",
-           "list_models", "load_timm_attention", "load_timm_state_dict", "port_table", "register_configs", "sdpa",
-           "SDPA"]
+__all__ = ["Attention", "Block", "HieraDet", "Mlp", "PatchEmbed", "RSBuildingBackbone", "SDPA", "VisionTransformer",
+           "VisionTransformerSAM", "count_macs_acts", "create_model", "list_models", "load_timm_attention",
+           "load_timm_state_dict", "port_table", "register_configs", "sdpa"]

@@ -13,6 +13,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..features import check_output_fmt, feature_take_indices  # noqa: F401  (the families import them here)
+
 
 def sdpa(
     q: torch.Tensor,
@@ -160,28 +162,6 @@ class PatchEmbed(nn.Module):
         x = self.proj(x)  # (B, C, H/p, W/p)
         x = x.flatten(2).transpose(1, 2) if self.flatten else x.permute(0, 2, 3, 1)  # (B, N, C) | (B, H, W, C)
         return self.norm(x)
-
-
-def feature_take_indices(num: int, indices: int | list[int] | tuple[int, ...] | None = None) -> tuple[list[int], int]:
-    """timm's rule for ``forward_intermediates(indices=...)``: None -> all, an int n -> the last n, a sequence ->
-    those (negative from the end). Returns the absolute indices and the largest one."""
-    if indices is None:
-        indices = num
-    if isinstance(indices, int):
-        if not 0 < indices <= num:
-            raise ValueError(f"forward_intermediates: last-n {indices} is out of range (1 to {num})")
-        take = list(range(num - indices, num))
-    else:
-        take = [num + i if i < 0 else i for i in indices]
-        bad = [i for i in take if not 0 <= i < num]
-        if bad:
-            raise ValueError(f"forward_intermediates: index {bad[0]} is out of range (0 to {num - 1})")
-    return take, max(take)
-
-
-def check_output_fmt(output_fmt: str, allowed: tuple[str, ...]) -> None:
-    if output_fmt not in allowed:
-        raise ValueError(f"forward_intermediates: output_fmt must be one of {', '.join(allowed)}, not {output_fmt!r}")
 
 
 class SDPA(nn.Module):
