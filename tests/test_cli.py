@@ -229,6 +229,36 @@ def test_keras_candidates_in_eager_graph_and_xla(cli, write_suite, tmp_path):
     assert any(n.endswith("-xla.csv") for n in names) and any(n.endswith("-graph.csv") for n in names)
 
 
+SAM_KW = ("{patch_size: 8, embed_dim: 32, depth: 2, num_heads: 2, window_size: 3, global_attn_indexes: [1], "
+          "neck_chans: 16}")
+KERAS_FEATURES_SUITE = f"""
+name: kfeat
+defaults: {{batch_sizes: [1], rounds: 4, processes: 1, min_seconds: 1, warmup_iters: 1, perturb_std: 0.02,
+            tolerance: {{max_abs: 1.0e-4}}, img_size: 64}}
+pairs:
+  - name: sam
+    reference: {{provider: timm, model: samvit_base_patch16, output: features, kwargs: {SAM_KW}}}
+    candidates:
+      - {{provider: vitbench_keras, model: samvit_base_patch16, backend: tensorflow, output: features,
+          compile: [graph], kwargs: {SAM_KW}}}
+      - {{provider: vitbench_keras, model: rsbuilding_vit_base, backend: tensorflow,
+          kwargs: {{out_indices: [0, 1], patch_size: 8, embed_dim: 32, depth: 2, num_heads: 2, window_size: 3,
+                   global_attn_indexes: [1], neck_chans: 16}}}}
+"""
+
+
+@pytest.mark.slow
+def test_keras_feature_maps_and_multi_level_outputs_compare_in_torch_layout(cli, write_suite, tmp_path):
+    """output: features under graph mode (a Model around forward_features), and a list of NHWC levels whose last
+    one is compared with timm's NCHW neck features."""
+    out = tmp_path / "o"
+    res = cli("run", write_suite(KERAS_FEATURES_SUITE), "--out", out)
+    assert res.exit_code == 0, res.output
+    k = [r for r in rows(out) if r["framework"] == "keras"]
+    assert [(r["status"], r["numerics_status"]) for r in k] == [("ok", "ok")] * 2
+    assert all(float(r["max_abs_diff"]) < 1e-4 for r in k)
+
+
 def test_help_validate_and_torch_paths_do_not_import_tensorflow():
     code = ("import sys; from typer.testing import CliRunner; from vitbench.cli import app; "
             "from vitbench.suite import expand, load_suite; "

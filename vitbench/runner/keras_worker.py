@@ -129,7 +129,7 @@ def _as_model(layer: Any, case: Case) -> Any:
         """A Model whose call is the side's forward (``forward_features`` for ``output: features``)."""
 
         def __init__(self, inner: Any) -> None:
-            super().__init__()
+            super().__init__(name=f"{case.output}_of_{inner.name}")  # Keras' default name is not a valid scope
             self.inner = inner
 
         def call(self, x: Any) -> Any:
