@@ -147,3 +147,19 @@ def test_port_parity_on_the_torch_backend():
     res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300)
     print(res.stdout, res.stderr[-2000:])
     assert res.returncode == 0
+
+
+@pytest.mark.parametrize("backend", ["tensorflow", "jax", "torch"])
+def test_boolean_mask_gives_exactly_zero_weight_on_every_backend(backend):
+    """A boolean mask is a mask, not 0/1 added to the logits (on Keras' torch backend it was added)."""
+    from keras_backends import run_on_backend
+
+    run_on_backend(backend, """
+        from vitbench.models import keras as kours
+        q = keras.ops.convert_to_tensor(np.random.default_rng(0).random((1, 4, 8)).astype("float32"))
+        m = keras.ops.convert_to_tensor(np.tril(np.ones((4, 4), bool)))
+        _, a = kours.sdpa(q, q, q, attn_mask=m, return_attn=True)
+        a = keras.ops.convert_to_numpy(a)
+        assert float(np.abs(a[0][np.triu_indices(4, 1)]).max()) == 0.0, a
+        np.testing.assert_allclose(a.sum(-1), 1.0, atol=1e-6)
+    """)

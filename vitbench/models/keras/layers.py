@@ -30,7 +30,8 @@ def sdpa(q, k, v, attn_mask=None, is_causal: bool = False, scale: float | None =
         L, S = ops.shape(q)[-2], ops.shape(k)[-2]
         attn_mask = ops.tril(ops.ones((L, S), dtype="bool"))
     if attn_mask is not None:
-        if attn_mask.dtype == "bool":
+        # standardize: on Keras' torch backend a torch.bool tensor's dtype is not equal to the string "bool"
+        if keras.backend.standardize_dtype(attn_mask.dtype) == "bool":
             attn = ops.where(attn_mask, attn, ops.full_like(attn, float("-inf")))
         else:
             attn = attn + ops.cast(attn_mask, attn.dtype)
