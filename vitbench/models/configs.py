@@ -42,7 +42,8 @@ HIERA_CONFIGS: dict[str, dict] = {
 
 
 # the models our Keras package implements (the provider checks names here without importing Keras)
-KERAS_MODELS: tuple[str, ...] = (*VIT_CONFIGS, *SAM_CONFIGS, "rsbuilding_vit_base", *HIERA_CONFIGS)
+KERAS_MODELS: tuple[str, ...] = (*VIT_CONFIGS, *SWIN_CONFIGS, *SWINV2_CR_CONFIGS, *SAM_CONFIGS, "rsbuilding_vit_base",
+                                  *HIERA_CONFIGS)
 
 # Preprocessing of each model (timm's pretrained_cfg of its twin): carried by our models as ``pretrained_cfg``
 IMAGENET_DEFAULT = dict(mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225), interpolation="bicubic", crop_pct=0.9)

@@ -48,3 +48,16 @@ def assign_strict(model: Any, table: list[tuple[Any, str, Transform]], state: di
         if tuple(var.shape) != w.shape:
             raise PortError(f"weight port: {key} {w.shape} does not fit {var.path} {tuple(var.shape)}")
         var.assign(w)
+
+
+Row = tuple[Any, str, Transform]
+
+
+def ln_rows(layer: Any, key: str) -> list[Row]:
+    """A LayerNormalization's gamma/beta from timm's ``key.weight`` / ``key.bias``."""
+    return [(layer.gamma, key + ".weight", same), (layer.beta, key + ".bias", same)]
+
+
+def dense_rows(layer: Any, key: str) -> list[Row]:
+    """A Dense kernel (transposed) and, if it has one, its bias from timm's ``key.weight`` / ``key.bias``."""
+    return [(layer.kernel, key + ".weight", linear)] + ([(layer.bias, key + ".bias", same)] if layer.use_bias else [])

@@ -1,0 +1,334 @@
+"""Keras 3 Swin Transformer, the twin of ``vitbench.models.torch.swin`` (timm's ``swin_transformer.py``: same
+configs, same names, same order).
+
+"Swin Transformer: Hierarchical Vision Transformer using Shifted Windows" - https://arxiv.org/abs/2103.14030
+
+Channels-last (B, H, W, C) throughout. Each block attends inside (ws x ws) windows; every second block rolls the
+map by -ws//2 first (then pads to whole windows) and masks pairs that were not neighbours before the roll. Logits
+get a learned relative position bias, gathered from a ((2ws-1)^2, heads) table by a constant index. Stages 2-4
+start with PatchMerging (2x2 -> 1, C -> 2C). Index and masks are numpy constants computed from the static map
+size (the torch twin's non-persistent buffers), so the port has no buffers to skip.
+
+``port_table`` / ``load_timm_state_dict`` bring a timm (or our torch) Swin state_dict in: Dense kernels are
+transposed, the patch conv goes OIHW -> HWIO, the bias tables are taken as they are. Strict both ways.
+"""
+from __future__ import annotations
+
+import keras
+import numpy as np
+from keras import ops
+
+from ..configs import SWIN_CONFIGS
+from ._registry import register_configs
+from .layers import Mlp
+from .port import Row, assign_strict, conv, dense_rows, ln_rows, same
+from .windows import (
+    add_window_mask,
+    block_windows,
+    pair,
+    relative_position_index,
+    shift_window_mask,
+    shifted_window_attention,
+    window_attention_macs,
+)
+
+PACKAGE = "vitbench.swin"  # class names are the torch twin's; a package of their own keeps Keras' registry unique
+LN_EPS = 1e-5  # Swin uses torch's default LayerNorm eps
+
+
+def layer_norm(name: str) -> keras.layers.LayerNormalization:
+    return keras.layers.LayerNormalization(epsilon=LN_EPS, name=name)
+
+
+def dense(units: int, name: str, use_bias: bool = True) -> keras.layers.Dense:
+    return keras.layers.Dense(units, use_bias=use_bias, name=name,
+                              kernel_initializer=keras.initializers.TruncatedNormal(stddev=0.02))
+
+
+@keras.saving.register_keras_serializable(package=PACKAGE)
+class PatchEmbed(keras.layers.Layer):
+    """(B, H, W, in_chans) -> (B, H/p, W/p, embed_dim): strided conv, then LayerNorm (timm's ``norm_layer``)."""
+
+    def __init__(self, patch_size: int = 4, in_chans: int = 3, embed_dim: int = 96, **kwargs):
+        super().__init__(**kwargs)
+        self.patch_size, self.in_chans, self.embed_dim = patch_size, in_chans, embed_dim
+        self.proj = keras.layers.Conv2D(embed_dim, patch_size, strides=patch_size, name="proj")
+        self.norm = layer_norm("norm")
+
+    def build(self, input_shape):
+        self.proj.build((input_shape[0], None, None, self.in_chans))
+        self.norm.build((input_shape[0], None, None, self.embed_dim))
+
+    def call(self, x):
+        return self.norm(self.proj(x))
+
+    def get_config(self):
+        return {**super().get_config(), "patch_size": self.patch_size, "in_chans": self.in_chans,
+                "embed_dim": self.embed_dim}
+
+
+@keras.saving.register_keras_serializable(package=PACKAGE)
+class WindowAttention(keras.layers.Layer):
+    """Multi-head attention inside windows, with a relative position bias (and the shift mask when given)."""
+
+    def __init__(self, dim: int, num_heads: int, window_size: tuple[int, int], qkv_bias: bool = True, **kwargs):
+        super().__init__(**kwargs)
+        self.dim, self.num_heads, self.window_size, self.qkv_bias = dim, num_heads, pair(window_size), qkv_bias
+        self.head_dim = dim // num_heads
+        self.window_area = self.window_size[0] * self.window_size[1]
+        self.index = relative_position_index(*self.window_size)
+        self.qkv = dense(dim * 3, "qkv", qkv_bias)
+        self.proj = dense(dim, "proj")
+
+    def build(self, input_shape):
+        wh, ww = self.window_size
+        self.relative_position_bias_table = self.add_weight(
+            shape=((2 * wh - 1) * (2 * ww - 1), self.num_heads),
+            initializer=keras.initializers.TruncatedNormal(stddev=0.02), name="relative_position_bias_table")
+        self.qkv.build((None, self.dim))
+        self.proj.build((None, self.dim))
+
+    def rel_pos_bias(self):
+        n = self.window_area
+        bias = ops.reshape(ops.take(self.relative_position_bias_table, self.index, axis=0), (n, n, -1))
+        return ops.transpose(bias, (2, 0, 1))[None]  # (1, heads, N, N)
+
+    def call(self, x, attn_mask=None):
+        N = x.shape[1]  # x: (B * nW, N, C)
+        qkv = ops.transpose(ops.reshape(self.qkv(x), (-1, N, 3, self.num_heads, self.head_dim)), (2, 0, 3, 1, 4))
+        q, k, v = qkv[0], qkv[1], qkv[2]  # (Bw, heads, N, D)
+        attn = ops.matmul(q * self.head_dim**-0.5, ops.swapaxes(k, -1, -2)) + self.rel_pos_bias()
+        attn = ops.softmax(add_window_mask(attn, attn_mask, self.num_heads), axis=-1)
+        y = ops.transpose(ops.matmul(attn, v), (0, 2, 1, 3))  # (Bw, N, heads, D)
+        return self.proj(ops.reshape(y, (-1, N, self.dim)))
+
+    def get_config(self):
+        return {**super().get_config(), "dim": self.dim, "num_heads": self.num_heads,
+                "window_size": self.window_size, "qkv_bias": self.qkv_bias}
+
+
+@keras.saving.register_keras_serializable(package=PACKAGE)
+class SwinTransformerBlock(keras.layers.Layer):
+    def __init__(self, dim: int, input_resolution: tuple[int, int], num_heads: int, window_size: int = 7,
+                 shift: bool = False, mlp_ratio: float = 4.0, qkv_bias: bool = True, **kwargs):
+        super().__init__(**kwargs)
+        self.dim, self.input_resolution, self.num_heads = dim, pair(input_resolution), num_heads
+        self.cfg = dict(window_size=window_size, shift=shift, mlp_ratio=mlp_ratio, qkv_bias=qkv_bias)
+        self.window_size, self.shift_size = block_windows(self.input_resolution, window_size, shift)
+        self.attn_mask = shift_window_mask(self.input_resolution, self.window_size, self.shift_size)
+        self.norm1 = layer_norm("norm1")
+        self.attn = WindowAttention(dim, num_heads, self.window_size, qkv_bias, name="attn")
+        self.norm2 = layer_norm("norm2")
+        self.mlp = Mlp(dim, int(dim * mlp_ratio), name="mlp")
+
+    def build(self, input_shape):
+        for layer in (self.norm1, self.attn, self.norm2, self.mlp):
+            layer.build((None, self.dim))
+
+    def call(self, x):
+        """(B, H, W, C) -> (B, H, W, C)."""
+        x = x + shifted_window_attention(self.norm1(x), self.attn, self.window_size, self.shift_size,
+                                         self.attn_mask)
+        return x + self.mlp(self.norm2(x))
+
+    def get_config(self):
+        return {**super().get_config(), "dim": self.dim, "input_resolution": self.input_resolution,
+                "num_heads": self.num_heads, **self.cfg}
+
+
+@keras.saving.register_keras_serializable(package=PACKAGE)
+class PatchMerging(keras.layers.Layer):
+    """(B, H, W, C) -> (B, H/2, W/2, out_dim): concatenate each 2x2 neighbourhood (timm's order), norm, project."""
+
+    def __init__(self, dim: int, out_dim: int, **kwargs):
+        super().__init__(**kwargs)
+        self.dim, self.out_dim = dim, out_dim
+        self.norm = layer_norm("norm")
+        self.reduction = dense(out_dim, "reduction", use_bias=False)
+
+    def build(self, input_shape):
+        self.norm.build((None, 4 * self.dim))
+        self.reduction.build((None, 4 * self.dim))
+
+    def call(self, x):
+        H, W, C = x.shape[1], x.shape[2], x.shape[3]
+        if H % 2 or W % 2:
+            x = ops.pad(x, ((0, 0), (0, H % 2), (0, W % 2), (0, 0)))
+            H, W = H + H % 2, W + W % 2
+        x = ops.reshape(x, (-1, H // 2, 2, W // 2, 2, C))
+        x = ops.reshape(ops.transpose(x, (0, 1, 3, 4, 2, 5)), (-1, H // 2, W // 2, 4 * C))  # (w, h, C) order
+        return self.reduction(self.norm(x))
+
+    def get_config(self):
+        return {**super().get_config(), "dim": self.dim, "out_dim": self.out_dim}
+
+
+@keras.saving.register_keras_serializable(package=PACKAGE)
+class SwinTransformerStage(keras.layers.Layer):
+    def __init__(self, dim: int, out_dim: int, input_resolution: tuple[int, int], depth: int, downsample: bool,
+                 num_heads: int, window_size: int, mlp_ratio: float = 4.0, **kwargs):
+        super().__init__(**kwargs)
+        self.cfg = dict(dim=dim, out_dim=out_dim, input_resolution=pair(input_resolution), depth=depth,
+                        downsample=downsample, num_heads=num_heads, window_size=window_size, mlp_ratio=mlp_ratio)
+        res = tuple((r + 1) // 2 for r in pair(input_resolution)) if downsample else pair(input_resolution)
+        self.downsample = PatchMerging(dim, out_dim, name="downsample") if downsample else None
+        self.blocks = [SwinTransformerBlock(out_dim, res, num_heads, window_size, shift=i % 2 == 1,
+                                            mlp_ratio=mlp_ratio, name=f"blocks_{i}") for i in range(depth)]
+
+    def build(self, input_shape):
+        if self.downsample is not None:
+            self.downsample.build(input_shape)
+        for blk in self.blocks:
+            blk.build(None)
+
+    def call(self, x):
+        if self.downsample is not None:
+            x = self.downsample(x)
+        for blk in self.blocks:
+            x = blk(x)
+        return x
+
+    def get_config(self):
+        return {**super().get_config(), **self.cfg}
+
+
+@keras.saving.register_keras_serializable(package=PACKAGE)
+class ClassifierHead(keras.layers.Layer):
+    """Average over (H, W) of channels-last features, then ``fc`` (timm's key names; only ``global_pool='avg'``)."""
+
+    def __init__(self, dim: int, num_classes: int, **kwargs):
+        super().__init__(**kwargs)
+        self.dim, self.num_classes = dim, num_classes
+        self.fc = dense(num_classes, "fc") if num_classes > 0 else None
+
+    def build(self, input_shape):
+        if self.fc is not None:
+            self.fc.build((None, self.dim))
+
+    def call(self, x, pre_logits: bool = False):
+        x = ops.mean(x, axis=(1, 2))  # (B, C)
+        return x if pre_logits or self.fc is None else self.fc(x)
+
+    def get_config(self):
+        return {**super().get_config(), "dim": self.dim, "num_classes": self.num_classes}
+
+
+@keras.saving.register_keras_serializable(package=PACKAGE)
+class SwinTransformer(keras.Model):
+    """patch_embed -> stages (PatchMerging + shifted-window blocks) -> norm -> head; input (B, H, W, in_chans)."""
+
+    def __init__(self, *, img_size: int = 224, patch_size: int = 4, num_classes: int = 1000, embed_dim: int = 96,
+                 depths: tuple[int, ...] = (2, 2, 6, 2), num_heads: tuple[int, ...] = (3, 6, 12, 24),
+                 window_size: int = 7, mlp_ratio: float = 4.0, in_chans: int = 3, **kwargs):
+        super().__init__(**kwargs)
+        depths, num_heads = tuple(depths), tuple(num_heads)
+        self.cfg = dict(img_size=img_size, patch_size=patch_size, num_classes=num_classes, embed_dim=embed_dim,
+                        depths=depths, num_heads=num_heads, window_size=window_size, mlp_ratio=mlp_ratio,
+                        in_chans=in_chans)
+        self.img_size, self.num_classes, self.in_chans = img_size, num_classes, in_chans
+        self.patch_embed = PatchEmbed(patch_size, in_chans, embed_dim, name="patch_embed")
+        dims = [embed_dim * 2**i for i in range(len(depths))]
+        res = (img_size // patch_size, img_size // patch_size)
+        self.layers_ = []  # timm's ``layers`` (a name keras.Model reserves)
+        for i, depth in enumerate(depths):
+            self.layers_.append(SwinTransformerStage(
+                dims[max(i - 1, 0)], dims[i], res, depth, downsample=i > 0, num_heads=num_heads[i],
+                window_size=window_size, mlp_ratio=mlp_ratio, name=f"layers_{i}"))
+            if i > 0:
+                res = tuple((r + 1) // 2 for r in res)
+        self.num_features = dims[-1]
+        self.norm = layer_norm("norm")
+        self.head = ClassifierHead(dims[-1], num_classes, name="head")
+
+    def build(self, input_shape):
+        self.patch_embed.build(input_shape)
+        for stage in self.layers_:
+            stage.build((None, None, None, stage.cfg["dim"]))
+        self.norm.build((None, self.num_features))
+        self.head.build(None)
+        self.built = True
+
+    def forward_features(self, x):
+        x = self.patch_embed(x)  # (B, H/4, W/4, C)
+        for stage in self.layers_:
+            x = stage(x)
+        return self.norm(x)  # (B, H/32, W/32, 8C)
+
+    def forward_head(self, x, pre_logits: bool = False):
+        return self.head(x, pre_logits=pre_logits)
+
+    def call(self, x, training=None):
+        return self.forward_head(self.forward_features(x))
+
+    def get_config(self):
+        return {**super().get_config(), **self.cfg}
+
+    @classmethod
+    def from_config(cls, config):
+        return cls(**config)
+
+
+# --- weight port: timm / our torch state_dict -> this model ------------------------------------------------------
+
+def stem_rows(model) -> list[Row]:
+    """Patch embedding (conv + norm), shared by Swin and SwinV2-cr."""
+    pe = model.patch_embed
+    return [(pe.proj.kernel, "patch_embed.proj.weight", conv), (pe.proj.bias, "patch_embed.proj.bias", same),
+            *ln_rows(pe.norm, "patch_embed.norm")]
+
+
+def merge_rows(merge: PatchMerging | None, key: str) -> list[Row]:
+    if merge is None:
+        return []
+    return [*ln_rows(merge.norm, key + ".norm"), *dense_rows(merge.reduction, key + ".reduction")]
+
+
+def port_table(model: SwinTransformer) -> list[Row]:
+    """(our variable, timm key, transform) for every weight, in a reviewable table."""
+    rows = stem_rows(model)
+    for i, stage in enumerate(model.layers_):
+        rows += merge_rows(stage.downsample, f"layers.{i}.downsample")
+        for j, b in enumerate(stage.blocks):
+            p = f"layers.{i}.blocks.{j}."
+            rows += [*ln_rows(b.norm1, p + "norm1"),
+                     (b.attn.relative_position_bias_table, p + "attn.relative_position_bias_table", same),
+                     *dense_rows(b.attn.qkv, p + "attn.qkv"), *dense_rows(b.attn.proj, p + "attn.proj"),
+                     *ln_rows(b.norm2, p + "norm2"),
+                     *dense_rows(b.mlp.fc1, p + "mlp.fc1"), *dense_rows(b.mlp.fc2, p + "mlp.fc2")]
+    rows += ln_rows(model.norm, "norm")
+    if model.head.fc is not None:
+        rows += dense_rows(model.head.fc, "head.fc")
+    return rows
+
+
+def load_timm_state_dict(model: SwinTransformer, state: dict[str, np.ndarray]) -> None:
+    """Assign every weight from a timm Swin state_dict (numpy arrays), strictly both ways."""
+    if not model.built:
+        model.build((None, model.img_size, model.img_size, model.in_chans))
+    assign_strict(model, port_table(model), state)
+
+
+def count_macs_acts(model: SwinTransformer) -> tuple[int, int]:
+    """MACs and activations per image of ``img_size``, counted as the torch counter counts our torch twin (patch
+    conv, merging reduction, windowed attention over the padded map, MLP, head fc)."""
+    c = model.cfg
+    h = w = c["img_size"] // c["patch_size"]
+    C = c["embed_dim"]
+    macs, acts = h * w * C * c["in_chans"] * c["patch_size"] ** 2, h * w * C
+    for stage in model.layers_:
+        if stage.downsample is not None:
+            d = stage.cfg["dim"]
+            h, w = (h + 1) // 2, (w + 1) // 2
+            macs, acts = macs + h * w * 4 * d * stage.cfg["out_dim"], acts + h * w * stage.cfg["out_dim"]
+        for b in stage.blocks:
+            (wh, ww), d = b.window_size, b.dim
+            tp = (-(-h // wh) * wh) * (-(-w // ww) * ww)
+            m, a = window_attention_macs(tp, wh * ww, d, b.num_heads)
+            hidden = b.mlp.hidden
+            macs, acts = macs + m + 2 * h * w * d * hidden, acts + a + h * w * (hidden + d)
+    if model.head.fc is not None:
+        macs, acts = macs + model.num_features * model.num_classes, acts + model.num_classes
+    return macs, acts
+
+
+register_configs(SWIN_CONFIGS, SwinTransformer, load_timm_state_dict)
