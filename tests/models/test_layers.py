@@ -46,6 +46,30 @@ def test_sdpa_causal_and_cross_lengths():
         sdpa(q, k, v, attn_mask=torch.ones(5, 9, dtype=torch.bool), is_causal=True)
 
 
+@pytest.mark.parametrize("chunk", [1, 3, 7, 64])
+def test_chunked_sdpa_equals_the_full_map_path(chunk):
+    """Queries in blocks (a last partial block, chunk > L too): the rows of ``sdpa`` (to BLAS rounding: a block's
+    matmul may sum in another order), with every mask kind."""
+    from vitbench.models.torch.layers import SDPA, sdpa_chunked
+
+    g = torch.Generator().manual_seed(3)
+    q = torch.randn(2, 3, 20, 8, generator=g)
+    k, v = torch.randn(2, 3, 11, 8, generator=g), torch.randn(2, 3, 11, 5, generator=g)
+    masks = [None, torch.rand(20, 11, generator=g) > 0.3, torch.randn(2, 1, 20, 11, generator=g),
+             torch.randn(1, 1, 1, 11, generator=g)]
+    for mask in masks:
+        full = sdpa(q, k, v, attn_mask=mask, scale=0.4)
+        got = sdpa_chunked(q, k, v, attn_mask=mask, scale=0.4, chunk_size=chunk)
+        assert torch.allclose(got, full, atol=1e-6, rtol=0)
+    causal = sdpa_chunked(q, q, q, is_causal=True, chunk_size=chunk)
+    assert torch.allclose(causal, F.scaled_dot_product_attention(q, q, q, is_causal=True), atol=1e-6)
+    with pytest.raises(ValueError, match="not both"):
+        sdpa_chunked(q, k, v, attn_mask=masks[1], is_causal=True)
+    x = torch.randn(2, 20, 3 * 24, generator=g)
+    ref = SDPA(num_heads=3, impl="torch")(x)
+    assert torch.allclose(SDPA(num_heads=3, impl="chunked", chunk_size=chunk)(x), ref, atol=1e-6)
+
+
 def test_sdpa_returns_attention_map(qkv):
     q, k, v = qkv
     out, attn = sdpa(q, k, v, return_attn=True)

@@ -164,21 +164,59 @@ class PatchEmbed(nn.Module):
         return self.norm(x)
 
 
+def sdpa_chunked(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    attn_mask: torch.Tensor | None = None,
+    is_causal: bool = False,
+    scale: float | None = None,
+    chunk_size: int = 256,
+) -> torch.Tensor:
+    """``sdpa`` over blocks of ``chunk_size`` queries: each block's (..., chunk, S) logits, softmax and @ v, so the
+    full (..., L, S) matrix never exists (memory O(chunk * S) per head instead of O(L * S)). Every query row sees
+    all keys, so each row is ``sdpa``'s row (same ops; BLAS may sum a block in another order). Same arguments as
+    ``sdpa`` (no dropout, no returned map)."""
+    L, S = q.shape[-2], k.shape[-2]
+    if is_causal and attn_mask is not None:
+        raise ValueError("sdpa: give attn_mask or is_causal, not both (as F.scaled_dot_product_attention)")
+    scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else scale
+    kt = k.transpose(-2, -1)  # (..., D, S)
+    out = []
+    for start in range(0, L, chunk_size):
+        stop = min(start + chunk_size, L)
+        mask = attn_mask
+        if is_causal:
+            rows = torch.arange(start, stop, device=q.device)[:, None]
+            mask = rows >= torch.arange(S, device=q.device)[None, :]  # (chunk, S)
+        elif mask is not None and mask.dim() >= 2 and mask.shape[-2] == L:
+            mask = mask[..., start:stop, :]
+        attn = (q[..., start:stop, :] * scale) @ kt  # (..., chunk, S)
+        if mask is not None:
+            attn = attn.masked_fill(~mask, float("-inf")) if mask.dtype == torch.bool else attn + mask
+        out.append(attn.softmax(dim=-1) @ v)  # (..., chunk, Dv)
+    return torch.cat(out, dim=-2)
+
+
 class SDPA(nn.Module):
     """Attention kernel alone, for kernel benchmarks: (B, N, 3C) -> split q, k, v into heads -> (B, N, C).
 
-    ``impl='ours'`` runs our ``sdpa``; ``impl='torch'`` runs ``F.scaled_dot_product_attention``.
+    ``impl='ours'`` runs our ``sdpa`` (the readable reference: the whole N x N map); ``impl='chunked'`` runs
+    ``sdpa_chunked`` (queries in blocks of ``chunk_size``); ``impl='torch'`` runs ``F.scaled_dot_product_attention``.
     """
 
-    def __init__(self, num_heads: int = 8, impl: str = "ours", scale: float | None = None) -> None:
+    def __init__(self, num_heads: int = 8, impl: str = "ours", scale: float | None = None,
+                 chunk_size: int = 256) -> None:
         super().__init__()
-        if impl not in ("ours", "torch"):
-            raise ValueError(f"SDPA: impl must be 'ours' or 'torch', not {impl!r}")
-        self.num_heads, self.impl, self.scale = num_heads, impl, scale
+        if impl not in ("ours", "chunked", "torch"):
+            raise ValueError(f"SDPA: impl must be 'ours', 'chunked' or 'torch', not {impl!r}")
+        self.num_heads, self.impl, self.scale, self.chunk_size = num_heads, impl, scale, chunk_size
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         B, N, C3 = x.shape
         q, k, v = x.reshape(B, N, 3, self.num_heads, C3 // 3 // self.num_heads).permute(2, 0, 3, 1, 4).unbind(0)
-        fn = sdpa if self.impl == "ours" else F.scaled_dot_product_attention
-        y = fn(q, k, v, scale=self.scale)  # (B, H, N, D)
+        if self.impl == "chunked":
+            y = sdpa_chunked(q, k, v, scale=self.scale, chunk_size=self.chunk_size)  # (B, H, N, D)
+        else:
+            y = (sdpa if self.impl == "ours" else F.scaled_dot_product_attention)(q, k, v, scale=self.scale)
         return y.transpose(1, 2).reshape(B, N, C3 // 3)
