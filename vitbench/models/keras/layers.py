@@ -1,12 +1,14 @@
-"""Keras 3 twins of ``vitbench.models.torch.layers``: sdpa, multi-head self-attention, MLP, patch embedding.
+"""Keras 3 twins of ``vitbench.models.torch.layers``: sdpa, multi-head self-attention, MLP, LayerScale, patch
+embedding.
 
 Keras conventions: settings in ``__init__``, weights in ``build``, only ``keras.ops`` in ``call``, and
 ``get_config`` round-trips. Layout is channels-last: images (B, H, W, C), tokens (B, N, C).
-Sublayer names follow timm (``qkv``, ``proj``, ``fc1``, ``fc2``, ``proj`` of the patch embed) so the port table
-reads one to one.
+Sublayer names follow timm (``qkv``, ``q_norm``, ``k_norm``, ``proj``, ``fc1``, ``fc2``, ``gamma``, ``proj`` of
+the patch embed) so the port table reads one to one.
 """
 from __future__ import annotations
 
+import copy
 import math
 
 import keras
@@ -40,25 +42,49 @@ def sdpa(q, k, v, attn_mask=None, is_causal: bool = False, scale: float | None =
     return (out, attn) if return_attn else out
 
 
+def _initializer_spec(initializer) -> dict:
+    """An initializer as its serialized config: each Dense then gets a fresh instance (``_initializer``), so an
+    unseeded initializer is never shared (Keras would give every layer the same values) and configs stay JSON."""
+    if isinstance(initializer, dict):
+        initializer = copy.deepcopy(initializer)
+    return keras.initializers.serialize(keras.initializers.get(initializer))
+
+
+def _initializer(spec: dict):
+    return keras.initializers.get(copy.deepcopy(spec))
+
+
 @keras.saving.register_keras_serializable(package=PACKAGE)
 class Attention(keras.layers.Layer):
     """Multi-head self-attention with a fused qkv projection (timm's layout: [q heads, k heads, v heads]).
 
-    ``fused_attn=True`` uses ``keras.ops.dot_product_attention``; ``False`` uses our ``sdpa``.
+    ``fused_attn=True`` uses ``keras.ops.dot_product_attention``; ``False`` uses our ``sdpa``. ``qk_norm`` adds
+    LayerNorms over the head dim of q and k (``q_norm`` / ``k_norm``, eps ``norm_eps``: torch's ``nn.LayerNorm``
+    default 1e-5 as timm's standalone Attention; the ViT passes 1e-6), on both paths. ``kernel_initializer`` is
+    that of ``qkv`` and ``proj`` (biases start at zero).
     """
 
-    def __init__(self, dim: int, num_heads: int = 8, qkv_bias: bool = False, fused_attn: bool = True, **kwargs):
+    def __init__(self, dim: int, num_heads: int = 8, qkv_bias: bool = False, fused_attn: bool = True,
+                 qk_norm: bool = False, norm_eps: float = 1e-5, kernel_initializer="glorot_uniform", **kwargs):
         super().__init__(**kwargs)
         if dim % num_heads:
             raise ValueError(f"Attention: dim {dim} is not divisible by num_heads {num_heads}")
         self.dim, self.num_heads, self.qkv_bias, self.fused_attn = dim, num_heads, qkv_bias, fused_attn
+        self.qk_norm, self.norm_eps = qk_norm, norm_eps
+        self.kernel_initializer = _initializer_spec(kernel_initializer)
         self.head_dim = dim // num_heads
         self.scale = self.head_dim**-0.5
-        self.qkv = keras.layers.Dense(dim * 3, use_bias=qkv_bias, name="qkv")
-        self.proj = keras.layers.Dense(dim, name="proj")
+        self.qkv = keras.layers.Dense(dim * 3, use_bias=qkv_bias, kernel_initializer=_initializer(
+            self.kernel_initializer), name="qkv")
+        self.q_norm = keras.layers.LayerNormalization(epsilon=norm_eps, name="q_norm") if qk_norm else None
+        self.k_norm = keras.layers.LayerNormalization(epsilon=norm_eps, name="k_norm") if qk_norm else None
+        self.proj = keras.layers.Dense(dim, kernel_initializer=_initializer(self.kernel_initializer), name="proj")
 
     def build(self, input_shape):
         self.qkv.build(input_shape)
+        if self.qk_norm:
+            self.q_norm.build((None, None, None, self.head_dim))
+            self.k_norm.build((None, None, None, self.head_dim))
         self.proj.build((*input_shape[:-1], self.dim))
 
     def call(self, x, return_attn: bool = False):
@@ -67,28 +93,35 @@ class Attention(keras.layers.Layer):
         attn = None
         if self.fused_attn and not return_attn:
             q, k, v = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]  # (B, N, H, D), Keras' attention layout
+            if self.qk_norm:  # over D, the last axis in either layout
+                q, k = self.q_norm(q), self.k_norm(k)
             y = ops.dot_product_attention(q, k, v, scale=self.scale)  # (B, N, H, D)
         else:
             qkv = ops.transpose(qkv, (2, 0, 3, 1, 4))  # (3, B, H, N, D)
-            y, attn = sdpa(qkv[0], qkv[1], qkv[2], scale=self.scale, return_attn=True)  # (B, H, N, D)
+            q, k, v = qkv[0], qkv[1], qkv[2]
+            if self.qk_norm:
+                q, k = self.q_norm(q), self.k_norm(k)
+            y, attn = sdpa(q, k, v, scale=self.scale, return_attn=True)  # (B, H, N, D)
             y = ops.transpose(y, (0, 2, 1, 3))  # (B, N, H, D)
         y = self.proj(ops.reshape(y, (B, N, self.dim)))
         return (y, attn) if return_attn else y
 
     def get_config(self):
         return {**super().get_config(), "dim": self.dim, "num_heads": self.num_heads, "qkv_bias": self.qkv_bias,
-                "fused_attn": self.fused_attn}
+                "fused_attn": self.fused_attn, "qk_norm": self.qk_norm, "norm_eps": self.norm_eps,
+                "kernel_initializer": self.kernel_initializer}
 
 
 @keras.saving.register_keras_serializable(package=PACKAGE)
 class Mlp(keras.layers.Layer):
     """fc1 -> exact (erf) GELU -> fc2. Note ``keras.ops.gelu`` defaults to the tanh approximation: not used."""
 
-    def __init__(self, dim: int, hidden: int, **kwargs):
+    def __init__(self, dim: int, hidden: int, kernel_initializer="glorot_uniform", **kwargs):
         super().__init__(**kwargs)
         self.dim, self.hidden = dim, hidden
-        self.fc1 = keras.layers.Dense(hidden, name="fc1")
-        self.fc2 = keras.layers.Dense(dim, name="fc2")
+        self.kernel_initializer = _initializer_spec(kernel_initializer)
+        self.fc1 = keras.layers.Dense(hidden, kernel_initializer=_initializer(self.kernel_initializer), name="fc1")
+        self.fc2 = keras.layers.Dense(dim, kernel_initializer=_initializer(self.kernel_initializer), name="fc2")
 
     def build(self, input_shape):
         self.fc1.build(input_shape)
@@ -98,31 +131,59 @@ class Mlp(keras.layers.Layer):
         return self.fc2(ops.gelu(self.fc1(x), approximate=False))
 
     def get_config(self):
-        return {**super().get_config(), "dim": self.dim, "hidden": self.hidden}
+        return {**super().get_config(), "dim": self.dim, "hidden": self.hidden,
+                "kernel_initializer": self.kernel_initializer}
+
+
+@keras.saving.register_keras_serializable(package=PACKAGE)
+class LayerScale(keras.layers.Layer):
+    """x * gamma, a learned per-channel scale starting at ``init_values`` (timm's ``ls1`` / ``ls2``)."""
+
+    def __init__(self, dim: int, init_values: float = 1e-5, **kwargs):
+        super().__init__(**kwargs)
+        self.dim, self.init_values = dim, init_values
+
+    def build(self, input_shape):
+        self.gamma = self.add_weight(shape=(self.dim,), initializer=keras.initializers.Constant(self.init_values),
+                                     name="gamma")
+
+    def call(self, x):
+        return x * self.gamma
+
+    def get_config(self):
+        return {**super().get_config(), "dim": self.dim, "init_values": self.init_values}
 
 
 @keras.saving.register_keras_serializable(package=PACKAGE)
 class PatchEmbed(keras.layers.Layer):
-    """(B, H, W, 3) -> (B, N, embed_dim) by a strided convolution."""
+    """(B, img_size, img_size, in_chans) -> (B, N, embed_dim) by a strided convolution. ``in_chans=None`` takes the
+    channels from the shape ``build`` is given; a number fixes them (a differing input shape is an error)."""
 
-    def __init__(self, img_size: int, patch_size: int, embed_dim: int, **kwargs):
+    def __init__(self, img_size: int, patch_size: int, embed_dim: int, in_chans: int | None = None, **kwargs):
         super().__init__(**kwargs)
         if img_size % patch_size:
             raise ValueError(f"PatchEmbed: img_size {img_size} is not a multiple of patch_size {patch_size}")
-        self.img_size, self.patch_size, self.embed_dim = img_size, patch_size, embed_dim
+        self.img_size, self.patch_size, self.embed_dim, self.in_chans = img_size, patch_size, embed_dim, in_chans
         self.num_patches = (img_size // patch_size) ** 2
         self.proj = keras.layers.Conv2D(embed_dim, patch_size, strides=patch_size, name="proj")
 
     def build(self, input_shape):
-        self.proj.build(input_shape)
+        c = input_shape[-1]
+        if self.in_chans is not None:
+            if c is not None and c != self.in_chans:
+                raise ValueError(f"PatchEmbed: input has {c} channels, in_chans is {self.in_chans}")
+            c = self.in_chans
+        self.proj.build((*input_shape[:-1], c))
 
     def call(self, x):
+        if x.shape[1] is not None and tuple(x.shape[1:3]) != (self.img_size, self.img_size):
+            raise ValueError(f"PatchEmbed: input {x.shape[1]}x{x.shape[2]} does not match img_size {self.img_size}")
         x = self.proj(x)  # (B, H/p, W/p, C)
         return ops.reshape(x, (ops.shape(x)[0], self.num_patches, self.embed_dim))
 
     def get_config(self):
         return {**super().get_config(), "img_size": self.img_size, "patch_size": self.patch_size,
-                "embed_dim": self.embed_dim}
+                "embed_dim": self.embed_dim, "in_chans": self.in_chans}
 
 
 @keras.saving.register_keras_serializable(package=PACKAGE)

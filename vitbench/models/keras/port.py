@@ -35,14 +35,19 @@ class PortError(ValueError):
 
 
 def assign_strict(model: Any, table: list[tuple[Any, str, Transform]], state: dict[str, np.ndarray]) -> None:
-    """Assign every row ``(variable, timm key, transform)`` of ``table`` from ``state``."""
+    """Assign every row ``(variable, timm key, transform)`` of ``table`` from ``state``. Each variable is filled once;
+    a key may feed several rows only through transforms that take a ``part`` of it (a fused qkv split in three)."""
     used = [key for _, key, _ in table]
-    covered = {id(var) for var, _, _ in table}
-    missing = sorted(set(used) - set(state)) + sorted(v.path for v in model.weights if id(v) not in covered)
+    covered = [id(var) for var, _, _ in table]
+    missing = sorted(set(used) - set(state)) + sorted(v.path for v in model.weights if id(v) not in set(covered))
     unexpected = sorted(set(state) - set(used))
-    if missing or unexpected or len(set(used)) != len(used):
+    if missing or unexpected:
         raise PortError(f"weight port: {len(missing)} missing keys (e.g. {missing[:3]}), {len(unexpected)} "
                         f"unexpected (e.g. {unexpected[:3]})", missing, unexpected)
+    twice = sorted({var.path for var, _, _ in table if covered.count(id(var)) > 1}
+                   | {k for _, k, fn in table if used.count(k) > 1 and not hasattr(fn, "part")})
+    if twice:
+        raise PortError(f"weight port table: {twice[:3]} used more than once")
     for var, key, fn in table:
         w = fn(np.asarray(state[key]))
         if tuple(var.shape) != w.shape:

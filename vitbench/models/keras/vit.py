@@ -1,12 +1,11 @@
-"""Keras 3 Vision Transformer, the twin of ``vitbench.models.torch.vit`` (same configs, same names).
+"""Keras 3 Vision Transformer, the twin of ``vitbench.models.torch.vit`` (same configs, same argument and weight
+names, the same ``norm`` / ``fc_norm`` split and init).
 
-Input (B, H, W, 3) channels-last; logits (B, num_classes). ``port_table`` / ``load_timm_state_dict`` bring a
-timm (or our torch) ViT state_dict in: Dense kernels are transposed, the patch conv goes OIHW -> HWIO,
-LayerNorm eps is 1e-6 as in timm (Keras' default is 1e-3), GELU is the exact erf form.
+Input (B, H, W, in_chans) channels-last; logits (B, num_classes). ``port_table`` / ``load_timm_state_dict`` bring a
+timm (or our torch) ViT state_dict in, strictly both ways: Dense kernels are transposed, the patch conv goes
+OIHW -> HWIO, LayerNorm eps is 1e-6 as in timm (Keras' default is 1e-3), GELU is the exact erf form.
 """
 from __future__ import annotations
-
-from collections.abc import Callable
 
 import keras
 import numpy as np
@@ -14,96 +13,149 @@ from keras import ops
 
 from ..configs import VIT_CONFIGS
 from ._registry import register_configs
-from .layers import PACKAGE, Attention, Mlp, PatchEmbed
+from .layers import PACKAGE, Attention, LayerScale, Mlp, PatchEmbed
+from .port import Row, assign_strict, conv, dense_rows, ln_rows, same
 
 LN_EPS = 1e-6  # timm's ViT LayerNorm eps
 
 
+def _ln(name: str) -> keras.layers.LayerNormalization:
+    return keras.layers.LayerNormalization(epsilon=LN_EPS, name=name)
+
+
+def _trunc_normal() -> keras.initializers.Initializer:
+    """torch's ``trunc_normal_(std=0.02)`` cuts at +-2 absolute (100 std), so it is a plain normal; Keras'
+    ``TruncatedNormal`` cuts at 2 std (std 0.88 x 0.02): not the same init."""
+    return keras.initializers.RandomNormal(stddev=0.02)
+
+
 @keras.saving.register_keras_serializable(package=PACKAGE)
 class Block(keras.layers.Layer):
-    """Pre-norm transformer block: x + attn(norm1(x)); x + mlp(norm2(x))."""
+    """Pre-norm transformer block: x + ls1(attn(norm1(x))); x + ls2(mlp(norm2(x))) (LayerScale with
+    ``init_values``, else none)."""
 
-    def __init__(self, dim: int, num_heads: int, mlp_ratio: float = 4.0, qkv_bias: bool = True,
-                 fused_attn: bool = True, **kwargs):
+    def __init__(self, dim: int, num_heads: int, *, mlp_ratio: float = 4.0, qkv_bias: bool = True,
+                 qk_norm: bool = False, init_values: float | None = None, fused_attn: bool = True,
+                 kernel_initializer="glorot_uniform", **kwargs):
         super().__init__(**kwargs)
         self.dim, self.num_heads, self.mlp_ratio, self.qkv_bias, self.fused_attn = (
             dim, num_heads, mlp_ratio, qkv_bias, fused_attn)
-        self.norm1 = keras.layers.LayerNormalization(epsilon=LN_EPS, name="norm1")
-        self.attn = Attention(dim, num_heads, qkv_bias=qkv_bias, fused_attn=fused_attn, name="attn")
-        self.norm2 = keras.layers.LayerNormalization(epsilon=LN_EPS, name="norm2")
-        self.mlp = Mlp(dim, int(dim * mlp_ratio), name="mlp")
+        self.qk_norm, self.init_values = qk_norm, init_values
+        self.norm1 = _ln("norm1")
+        self.attn = Attention(dim, num_heads, qkv_bias=qkv_bias, fused_attn=fused_attn, qk_norm=qk_norm,
+                              norm_eps=LN_EPS, kernel_initializer=kernel_initializer, name="attn")
+        self.kernel_initializer = self.attn.kernel_initializer  # serialized
+        self.ls1 = LayerScale(dim, init_values, name="ls1") if init_values else None
+        self.norm2 = _ln("norm2")
+        self.mlp = Mlp(dim, int(dim * mlp_ratio), kernel_initializer=self.kernel_initializer, name="mlp")
+        self.ls2 = LayerScale(dim, init_values, name="ls2") if init_values else None
 
     def build(self, input_shape):
-        for layer in (self.norm1, self.attn, self.norm2, self.mlp):
-            layer.build(input_shape)
+        for layer in (self.norm1, self.attn, self.ls1, self.norm2, self.mlp, self.ls2):
+            if layer is not None:
+                layer.build(input_shape)
+
+    def _ls(self, ls, x):
+        return x if ls is None else ls(x)
 
     def call(self, x, return_attn: bool = False):
         if return_attn:
             y, attn = self.attn(self.norm1(x), return_attn=True)
-            x = x + y
-            return x + self.mlp(self.norm2(x)), attn
-        x = x + self.attn(self.norm1(x))
-        return x + self.mlp(self.norm2(x))
+            x = x + self._ls(self.ls1, y)
+            return x + self._ls(self.ls2, self.mlp(self.norm2(x))), attn
+        x = x + self._ls(self.ls1, self.attn(self.norm1(x)))
+        return x + self._ls(self.ls2, self.mlp(self.norm2(x)))
 
     def get_config(self):
         return {**super().get_config(), "dim": self.dim, "num_heads": self.num_heads, "mlp_ratio": self.mlp_ratio,
-                "qkv_bias": self.qkv_bias, "fused_attn": self.fused_attn}
+                "qkv_bias": self.qkv_bias, "qk_norm": self.qk_norm, "init_values": self.init_values,
+                "fused_attn": self.fused_attn, "kernel_initializer": self.kernel_initializer}
 
 
 @keras.saving.register_keras_serializable(package=PACKAGE)
 class VisionTransformer(keras.Model):
-    """ViT classifier: patch_embed -> [cls] + pos_embed -> blocks -> norm -> pool -> head."""
+    """ViT classifier: patch_embed -> [cls] + pos_embed -> blocks -> norm -> pool -> fc_norm -> head.
 
-    def __init__(self, img_size: int = 224, patch_size: int = 16, num_classes: int = 1000, global_pool: str = "token",
-                 embed_dim: int = 768, depth: int = 12, num_heads: int = 12, mlp_ratio: float = 4.0,
-                 qkv_bias: bool = True, fused_attn: bool = True, **kwargs):
+    As timm: ``global_pool='token'`` takes the class token after ``norm`` (no ``fc_norm``); ``'avg'`` averages the
+    non-prefix tokens, then ``fc_norm`` (no ``norm``)."""
+
+    def __init__(self, *, img_size: int = 224, patch_size: int = 16, in_chans: int = 3, num_classes: int = 1000,
+                 global_pool: str = "token", embed_dim: int = 768, depth: int = 12, num_heads: int = 12,
+                 mlp_ratio: float = 4.0, qkv_bias: bool = True, qk_norm: bool = False,
+                 init_values: float | None = None, class_token: bool = True, fused_attn: bool = True, **kwargs):
         super().__init__(**kwargs)
         if global_pool not in ("token", "avg"):
             raise ValueError(f"VisionTransformer: global_pool must be 'token' or 'avg', not {global_pool!r}")
-        self.cfg = dict(img_size=img_size, patch_size=patch_size, num_classes=num_classes, global_pool=global_pool,
-                        embed_dim=embed_dim, depth=depth, num_heads=num_heads, mlp_ratio=mlp_ratio,
-                        qkv_bias=qkv_bias, fused_attn=fused_attn)
-        self.img_size, self.embed_dim, self.global_pool = img_size, embed_dim, global_pool
+        if global_pool == "token" and not class_token:
+            raise ValueError("VisionTransformer: global_pool='token' needs class_token=True")
+        self.cfg = dict(img_size=img_size, patch_size=patch_size, in_chans=in_chans, num_classes=num_classes,
+                        global_pool=global_pool, embed_dim=embed_dim, depth=depth, num_heads=num_heads,
+                        mlp_ratio=mlp_ratio, qkv_bias=qkv_bias, qk_norm=qk_norm, init_values=init_values,
+                        class_token=class_token, fused_attn=fused_attn)
+        self.img_size, self.in_chans, self.global_pool = img_size, in_chans, global_pool
+        self.embed_dim = self.num_features = embed_dim
         self.num_classes = num_classes
-        self.patch_embed = PatchEmbed(img_size, patch_size, embed_dim, name="patch_embed")
-        self.blocks = [Block(embed_dim, num_heads, mlp_ratio, qkv_bias, fused_attn, name=f"blocks_{i}")
-                       for i in range(depth)]
-        # timm: with avg pooling the final norm moves after the pool (fc_norm)
-        self.norm = keras.layers.LayerNormalization(epsilon=LN_EPS, name="fc_norm" if global_pool == "avg" else "norm")
-        self.head = keras.layers.Dense(num_classes, name="head") if num_classes > 0 else None
+        self.class_token = class_token
+        self.num_prefix_tokens = 1 if class_token else 0
+        self.patch_embed = PatchEmbed(img_size, patch_size, embed_dim, in_chans=in_chans, name="patch_embed")
+        init = keras.initializers.serialize(_trunc_normal())
+        self.blocks = [Block(embed_dim, num_heads, mlp_ratio=mlp_ratio, qkv_bias=qkv_bias, qk_norm=qk_norm,
+                             init_values=init_values, fused_attn=fused_attn, kernel_initializer=init,
+                             name=f"blocks_{i}") for i in range(depth)]
+        use_fc_norm = global_pool == "avg"  # timm: with avg pooling the final norm moves after the pool
+        self.norm = None if use_fc_norm else _ln("norm")
+        self.fc_norm = _ln("fc_norm") if use_fc_norm else None
+        self.head = (keras.layers.Dense(num_classes, kernel_initializer=_trunc_normal(), name="head")
+                     if num_classes > 0 else None)
+        self.cls_token = None
 
     def build(self, input_shape):
-        n = self.patch_embed.num_patches + 1
-        self.cls_token = self.add_weight(shape=(1, 1, self.embed_dim), initializer=keras.initializers.RandomNormal(
-            stddev=1e-6), name="cls_token")
-        self.pos_embed = self.add_weight(shape=(1, n, self.embed_dim), initializer=keras.initializers.TruncatedNormal(
-            stddev=0.02), name="pos_embed")
-        self.patch_embed.build(input_shape)
+        n = self.patch_embed.num_patches + self.num_prefix_tokens
+        if self.class_token:
+            self.cls_token = self.add_weight(shape=(1, 1, self.embed_dim), name="cls_token",
+                                             initializer=keras.initializers.RandomNormal(stddev=1e-6))
+        self.pos_embed = self.add_weight(shape=(1, n, self.embed_dim), initializer=_trunc_normal(), name="pos_embed")
+        self.patch_embed.build((input_shape[0], self.img_size, self.img_size, input_shape[-1]))
         tokens = (input_shape[0], n, self.embed_dim)
         for blk in self.blocks:
             blk.build(tokens)
-        self.norm.build(tokens)
-        if self.head is not None:
-            self.head.build((input_shape[0], self.embed_dim))
+        if self.norm is not None:
+            self.norm.build(tokens)
+        for layer in (self.fc_norm, self.head):  # on the pooled (B, C)
+            if layer is not None:
+                layer.build((input_shape[0], self.embed_dim))
         self.built = True
 
     def _embed(self, x):
-        x = self.patch_embed(x)  # (B, N-1, C)
-        cls = ops.broadcast_to(self.cls_token, (ops.shape(x)[0], 1, self.embed_dim))
-        return ops.concatenate([cls, x], axis=1) + self.pos_embed  # (B, N, C)
+        x = self.patch_embed(x)  # (B, P, C)
+        if self.cls_token is not None:
+            cls = ops.broadcast_to(ops.cast(self.cls_token, x.dtype), (ops.shape(x)[0], 1, self.embed_dim))
+            x = ops.concatenate([cls, x], axis=1)  # (B, N, C)
+        return x + self.pos_embed
+
+    def no_weight_decay(self) -> set[str]:
+        """Weights trained without weight decay (as timm's): the learned tokens and position table."""
+        return {"pos_embed", "cls_token"}
 
     def forward_features(self, x):
+        """(B, H, W, in_chans) -> tokens (B, N, C), through ``norm`` unless it moved to ``fc_norm``."""
         x = self._embed(x)
         for blk in self.blocks:
             x = blk(x)
-        return x if self.global_pool == "avg" else self.norm(x)
+        return x if self.norm is None else self.norm(x)
 
     def forward_head(self, x, pre_logits: bool = False):
-        x = x[:, 0] if self.global_pool == "token" else self.norm(ops.mean(x[:, 1:], axis=1))
+        """(B, N, C) -> logits (B, num_classes), or pooled features with ``pre_logits``."""
+        x = x[:, 0] if self.global_pool == "token" else ops.mean(x[:, self.num_prefix_tokens:], axis=1)
+        if self.fc_norm is not None:
+            x = self.fc_norm(x)
         return x if pre_logits or self.head is None else self.head(x)
 
     def call(self, x, training=None):
         return self.forward_head(self.forward_features(x))
+
+    def get_classifier(self):
+        return self.head
 
     def attention_maps(self, x):
         """Softmax attention of every block, each (B, H, N, N)."""
@@ -123,84 +175,61 @@ class VisionTransformer(keras.Model):
 
 # --- weight port: timm / our torch state_dict -> this model ------------------------------------------------------
 
-def _t(w: np.ndarray) -> np.ndarray:
-    return w.T
+def attention_rows(layer: Attention, prefix: str = "") -> list[Row]:
+    """An Attention's rows from timm's ``{prefix}qkv``, ``q_norm``, ``k_norm``, ``proj``."""
+    rows = dense_rows(layer.qkv, prefix + "qkv")
+    if layer.qk_norm:
+        rows += ln_rows(layer.q_norm, prefix + "q_norm") + ln_rows(layer.k_norm, prefix + "k_norm")
+    return rows + dense_rows(layer.proj, prefix + "proj")
 
 
-def _conv(w: np.ndarray) -> np.ndarray:
-    return w.transpose(2, 3, 1, 0)  # OIHW -> HWIO
-
-
-def _same(w: np.ndarray) -> np.ndarray:
-    return w
-
-
-def port_table(model: VisionTransformer) -> list[tuple[keras.Variable, str, Callable[[np.ndarray], np.ndarray]]]:
+def port_table(model: VisionTransformer) -> list[Row]:
     """(our variable, timm key, transform) for every weight, in a reviewable table."""
-    rows = [
-        (model.patch_embed.proj.kernel, "patch_embed.proj.weight", _conv),
-        (model.patch_embed.proj.bias, "patch_embed.proj.bias", _same),
-        (model.cls_token, "cls_token", _same),
-        (model.pos_embed, "pos_embed", _same),
-    ]
+    rows = [(model.patch_embed.proj.kernel, "patch_embed.proj.weight", conv),
+            (model.patch_embed.proj.bias, "patch_embed.proj.bias", same)]
+    if model.cls_token is not None:
+        rows.append((model.cls_token, "cls_token", same))
+    rows.append((model.pos_embed, "pos_embed", same))
     for i, b in enumerate(model.blocks):
         p = f"blocks.{i}."
-        rows += [
-            (b.norm1.gamma, p + "norm1.weight", _same), (b.norm1.beta, p + "norm1.bias", _same),
-            (b.attn.qkv.kernel, p + "attn.qkv.weight", _t),
-            (b.attn.proj.kernel, p + "attn.proj.weight", _t), (b.attn.proj.bias, p + "attn.proj.bias", _same),
-            (b.norm2.gamma, p + "norm2.weight", _same), (b.norm2.beta, p + "norm2.bias", _same),
-            (b.mlp.fc1.kernel, p + "mlp.fc1.weight", _t), (b.mlp.fc1.bias, p + "mlp.fc1.bias", _same),
-            (b.mlp.fc2.kernel, p + "mlp.fc2.weight", _t), (b.mlp.fc2.bias, p + "mlp.fc2.bias", _same),
-        ]
-        if b.attn.qkv.use_bias:
-            rows.append((b.attn.qkv.bias, p + "attn.qkv.bias", _same))
-    norm = "fc_norm" if model.global_pool == "avg" else "norm"
-    rows += [(model.norm.gamma, f"{norm}.weight", _same), (model.norm.beta, f"{norm}.bias", _same)]
+        rows += ln_rows(b.norm1, p + "norm1") + attention_rows(b.attn, p + "attn.")
+        rows += ln_rows(b.norm2, p + "norm2") + dense_rows(b.mlp.fc1, p + "mlp.fc1")
+        rows += dense_rows(b.mlp.fc2, p + "mlp.fc2")
+        for name in ("ls1", "ls2"):
+            if getattr(b, name) is not None:
+                rows.append((getattr(b, name).gamma, p + name + ".gamma", same))
+    for name in ("norm", "fc_norm"):
+        if getattr(model, name) is not None:
+            rows += ln_rows(getattr(model, name), name)
     if model.head is not None:
-        rows += [(model.head.kernel, "head.weight", _t), (model.head.bias, "head.bias", _same)]
+        rows += dense_rows(model.head, "head")
     return rows
 
 
 def load_timm_state_dict(model: VisionTransformer, state: dict[str, np.ndarray]) -> None:
-    """Assign every weight from a timm ViT state_dict (numpy arrays). Every timm key must be used exactly once."""
+    """Assign every weight from a timm ViT state_dict (numpy arrays), strictly both ways (``PortError``)."""
     if not model.built:
-        model.build((1, model.img_size, model.img_size, 3))
-    table = port_table(model)
-    used = {key for _, key, _ in table}
-    missing = sorted(used - set(state))
-    unexpected = sorted(set(state) - used)
-    if missing or unexpected:
-        raise ValueError(f"weight port: {len(missing)} missing keys (e.g. {missing[:3]}), "
-                         f"{len(unexpected)} unexpected (e.g. {unexpected[:3]})")
-    for var, key, fn in table:
-        w = fn(np.asarray(state[key]))
-        if tuple(var.shape) != w.shape:
-            raise ValueError(f"weight port: {key} {w.shape} does not fit {var.path} {tuple(var.shape)}")
-        var.assign(w)
+        model.build((1, model.img_size, model.img_size, model.in_chans))
+    assign_strict(model, port_table(model), state)
 
 
 def load_timm_attention(layer: Attention, state: dict[str, np.ndarray]) -> None:
-    """timm ``Attention`` state_dict (qkv, proj) -> our Keras Attention."""
+    """timm ``Attention`` state_dict (qkv, q_norm/k_norm, proj) -> our Keras Attention, strictly."""
     if not layer.built:
         layer.build((1, 1, layer.dim))
-    table = [(layer.qkv.kernel, "qkv.weight", _t), (layer.proj.kernel, "proj.weight", _t),
-             (layer.proj.bias, "proj.bias", _same)] + ([(layer.qkv.bias, "qkv.bias", _same)] if layer.qkv_bias else [])
-    extra = sorted(set(state) - {k for _, k, _ in table})
-    if extra:
-        raise ValueError(f"weight port: unexpected keys {extra[:3]}")
-    for var, key, fn in table:
-        var.assign(fn(np.asarray(state[key])))
+    assign_strict(layer, attention_rows(layer), state)
 
 
 def count_macs_acts(model: VisionTransformer) -> tuple[int, int]:
     """MACs and activations per image from the config, counted as the torch counter counts our torch twin
-    (patch conv, qkv, q@k^T, attn@v, proj, MLP, head; activations = outputs of those ops)."""
+    (patch conv, qkv, q@k^T, attn@v, proj, MLP, head; activations = outputs of those ops; norms, LayerScale and
+    pooling are not counted)."""
     c = model.cfg
     C, H = c["embed_dim"], c["num_heads"]
     P = (c["img_size"] // c["patch_size"]) ** 2
-    N, hidden, classes = P + 1, int(C * c["mlp_ratio"]), c["num_classes"]
-    macs = P * C * 3 * c["patch_size"] ** 2 + C * classes
+    N, hidden = P + model.num_prefix_tokens, int(C * c["mlp_ratio"])
+    classes = max(c["num_classes"], 0)
+    macs = P * C * c["in_chans"] * c["patch_size"] ** 2 + C * classes
     acts = P * C + classes
     macs += c["depth"] * (N * C * 3 * C + 2 * N * N * C + N * C * C + 2 * N * C * hidden)
     acts += c["depth"] * (3 * N * C + H * N * N + N * C + N * C + N * hidden + N * C)
