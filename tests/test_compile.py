@@ -31,7 +31,7 @@ def test_find_regions_declared_found_and_named():
         find_regions(nn.Sequential(nn.Linear(2, 2)))
 
 
-@pytest.mark.parametrize("mode", ["full", "regional"])
+@pytest.mark.parametrize("mode", ["full", "regional", "hierarchical"])
 def test_our_vit_compiles_with_zero_graph_breaks(mode):
     torch.manual_seed(0)
     model = ours.create_model("test_vit", depth=2).eval()
@@ -48,6 +48,8 @@ def test_our_vit_compiles_with_zero_graph_breaks(mode):
     assert list(model.state_dict()) == keys  # regional compile happens in place: the port keys do not change
     if mode == "regional":
         assert row["regions"] == "blocks x2"
+    if mode == "hierarchical":  # one whole-model graph; the blocks are nested regions inside it
+        assert row["regions"] == "blocks x2 (nested)"
 
 
 COMPILE_SUITE = """

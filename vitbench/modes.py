@@ -7,19 +7,21 @@ from __future__ import annotations
 from typing import Literal, get_args
 
 Framework = Literal["torch", "keras"]
-CompileMode = Literal["eager", "full", "regional", "graph", "xla", "jit"]
+CompileMode = Literal["eager", "full", "regional", "hierarchical", "graph", "xla", "jit"]
 
 # which modes a side may run: torch, or Keras on a backend
 MODES: dict[str, tuple[str, ...]] = {
-    "torch": ("eager", "full", "regional"),
+    "torch": ("eager", "full", "regional", "hierarchical"),
     "keras/tensorflow": ("eager", "graph", "xla"),
     "keras/jax": ("eager", "jit"),
     "keras/torch": ("eager",),
 }
-TORCH_COMPILED = ("full", "regional")  # the torch.compile modes (cold/warm compile measured, Inductor cache)
+# the torch.compile modes (cold/warm compile measured, Inductor cache); hierarchical = full, blocks as nested regions
+TORCH_COMPILED = ("full", "regional", "hierarchical")
 KERAS_JIT = ("xla", "jit")  # Keras modes compiled with jit_compile=True
 # timm table file suffix of each mode
-MODE_SUFFIX = {"eager": "", "full": "-dynamo", "regional": "-regional", "graph": "-graph", "xla": "-xla", "jit": "-jit"}
+MODE_SUFFIX = {"eager": "", "full": "-dynamo", "regional": "-regional", "hierarchical": "-hierarchical",
+               "graph": "-graph", "xla": "-xla", "jit": "-jit"}
 KERAS_DEFAULT_BACKEND = "tensorflow"
 
 assert set(MODE_SUFFIX) == set(get_args(CompileMode)) == {m for ms in MODES.values() for m in ms}

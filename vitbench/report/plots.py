@@ -29,12 +29,15 @@ def compile_plot(rows: list[dict[str, Any]], path: Path) -> Path | None:
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(max(8, 2.2 * len(groups) * 2), 4.8))
     width = 0.8 / max(len(modes), 1)
     xs = range(len(groups))
-    colours = {"eager": "#999999", "full": "#1f77b4", "regional": "#ff7f0e"}
-    for j, mode in enumerate(m for m in modes if m != "eager"):
+    colours = {"eager": "#999999", "full": "#1f77b4", "regional": "#ff7f0e", "hierarchical": "#2ca02c"}
+    compiled = [m for m in modes if m != "eager"]
+    slot = 0.8 / len(compiled)  # one slot per compiled mode, split into cold | warm
+    for j, mode in enumerate(compiled):
         for kind, alpha, hatch in (("cold", 1.0, ""), ("warm", 0.45, "//")):
             vals = [as_float(by.get((g[0], g[1], mode), {}).get(f"compile_{kind}_s")) or 0 for g in groups]
-            ax1.bar([x + (j - 0.5) * 0.4 + (0.1 if kind == "warm" else -0.1) for x in xs], vals, 0.2,
-                    color=colours[mode], alpha=alpha, hatch=hatch, label=f"{mode} {kind}")
+            shift = (j - (len(compiled) - 1) / 2) * slot + (slot / 4 if kind == "warm" else -slot / 4)
+            ax1.bar([x + shift for x in xs], vals, slot / 2, color=colours[mode], alpha=alpha, hatch=hatch,
+                    label=f"{mode} {kind}")
     ax1.set_ylabel("compile time, s (first call minus eager first call)")
     ax1.set_title("cold vs warm compile")
     for j, mode in enumerate(modes):
@@ -47,7 +50,7 @@ def compile_plot(rows: list[dict[str, Any]], path: Path) -> Path | None:
         ax.set_xticklabels([f"{g[0]}\nbs {g[1]}" for g in groups], fontsize=8)
         ax.legend(fontsize=8)
         ax.grid(axis="y", alpha=0.3)
-    fig.suptitle("torch.compile: eager vs full vs regional")
+    fig.suptitle("torch.compile: eager vs " + " vs ".join(compiled))
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)

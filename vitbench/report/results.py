@@ -21,7 +21,7 @@ TIMM_TO_CASES = {"model": "label", "infer_img_size": "img_size", "infer_samples_
                  "infer_gmacs": "gmacs", "infer_macts": "macts_m"}
 TABLE_NAME = re.compile(r"benchmark-infer-(?P<precision>[a-z0-9_-]+?)-(?P<layout>nchw|nhwc)-"
                         r"(?:pt(?P<torch>\d+)|keras(?P<keras>\d+)-(?P<backend>tensorflow|jax|torch))-"
-                        r"(?P<device>.+?)(?P<mode>-dynamo|-regional|-graph|-xla|-jit)?\.csv$")
+                        r"(?P<device>.+?)(?P<mode>-dynamo|-regional|-hierarchical|-graph|-xla|-jit)?\.csv$")
 MODE_FROM_SUFFIX = {(suffix or None): mode for mode, suffix in MODE_SUFFIX.items()}
 
 
