@@ -14,6 +14,8 @@ PROVIDERS = {
     "import": "vitbench.providers.import_provider",
     "vitbench_keras": "vitbench.providers.vitbench_keras_provider",
     "keras": "vitbench.providers.keras_provider",
+    "vit_keras": "vitbench.providers.vit_keras_provider",
+    "vit_pytorch": "vitbench.providers.vit_pytorch_provider",
 }
 
 
@@ -25,7 +27,8 @@ class Provider(Protocol):
     - ``port(model, state)``: load a reference's state_dict (numpy arrays, timm's keys); raise naming the keys;
     - ``count_macs(model, x)``: ``(macs, activations, method)`` per image for input ``x``, or None if not counted;
     - ``preprocessing(model)``: the model's mean/std/interpolation/crop (its ``pretrained_cfg``), or None;
-    - ``list_names()``: what ``vitbench models`` shows.
+    - ``list_names()``: what ``vitbench models`` shows;
+    - optional ``check_kwargs(model, kwargs)``: None, or one line saying what is wrong with a side's kwargs.
     """
 
     name: str
@@ -61,4 +64,5 @@ def check_side(side) -> str | None:  # type: ignore[no-untyped-def]
         provider = get_provider(side.provider)
     except KeyError as e:
         return str(e.args[0])
-    return provider.check(side.model)
+    check_kwargs = getattr(provider, "check_kwargs", None)
+    return provider.check(side.model) or (check_kwargs(side.model, side.kwargs) if check_kwargs else None)

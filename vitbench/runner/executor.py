@@ -353,6 +353,10 @@ def attention_of(case: Any) -> str | None:
     """The attention variant a case runs: our ViT's ``attention=`` kwarg, or an efficient-attention layer class."""
     if case.kwargs.get("attention"):
         return str(case.kwargs["attention"])
+    if case.provider == "vit_pytorch":
+        from ..providers.vit_pytorch_provider import attention_of as vit_pytorch_attention
+
+        return vit_pytorch_attention(case.model, case.kwargs)
     module, _, name = case.model.partition(":")
     if module.endswith("efficient_attention") and name.endswith("Attention"):
         return name.removesuffix("Attention").lower()
