@@ -31,6 +31,11 @@ OutOpt = Annotated[Path | None, typer.Option("--out", "-o", help="Output directo
 OnlyOpt = Annotated[str | None, typer.Option("--only", help="Run only pairs whose name matches this glob.")]
 BatchOpt = Annotated[str | None, typer.Option("--batch-sizes", "-b", help="Comma-separated, overrides the suite.")]
 ResumeOpt = Annotated[Path | None, typer.Option("--resume", help="Continue the run in DIR, skipping done cases.")]
+ExecutorOpt = Annotated[str, typer.Option("--executor", help="local (this machine) or ray (a Ray cluster).")]
+AddressOpt = Annotated[str | None, typer.Option("--address", help="Ray: auto, HOST:PORT or ray://HOST:PORT "
+                                                "(default: start a local Ray).")]
+RayCpusOpt = Annotated[int | None, typer.Option("--ray-cpus", min=1, help="Ray: CPUs a task reserves (default: a "
+                                                "whole node for CPU cases, its share of a GPU node for CUDA).")]
 
 
 @contextlib.contextmanager
@@ -118,22 +123,25 @@ def run(
     only: OnlyOpt = None,
     batch_sizes: BatchOpt = None,
     resume: ResumeOpt = None,
+    executor: ExecutorOpt = "local",
+    address: AddressOpt = None,
+    ray_cpus: RayCpusOpt = None,
 ) -> None:
     """Run a suite: each case set up in its own process, each pair timed in paired rounds; writes cases.csv,
     pairs.csv, timm-format tables, plots and env.json."""
-    from . import env as env_mod
     from .report.outputs import write_run_outputs
     from .report.show import end_of_run, numerics_exit, print_run_summary, run_with_progress
     from .runner.executor import Runner
+    from .runner.ray_executor import executor_for
     from .runner.run_dir import run_options
     from .suite import expand
 
     with _errors():
         path, s = _load_for_run(suite, resume, "quick")
         device, only, bss = run_options(resume, device, only, batch_sizes)
-        env_mod.check_device(device)
         all_cases = expand(s, device, only=only, batch_sizes=bss)
-        runner, cases, rd, info = _open_run(Runner, all_cases, s, path, only, out, resume, s.name,
+        runner_cls = executor_for(Runner, executor, address, ray_cpus, device)
+        runner, cases, rd, info = _open_run(runner_cls, all_cases, s, path, only, out, resume, s.name,
                                             {"device": device, "only": only, "batch_sizes": bss})
         console.print(escape(f"vitbench run {path} on {device}: {len(cases)} cases -> {rd.path}"))
         signal_no = run_with_progress(console, runner, cases, all_cases)
@@ -160,23 +168,26 @@ def finetune(
     out: OutOpt = None,
     only: OnlyOpt = None,
     resume: ResumeOpt = None,
+    executor: ExecutorOpt = "local",
+    address: AddressOpt = None,
+    ray_cpus: RayCpusOpt = None,
 ) -> None:
     """Fine-tune every PyTorch side of a suite's pairs on one dataset: top-k accuracy, loss curve, training
     samples/s, peak memory, FLOPs, params; TensorBoard events, weights and sample grids per model."""
-    from . import env as env_mod
     from .finetune.data import resolve_dataset
     from .finetune.plan import expand, resolve_settings, write_plan
     from .finetune.runner import FinetuneRunner
     from .report.outputs import write_finetune_outputs
     from .report.show import end_of_run, print_finetune_summary, run_with_progress
+    from .runner.ray_executor import executor_for
 
     with _errors():
         path, s = _load_for_run(suite, resume, "finetune")
         settings = resolve_settings(s, dataset=dataset, steps=steps, batch_size=batch_size)
         spec = resolve_dataset(settings.dataset, "--dataset" if dataset else f"{path.name}: finetune.dataset")
-        env_mod.check_device(device)
         cases = expand(s, settings, spec, device, only=only)
-        runner, cases, rd, info = _open_run(FinetuneRunner, cases, s, path, only, out, resume, f"{s.name}-finetune")
+        runner_cls = executor_for(FinetuneRunner, executor, address, ray_cpus, device)
+        runner, cases, rd, info = _open_run(runner_cls, cases, s, path, only, out, resume, f"{s.name}-finetune")
         write_plan(rd.path, settings, spec)
         console.print(escape(f"vitbench finetune {path} on {device}: {len(cases)} models x {settings.steps} steps "
                              f"(batch {settings.batch_size}) on {spec.label} ({len(spec.classes)} classes) -> "

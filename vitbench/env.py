@@ -6,6 +6,7 @@ import contextlib
 import importlib.metadata as md
 import os
 import platform
+import socket
 import subprocess
 from pathlib import Path
 from typing import Any
@@ -43,9 +44,10 @@ def cpu_name() -> str:
 
 
 def row_versions() -> dict[str, Any]:
-    """Per-row provenance columns that need no heavy import."""
+    """Per-row provenance columns that need no heavy import; ``host``: the machine that measured the row (a Ray
+    run's rows come from several)."""
     return {"vitbench_version": __version__, "git_sha": git_sha(), "keras_version": pkg_version("keras"),
-            "tf_version": pkg_version("tensorflow")}
+            "tf_version": pkg_version("tensorflow"), "host": socket.gethostname()}
 
 
 def _nvml() -> dict[str, Any]:

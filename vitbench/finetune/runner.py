@@ -60,11 +60,7 @@ class FinetuneRunner:
     def run_case(self, case: FinetuneCase) -> dict[str, Any]:
         started = datetime.now(timezone.utc).isoformat(timespec="seconds")
         t0 = time.perf_counter()
-        row: dict[str, Any] = {**self.env_row, **{k: getattr(case, k) for k in CASE_KEYS}, "task": "finetune",
-                               "case_id": case.case_id, "compile_mode": "eager", "attention": attention_of(case),
-                               "started_at": started, "dataset": DatasetSpec.from_dict(case.dataset).label,
-                               "train_steps": case.settings.steps,
-                               **{k: getattr(case.settings, k) for k in SETTINGS_COLUMNS}}
+        row: dict[str, Any] = {**self.env_row, **case_row(case), "started_at": started}
         curve: list[dict[str, Any]] = []
         latencies = None
         if case.framework != "torch":
@@ -85,3 +81,11 @@ class FinetuneRunner:
         if curve:
             self.store.append_curve(case.case_id, case.label, curve)
         return row
+
+
+def case_row(case: FinetuneCase) -> dict[str, Any]:
+    """A fine-tune row's identity and settings columns (what was trained, and how)."""
+    return {**{k: getattr(case, k) for k in CASE_KEYS}, "task": "finetune", "case_id": case.case_id,
+            "compile_mode": "eager", "attention": attention_of(case),
+            "dataset": DatasetSpec.from_dict(case.dataset).label, "train_steps": case.settings.steps,
+            **{k: getattr(case.settings, k) for k in SETTINGS_COLUMNS}}

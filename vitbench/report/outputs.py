@@ -5,6 +5,7 @@ from pathlib import Path
 from typing import Any
 
 from .. import env as env_mod
+from ..runner.artifacts import safe_name
 from . import plots
 from .timm_table import write_timm_tables, write_train_tables
 
@@ -12,8 +13,8 @@ from .timm_table import write_timm_tables, write_train_tables
 def write_run_outputs(rows: list[dict[str, Any]], pairs: list[dict[str, Any]], out_dir: Path,
                       info: dict[str, Any], device: str) -> list[Path]:
     written = [out_dir / "pairs.csv"] if (out_dir / "pairs.csv").exists() else []
-    written += write_timm_tables(rows, out_dir, info.get("torch", {}).get("version", "unknown"),
-                                 {device: env_mod.device_tag(device, info)})
+    written += write_timm_tables(*by_device_name(rows, device, info, out_dir, info.get("torch", {}).get(
+        "version", "unknown")))
     for plot in (plots.compile_plot(rows, out_dir / "compile.png"),
                  plots.token_sweep(rows, out_dir / "token_sweep.png"),
                  plots.speed_ratio(pairs, out_dir / "speed_ratio.png")):
@@ -24,14 +25,33 @@ def write_run_outputs(rows: list[dict[str, Any]], pairs: list[dict[str, Any]], o
 
 def write_finetune_outputs(rows: list[dict[str, Any]], out_dir: Path, info: dict[str, Any], device: str
                            ) -> list[Path]:
-    written = write_train_tables(rows, out_dir, info.get("torch", {}).get("version", "unknown"),
-                                 {device: env_mod.device_tag(device, info)})
+    written = write_train_tables(*by_device_name(rows, device, info, out_dir, info.get("torch", {}).get(
+        "version", "unknown")))
     curves = out_dir / "curves.csv"
     for plot in (plots.finetune_accuracy_vs_throughput(rows, out_dir / "finetune_accuracy_vs_throughput.png"),
                  plots.finetune_curves(curves, out_dir / "finetune_curves.png") if curves.exists() else None):
         if plot:
             written.append(plot)
     return written
+
+
+def by_device_name(rows: list[dict[str, Any]], device: str, info: dict[str, Any], out_dir: Path, torch_version: str
+                   ) -> tuple[list[dict[str, Any]], Path, str, dict[str, str]]:
+    """The timm tables' arguments: rows and device tags, a GPU's tag from the GPU that measured the rows (on a Ray
+    cluster not the driver's). A mixed cluster (rows of ``device`` naming several GPUs or CPUs in ``device_name``)
+    gets one table per device name, tagged from that name."""
+    names = sorted({r.get("device_name") for r in rows if r.get("device") == device and r.get("device_name")})
+
+    def tag(name: str) -> str:
+        if device.startswith("cuda"):
+            return env_mod.device_tag("cuda", {"torch": {**info.get("torch", {}), "gpus": [name]}})
+        return "cpu-" + safe_name(name.lower().split("@")[0].strip())[:40] if len(names) > 1 else "cpu"
+
+    if len(names) < 2:
+        return rows, out_dir, torch_version, {device: tag(names[0]) if names else env_mod.device_tag(device, info)}
+    out = [{**r, "device": f"{device}@{r['device_name']}"} if r.get("device") == device and r.get("device_name")
+           else r for r in rows]
+    return out, out_dir, torch_version, {f"{device}@{n}": tag(n) for n in names}
 
 
 def write_plots(sets: list[Any], out: Path) -> list[Path]:

@@ -223,6 +223,9 @@ def gpu_others(device: str, ours: set[int]) -> Callable[[], int]:
     """Processes on the case's GPU other than this run's (NVML). Matched by pid where NVML's pids are ours (same
     pid namespace); in a container whose pids NVML cannot see, counted beyond our own sessions instead."""
     index = int(device.partition(":")[2] or 0)
+    visible = [v.strip() for v in os.environ.get("CUDA_VISIBLE_DEVICES", "").split(",") if v.strip()]
+    if index < len(visible) and visible[index].isdigit():
+        index = int(visible[index])  # NVML counts every GPU: a Ray task's cuda:0 is the GPU Ray gave it
 
     def count() -> int:
         try:

@@ -12,7 +12,8 @@ from typing import Any
 # cases.csv columns, in order (units in the names). Empty cell = not measured (status/error say why).
 CASE_COLUMNS = [
     "case_id", "task", "suite", "pair", "role", "label", "provider", "model", "framework", "backend", "device",
-    "device_name", "precision", "compile_mode", "batch_size", "img_size", "tokens", "attention", "status", "error",
+    "device_name", "host", "precision", "compile_mode", "batch_size", "img_size", "tokens", "attention", "status",
+    "error",
     "samples_per_sec", "step_time_ms", "latency_ms_p50", "latency_ms_p90", "latency_ms_p99", "latency_ms_mean",
     "latency_ms_stdev", "latency_ms_min", "iters", "timed_s", "rounds", "samples_per_sec_ci_low",
     "samples_per_sec_ci_high", "speed_ratio", "speed_ratio_ci_low", "speed_ratio_ci_high", "speed_verdict",
