@@ -93,7 +93,7 @@ BUILTIN_DEFAULTS = Settings(
 class Side(Settings):
     """One implementation: who builds it (provider), which model, constructor kwargs, and overrides."""
 
-    provider: Literal["timm", "vitbench", "import", "vitbench_keras", "keras", "vit_keras", "vit_pytorch"]
+    provider: Literal["timm", "vitbench", "import", "vitbench_keras", "keras", "keras_hub", "vit_keras", "vit_pytorch"]
     model: str
     kwargs: dict[str, Any] = Field(default_factory=dict)
     label: str | None = None

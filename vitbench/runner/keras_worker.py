@@ -82,6 +82,11 @@ def setup(case: Case, run_dir: str, timing_only: bool = False) -> tuple[SetupRes
         size=Size(img_size=img, param_count_m=sum(int(np.prod(w.shape)) for w in model.weights) / 1e6))
     if not timing_only:
         res.numerics = _numerics(case, forward, lambda state: provider.port(model, state), run_dir)
+        # a provider's note on where its model is not the reference's architecture (and what the port does about it)
+        differences = getattr(provider, "differences", None)
+        note = differences(model) if differences and res.numerics.numerics_status != "skipped" else None
+        if note:
+            res.numerics.numerics_error = "; ".join(filter(None, (res.numerics.numerics_error, note)))
         counted = provider.count_macs(model, x[:1])
         if counted is None:
             res.size.flops_method = f"not counted for {type(model).__name__}"
