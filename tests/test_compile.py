@@ -106,3 +106,13 @@ def test_cold_compile_is_rerun_while_the_vm_steals_cpu(monkeypatch, tmp_path, wr
     assert calls[-1][1] == calls[1][1]  # the warm start reuses the kept (least-contended) attempt's cache
     res = out.result
     assert res["compile_steal_pct_cold"] == 12.0 and res["compile_attempts"] == 3 and res["compile_warm_s"] == 1.0
+
+
+def test_a_compiled_model_that_computes_something_else_is_refused(monkeypatch):
+    """Numerics are compared on the eager model: a miscompiled one (here: faked, output + 1) must fail, not be timed."""
+    import vitbench.measure.compile as comp
+
+    model = ours.create_model("test_vit", depth=1).eval()
+    monkeypatch.setattr(comp.torch, "compile", lambda m, **kw: (lambda x: m(x) + 1))
+    with pytest.raises(ValueError, match="changed the output"):
+        apply_compile(model, _case("full"), torch.randn(1, 3, 160, 160), contextlib.nullcontext())

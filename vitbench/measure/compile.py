@@ -119,6 +119,9 @@ def apply_compile(
     if mode == "full":
         runner: Callable[[torch.Tensor], Any] = torch.compile(model, **opts)
     elif mode == "hierarchical":
+        if not hasattr(torch.compiler, "nested_compile_region"):
+            raise ValueError(f"compile mode hierarchical needs torch.compiler.nested_compile_region (torch >= 2.8; "
+                             f"this is {torch.__version__})")
         where, blocks = find_regions(model, case.settings.regions)
         marked: dict[type, type] = {}
         for blk in blocks:  # each block a nested region: traced once, its graph stamped out for the others
@@ -148,6 +151,12 @@ def apply_compile(
     sec.graph_breaks = c["graph_breaks"]
     sec.frames_after_first_call = c["frames"]
     sec.compiled_max_abs_diff = (output_tensor(y_comp).float() - output_tensor(y_eager).float()).abs().max().item()
+    # numerics are compared on the eager model: a compiled model that computes something else must not be timed
+    # as if it were the same network (10x the suite's tolerance: inductor may reorder float sums)
+    limit = 10 * (getattr(getattr(case.settings, "tolerance", None), "max_abs", None) or 1e-4)
+    if not sec.compiled_max_abs_diff <= limit:
+        raise ValueError(f"{mode} torch.compile changed the output: max|compiled - eager| = "
+                         f"{sec.compiled_max_abs_diff:.3g} > {limit:.3g} (10x the suite's max_abs)")
     return runner, sec
 
 
