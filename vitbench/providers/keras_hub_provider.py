@@ -32,7 +32,7 @@ from typing import Any
 import numpy as np
 
 from .keras_common import KERAS_MACS_METHOD, KerasProvider
-from .torch_common import unknown_model
+from .torch_common import needs_reference_package, unknown_model
 from .vit_keras_provider import _Split
 
 VIT = ("vit_tiny_patch16_224", "vit_small_patch16_224", "vit_base_patch16_224", "vit_base_patch32_224",
@@ -89,6 +89,7 @@ class KerasHubProvider(KerasProvider):
         return f"keras_hub: unsupported kwargs {extra} for {model}" if extra else None
 
     def build(self, model: str, kwargs: dict[str, Any], img_size: int | None) -> tuple[Any, int | None]:
+        needs_reference_package('keras_hub', model, 'keras_hub', 'keras-hub')
         import keras_hub
 
         from vitbench.models.configs import pretrained_cfg

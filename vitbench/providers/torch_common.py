@@ -92,3 +92,12 @@ class TorchProvider:
 
     def preprocessing(self, model: Any) -> dict[str, Any] | None:
         return dict(getattr(model, "pretrained_cfg", None) or {}) or None
+
+
+def needs_reference_package(provider: str, model: str, module: str, pip: str) -> None:
+    """Raise one line naming what to install when an optional implementation's package is missing (its side's row
+    fails with it; the other sides of the suite run)."""
+    import importlib.util
+
+    if importlib.util.find_spec(module) is None:
+        raise RuntimeError(f"{provider} {model} needs {pip} (pip install 'vitbench[references]')")

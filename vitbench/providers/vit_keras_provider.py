@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 
 from .keras_common import KerasProvider
-from .torch_common import unknown_model
+from .torch_common import needs_reference_package, unknown_model
 
 NAMES = ("vit_tiny_patch16_224", "vit_small_patch16_224", "vit_base_patch16_224", "vit_base_patch32_224",
          "vit_large_patch16_224")
@@ -45,6 +45,7 @@ class VitKerasProvider(KerasProvider):
         return None if model in NAMES else unknown_model("vit_keras", model, list(NAMES))
 
     def build(self, model: str, kwargs: dict[str, Any], img_size: int | None) -> tuple[Any, int | None]:
+        needs_reference_package('vit_keras', model, 'vit_keras', 'vit-keras and opencv-python-headless')
         from vit_keras import vit
 
         cfg = _config(model, kwargs, img_size)

@@ -84,7 +84,7 @@ def setup(case: Case, run_dir: str, timing_only: bool = False) -> tuple[SetupRes
         res.numerics = _numerics(case, forward, lambda state: provider.port(model, state), run_dir)
         # a provider's note on where its model is not the reference's architecture (and what the port does about it)
         differences = getattr(provider, "differences", None)
-        note = differences(model) if differences and res.numerics.numerics_status != "skipped" else None
+        note = differences(model) if differences and res.numerics.numerics_status in ("ok", "fail") else None
         if note:
             res.numerics.numerics_error = "; ".join(filter(None, (res.numerics.numerics_error, note)))
         counted = provider.count_macs(model, x[:1])
