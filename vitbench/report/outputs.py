@@ -40,7 +40,9 @@ def by_device_name(rows: list[dict[str, Any]], device: str, info: dict[str, Any]
     """The timm tables' arguments: rows and device tags, a GPU's tag from the GPU that measured the rows (on a Ray
     cluster not the driver's). A mixed cluster (rows of ``device`` naming several GPUs or CPUs in ``device_name``)
     gets one table per device name, tagged from that name."""
-    names = sorted({r.get("device_name") for r in rows if r.get("device") == device and r.get("device_name")})
+    # a Keras worker names its GPU by the device string ("cuda"): not a device name of its own
+    names = sorted({str(r.get("device_name")) for r in rows if r.get("device") == device and r.get("device_name")
+                    and not str(r.get("device_name")).startswith(("cuda", "cpu:"))})
 
     def tag(name: str) -> str:
         if device.startswith("cuda"):
@@ -49,9 +51,11 @@ def by_device_name(rows: list[dict[str, Any]], device: str, info: dict[str, Any]
 
     if len(names) < 2:
         return rows, out_dir, torch_version, {device: tag(names[0]) if names else env_mod.device_tag(device, info)}
-    out = [{**r, "device": f"{device}@{r['device_name']}"} if r.get("device") == device and r.get("device_name")
-           else r for r in rows]
-    return out, out_dir, torch_version, {f"{device}@{n}": tag(n) for n in names}
+    out = [{**r, "device": f"{device}@{r['device_name']}"}
+           if r.get("device") == device and r.get("device_name") in names else r for r in rows]
+    # rows naming no device of their own keep the driver's tag
+    return out, out_dir, torch_version, {device: env_mod.device_tag(device, info),
+                                         **{f"{device}@{n}": tag(n) for n in names}}
 
 
 def write_plots(sets: list[Any], out: Path) -> list[Path]:

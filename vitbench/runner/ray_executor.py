@@ -31,7 +31,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from ..errors import DeviceError, InputError
+from ..errors import DeviceError, InputError, VitbenchError
 from .artifacts import pair_dir
 from .executor import Runner, _case_columns, pair_row, plan_groups
 from .ray_cluster import Node, cluster_nodes, connect, first_line
@@ -204,10 +204,16 @@ class RayRunner:
                         except Exception as e:  # noqa: BLE001  (the worker or node died, or the task raised)
                             result = e
                         rows += self._record(unit, node, result, t0, on_done, index)
-        except BaseException:  # Ctrl-C, SIGTERM: nothing more runs; finished rows are on disk already
+                        if not any(u.key == unit.key for u in queue) and not any(
+                                u.key == unit.key for u, _, _ in flight.values()):
+                            self._forget(unit.key)  # the pair is done: its artifacts leave the object store
+        except BaseException as e:  # Ctrl-C, SIGTERM, a lost cluster: nothing more runs; finished rows are on disk
             for ref in flight:
                 with contextlib.suppress(Exception):
                     ray.cancel(ref, force=True)
+            if isinstance(e, Exception) and not isinstance(e, (Interrupted, VitbenchError)):
+                raise DeviceError(f"ray: the run stopped, the cluster failed the driver ({type(e).__name__}: "
+                                  f"{first_line(e)}); finished rows are kept: --resume {self.out}") from None
             raise
         finally:
             self._write_nodes()
@@ -267,6 +273,10 @@ class RayRunner:
             for c in unit.cases:
                 if on_start:
                     on_start(index[c.case_id], c)
+
+    def _forget(self, key: str) -> None:
+        for rel in [r for r in self._blobs if r.startswith(key.rstrip("/") + "/")]:
+            del self._blobs[rel]  # the driver's ref was the last one: Ray frees the object
 
     def _artifacts(self, key: str) -> tuple[list[str], list[Any]]:
         """The pair's artifact files the driver holds, as object-store refs (put once each)."""
