@@ -217,3 +217,15 @@ def test_ray_missing_or_no_cluster_at_the_address_is_one_line_exit_2(cli, write_
     res = cli("run", path, "--executor", "ray", "--out", tmp_path / "o")
     assert res.exit_code == 2 and textwrap.dedent(res.output).strip() == (
         "error: --executor ray: ray is not installed (pip install 'vitbench[ray]')")
+
+
+def test_a_keras_rows_device_string_is_not_a_device_name_of_its_own(tmp_path):
+    """The Keras worker writes 'cuda' as device_name: a one-GPU run with Keras sides stays one table."""
+    from vitbench.report.outputs import by_device_name
+
+    info = {"torch": {"cuda_version": "13.2", "gpus": ["NVIDIA H100 80GB HBM3"]}}
+    row = {"status": "ok", "task": "infer", "device": "cuda", "precision": "fp32", "compile_mode": "eager",
+           "framework": "torch", "label": "m", "torch_version": "2.14.1"}
+    rows = [{**row, "device_name": "NVIDIA H100 80GB HBM3"}, {**row, "framework": "keras", "device_name": "cuda"}]
+    rows_, _, _, tags = by_device_name(rows, "cuda", info, tmp_path, "2.14.1")
+    assert tags == {"cuda": "cu132-h100"} and {r["device"] for r in rows_} == {"cuda"}

@@ -53,9 +53,10 @@ def by_device_name(rows: list[dict[str, Any]], device: str, info: dict[str, Any]
         return rows, out_dir, torch_version, {device: tag(names[0]) if names else env_mod.device_tag(device, info)}
     out = [{**r, "device": f"{device}@{r['device_name']}"}
            if r.get("device") == device and r.get("device_name") in names else r for r in rows]
-    # rows naming no device of their own keep the driver's tag
-    return out, out_dir, torch_version, {device: env_mod.device_tag(device, info),
-                                         **{f"{device}@{n}": tag(n) for n in names}}
+    tags = {f"{device}@{n}": tag(n) for n in names}
+    if any(r.get("device") == device for r in out):  # rows naming no device of their own keep the driver's tag
+        tags[device] = env_mod.device_tag(device, info)
+    return out, out_dir, torch_version, tags
 
 
 def write_plots(sets: list[Any], out: Path) -> list[Path]:
