@@ -20,12 +20,11 @@ import contextlib
 import json
 import os
 import shutil
-import signal
 import socket
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -36,7 +35,7 @@ from .artifacts import pair_dir
 from .executor import Runner, _case_columns, pair_row, plan_groups
 from .ray_cluster import Node, cluster_nodes, connect, first_line
 from .rounds import RoundsResult
-from .signals import Interrupted, deferred_signals
+from .signals import Interrupted, deferred_signals, noting_signals
 from .store import ResultStore
 
 NO_NODE_S = 120.0  # queued units that no node can take for this long become crashed rows
@@ -383,20 +382,3 @@ def _env(out: Path) -> dict[str, Any]:
         return dict(json.loads((out / "env.json").read_text()))
     except (OSError, ValueError):
         return {}
-
-
-@contextlib.contextmanager
-def noting_signals(got: list[int]) -> Iterator[None]:
-    """SIGINT, SIGTERM and SIGHUP appended to ``got`` while the block runs (the driver raises Interrupted at its
-    next step); the handlers before it come back after."""
-    sigs = [x for x in (signal.SIGINT, signal.SIGTERM, getattr(signal, "SIGHUP", None)) if x is not None]
-    try:
-        old = {x: signal.signal(x, lambda n, f: got.append(n)) for x in sigs}
-    except ValueError:  # not the main thread: signals are not ours to handle
-        yield
-        return
-    try:
-        yield
-    finally:
-        for x, h in old.items():
-            signal.signal(x, h)

@@ -33,14 +33,13 @@ def install() -> None:
 
 
 @contextlib.contextmanager
-def deferred_signals() -> Iterator[None]:
-    """Hold SIGINT/SIGTERM/SIGHUP while a block of writes runs (a group's rows and pair rows land whole), then
-    act on the first one that came."""
+def noting_signals(got: list[int]) -> Iterator[None]:
+    """SIGINT, SIGTERM and SIGHUP appended to ``got`` while the block runs (the caller acts on them); the handlers
+    before it come back after. Outside the main thread signals are not ours to handle: nothing is noted."""
     sigs = [s for s in (signal.SIGINT, signal.SIGTERM, getattr(signal, "SIGHUP", None)) if s is not None]
-    got: list[int] = []
     try:
         old = {s: signal.signal(s, lambda n, f: got.append(n)) for s in sigs}
-    except ValueError:  # not the main thread: nothing to defer
+    except ValueError:
         yield
         return
     try:
@@ -48,6 +47,15 @@ def deferred_signals() -> Iterator[None]:
     finally:
         for s, h in old.items():
             signal.signal(s, h)
+
+
+@contextlib.contextmanager
+def deferred_signals() -> Iterator[None]:
+    """Hold SIGINT/SIGTERM/SIGHUP while a block of writes runs (a group's rows and pair rows land whole), then
+    act on the first one that came."""
+    got: list[int] = []
+    with noting_signals(got):
+        yield
     if got:
         raise Interrupted(got[0])
 
