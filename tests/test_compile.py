@@ -116,3 +116,63 @@ def test_a_compiled_model_that_computes_something_else_is_refused(monkeypatch):
     monkeypatch.setattr(comp.torch, "compile", lambda m, **kw: (lambda x: m(x) + 1))
     with pytest.raises(ValueError, match="changed the output"):
         apply_compile(model, _case("full"), torch.randn(1, 3, 160, 160), contextlib.nullcontext())
+
+
+MODES_SUITE = """
+name: tinymodes
+defaults: {batch_sizes: [1], rounds: 6, processes: 1, warmup_iters: 1, min_iters: 3, min_seconds: 0,
+           timeout_s: 600, img_size: 32, compile: [eager, full, regional], compile_options: {backend: aot_eager}}
+pairs:
+  - name: tiny
+    reference: {provider: import, model: "vitbench.testing:TinyBlocks"}
+    candidates:
+      - {provider: import, model: "vitbench.testing:TinyBlocks"}
+"""
+
+
+def test_a_pairs_compile_modes_are_one_group_references_first(write_suite):
+    from vitbench.runner.executor import mode_baselines, plan_groups, reference_side
+    from vitbench.suite import expand, load_suite
+
+    cases = expand(load_suite(write_suite(MODES_SUITE)), "cpu")
+    (group,) = plan_groups(cases, cases)  # every mode of the pair timed together, in the same rounds
+    assert [(s.case.role, s.case.compile_mode) for s in group] == [
+        ("reference", "eager"), ("reference", "full"), ("reference", "regional"),
+        ("candidate", "eager"), ("candidate", "full"), ("candidate", "regional")]
+    cand_regional = group[5]
+    assert reference_side(cand_regional, group) is group[2]
+    assert [s.case.compile_mode for s in mode_baselines(cand_regional, group)] == ["eager", "full"]
+    assert mode_baselines(cand_regional, group)[0] is group[3]  # the same implementation, not the reference
+    assert mode_baselines(group[0], group) == []
+    # resuming only the candidate's regional case: the reference it is compared with joins, not recorded
+    (only,) = plan_groups([cand_regional.case], cases)
+    assert [(s.case.role, s.case.compile_mode, s.record) for s in only] == [
+        ("reference", "regional", False), ("candidate", "regional", True)]
+
+
+@pytest.mark.slow
+def test_compile_modes_get_paired_ratios_against_eager_and_full(cli, write_suite, tmp_path):
+    out = tmp_path / "out"
+    res = cli("run", write_suite(MODES_SUITE), "--device", "cpu", "--out", out)
+    assert res.exit_code == 0, res.output
+    with open(out / "cases.csv", newline="") as f:
+        cases = list(csv.DictReader(f))
+    assert [(r["role"], r["compile_mode"], r["status"]) for r in cases] == [
+        ("reference", m, "ok") for m in ("eager", "full", "regional")] + [
+        ("candidate", m, "ok") for m in ("eager", "full", "regional")]
+    assert len(list((out / "logs").glob("timing-*-torch-0.log"))) == 1  # one timing session hosted all six
+    with open(out / "pairs.csv", newline="") as f:
+        pairs = list(csv.DictReader(f))
+    role = {r["case_id"]: r["role"] for r in cases}
+    got = [(p["comparison"], role[p["case_id"]], role[p["reference_case_id"]], p["compile_mode"],
+            p["reference_compile_mode"]) for p in pairs]
+    assert got == [("reference", "candidate", "reference", m, m) for m in ("eager", "full", "regional")] + [
+        ("compile", r, r, m, b) for r in ("reference", "candidate")
+        for m, b in (("full", "eager"), ("regional", "eager"), ("regional", "full"))]
+    for p in pairs:
+        assert p["rounds"] == "6" and float(p["speed_ratio_ci_low"]) <= float(p["speed_ratio"]) \
+            <= float(p["speed_ratio_ci_high"]), p
+        if p["comparison"] == "compile":
+            assert p["max_abs_diff"] == "" and p["numerics_status"] == ""  # numerics belong to reference rows
+    cand = [r for r in cases if r["role"] == "candidate"]
+    assert all(r["speed_ratio"] for r in cand)  # cases.csv carries only the vs-reference ratio

@@ -23,6 +23,12 @@ KERAS_JIT = ("xla", "jit")  # Keras modes compiled with jit_compile=True
 MODE_SUFFIX = {"eager": "", "full": "-dynamo", "regional": "-regional", "hierarchical": "-hierarchical",
                "graph": "-graph", "xla": "-xla", "jit": "-jit"}
 KERAS_DEFAULT_BACKEND = "tensorflow"
+# what a compiled mode is compared with, on the same implementation, in a pair's timing group (pairs.csv rows with
+# comparison "compile"): every mode against eager; regional and hierarchical also against full
+MODE_BASELINES: dict[str, tuple[str, ...]] = {"full": ("eager",), "regional": ("eager", "full"),
+                                              "hierarchical": ("eager", "full"), "graph": ("eager",),
+                                              "xla": ("eager",), "jit": ("eager",)}
+MODE_ORDER = tuple(get_args(CompileMode))
 
 assert set(MODE_SUFFIX) == set(get_args(CompileMode)) == {m for ms in MODES.values() for m in ms}
 

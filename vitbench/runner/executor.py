@@ -14,7 +14,7 @@ from typing import Any
 
 from ..measure.stats import RatioEstimate
 from ..measure.timing import Block, least_contended
-from ..modes import TORCH_COMPILED
+from ..modes import MODE_BASELINES, MODE_ORDER, TORCH_COMPILED
 from ..suite import Case
 from .artifacts import artifact_path
 from .rounds import Limits, RoundsResult, SideFailed, block_iters_for, run_rounds, summarize
@@ -229,20 +229,32 @@ class Runner:
         return progress
 
     def _pair_rows(self, group: list[_Side], live: list[_Side], result: RoundsResult) -> list[dict[str, Any]]:
-        ref = live[0] if live and live[0].case.role == "reference" else None
+        """pairs.csv rows: each recorded candidate against its reference (comparison 'reference'), then each
+        recorded compiled side against the same implementation's baseline modes (comparison 'compile')."""
+        at = {id(s): i for i, s in enumerate(live)}
         rows = []
+
+        def estimate(j: int, k: int | None) -> RatioEstimate | None:
+            if k is None or {j, k} & set(result.failed):  # a side died while timing: no verdict from the rounds
+                return None
+            return result.estimate(j, live[j].case.settings.speed_threshold_pct, reference=k)
+
         for j, s in enumerate(live):
             if s.case.role != "candidate" or not s.record:
                 continue
-            failed = {j, 0} & set(result.failed)  # a side died while timing: no verdict from the rounds before
-            est = None if ref is None or failed else result.estimate(j, s.case.settings.speed_threshold_pct)
-            r = pair_row(s, ref, est, result)
+            ref = reference_side(s, group)
+            ref = ref if ref is not None and id(ref) in at else None
+            r = pair_row(s, ref, estimate(j, at[id(ref)] if ref else None), result)
             s.row.update({k: r[k] for k in ("speed_ratio", "speed_ratio_ci_low", "speed_ratio_ci_high",
                                             "speed_verdict")})
             rows.append(r)
         for s in group:  # candidates that could not be timed still get a pairs row
-            if s.case.role == "candidate" and s.record and s not in live:
-                rows.append(pair_row(s, ref, None, result))
+            if s.case.role == "candidate" and s.record and id(s) not in at:
+                rows.append(pair_row(s, reference_side(s, group), None, result))
+        for j, s in enumerate(live):
+            if s.record:
+                rows.extend(pair_row(s, b, estimate(j, at[id(b)]), result, comparison="compile")
+                            for b in mode_baselines(s, live))
         return rows
 
     def run(self, cases: list[Case], on_start: Callable[[int, Case], None] | None = None,
@@ -281,33 +293,52 @@ def _cache_env(d: str | None) -> dict[str, str]:
     return {"TORCHINDUCTOR_CACHE_DIR": d, "TRITON_CACHE_DIR": f"{d}/triton"} if d else {}
 
 
+def _group_key(c: Case) -> tuple:
+    return c.pair, c.device, c.precision, c.batch_size, c.settings.img_size, c.settings.tokens, c.settings.dim
+
+
 def plan_groups(cases: list[Case], partners: list[Case]) -> list[list[_Side]]:
-    """Groups of one reference case and the candidate cases compared with it: same pair, device, precision,
-    batch size and input; the same compile mode, else the reference's eager case (a Keras graph/XLA candidate
-    against timm eager). References come first; a case whose reference is not in the suite is timed alone."""
+    """Groups of cases timed together in paired rounds: every case of one pair at one device, precision, batch
+    size and input, whatever its compile mode, so that a candidate vs its reference and one compile mode vs another
+    are both measured side by side. References first (eager, then the compiled modes), then the candidates. A
+    reference the run does not record (``--resume``, ``--only``) joins only where a candidate is compared with it:
+    the one at the candidate's compile mode, else its eager case (a Keras graph/XLA candidate against timm
+    eager)."""
     todo = {c.case_id for c in cases}
-    def key(c: Case) -> tuple:
-        return c.pair, c.device, c.precision, c.batch_size, c.settings.img_size, c.settings.tokens, c.settings.dim
-
-    refs = {(key(c), c.compile_mode): c for c in partners if c.role == "reference"}
-    groups: dict[str, list[_Side]] = {}
-    order: list[str] = []
+    refs = {(_group_key(c), c.compile_mode): c for c in partners if c.role == "reference"}
+    groups: dict[tuple, dict[str, Case]] = {}
     for c in cases:
-        if c.role == "reference":
-            ref = c
-        else:
-            ref = refs.get((key(c), c.compile_mode)) or refs.get((key(c), "eager"))
-        gid = ref.case_id if ref is not None else c.case_id
-        if gid not in groups:
-            groups[gid] = [_Side(ref, ref.case_id in todo)] if ref is not None else []
-            order.append(gid)
-        if c is not ref:
-            groups[gid].append(_Side(c, True))
-    return [groups[g] for g in order]
+        g = groups.setdefault(_group_key(c), {})
+        g[c.case_id] = c
+        if c.role != "reference":
+            ref = refs.get((_group_key(c), c.compile_mode)) or refs.get((_group_key(c), "eager"))
+            if ref is not None:
+                g.setdefault(ref.case_id, ref)
+    out = []
+    for g in groups.values():
+        sides = sorted(g.values(), key=lambda c: (c.role != "reference", MODE_ORDER.index(c.compile_mode)
+                                                  if c.role == "reference" else 0))
+        out.append([_Side(c, c.case_id in todo) for c in sides])
+    return out
 
 
-def pair_row(side: _Side, ref: _Side | None, est: RatioEstimate | None, result: RoundsResult) -> dict[str, Any]:
-    """One line of pairs.csv: a candidate at one setting against its reference."""
+def reference_side(side: _Side, group: list[_Side]) -> _Side | None:
+    """The reference a candidate is compared with: the one at its compile mode, else the eager one."""
+    refs = {s.case.compile_mode: s for s in group if s.case.role == "reference"}
+    return refs.get(side.case.compile_mode) or refs.get("eager")
+
+
+def mode_baselines(side: _Side, group: list[_Side]) -> list[_Side]:
+    """The same implementation (label, framework, backend) at the modes a compiled side is compared with."""
+    same = {s.case.compile_mode: s for s in group if s is not side and (s.case.role, s.case.label, s.case.framework,
+            s.case.backend) == (side.case.role, side.case.label, side.case.framework, side.case.backend)}
+    return [same[m] for m in MODE_BASELINES.get(side.case.compile_mode, ()) if m in same]
+
+
+def pair_row(side: _Side, ref: _Side | None, est: RatioEstimate | None, result: RoundsResult,
+             comparison: str = "reference") -> dict[str, Any]:
+    """One line of pairs.csv: a candidate at one setting against its reference (``comparison`` 'reference'), or a
+    compiled side against the same implementation at a baseline mode ('compile': no numerics columns)."""
     c, r = side.case, side.row
     if est is None:
         why = "no reference timed beside it" if ref is None else (side.row.get("error") or "not timed")
@@ -325,15 +356,17 @@ def pair_row(side: _Side, ref: _Side | None, est: RatioEstimate | None, result: 
         "compile_mode": c.compile_mode, "precision": c.precision, "batch_size": c.batch_size,
         "img_size": r.get("img_size", c.settings.img_size), "tokens": c.settings.tokens,
         "reference_label": ref.case.label if ref else None, "reference_compile_mode": ref.case.compile_mode if ref
-        else None, "speed_ratio": ratio, "speed_ratio_ci_low": lo, "speed_ratio_ci_high": hi, "rounds": rounds,
+        else None, "comparison": comparison, "speed_ratio": ratio, "speed_ratio_ci_low": lo,
+        "speed_ratio_ci_high": hi, "rounds": rounds,
         "rounds_run": result.attempts, "contended_rounds": result.attempts - result.clean_rounds,
         "threshold_pct": c.settings.speed_threshold_pct, "speed_verdict": verdict, "speed_note": why,
         "samples_per_sec": r.get("samples_per_sec"),
         "reference_samples_per_sec": ref.row.get("samples_per_sec") if ref else None,
         "cpu_steal_pct": r.get("cpu_steal_pct"), "foreign_cpu_pct": r.get("foreign_cpu_pct"),
-        "status": r.get("status"), "numerics_status": r.get("numerics_status"),
-        "max_abs_diff": r.get("max_abs_diff"), "cosine_sim": r.get("cosine_sim"),
-        "numerics_error": r.get("numerics_error"), "case_id": c.case_id,
+        "status": r.get("status"), **({"numerics_status": r.get("numerics_status"),
+                                       "max_abs_diff": r.get("max_abs_diff"), "cosine_sim": r.get("cosine_sim"),
+                                       "numerics_error": r.get("numerics_error")} if comparison == "reference"
+                                      else {}), "case_id": c.case_id,
         "reference_case_id": ref.case.case_id if ref else None,
     }
 

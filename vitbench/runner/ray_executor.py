@@ -32,7 +32,7 @@ from typing import Any
 
 from ..errors import DeviceError, InputError, VitbenchError
 from .artifacts import pair_dir
-from .executor import Runner, _case_columns, pair_row, plan_groups
+from .executor import Runner, _case_columns, pair_row, plan_groups, reference_side
 from .ray_cluster import Node, cluster_nodes, connect, first_line
 from .rounds import RoundsResult
 from .signals import Interrupted, deferred_signals, noting_signals
@@ -364,12 +364,11 @@ class RayRunner:
 def _untimed_pairs(group: list[Any], rows: list[tuple[dict[str, Any], None]]) -> list[dict[str, Any]]:
     """pairs.csv rows for a crashed group's candidates (not measured), as the local executor writes them."""
     by_id = {r["case_id"]: r for r, _ in rows}
-    ref = group[0] if group and group[0].case.role == "reference" else None
     out = []
     for s in group:
         if s.record and s.case.role == "candidate":
             s.row = by_id[s.case.case_id]
-            out.append(pair_row(s, ref, None, RoundsResult(len(group))))
+            out.append(pair_row(s, reference_side(s, group), None, RoundsResult(len(group))))
     return out
 
 

@@ -37,13 +37,14 @@ CASE_COLUMNS = [
 ]
 
 
-# pairs.csv columns: one row per candidate at one setting, against its reference (paired rounds)
+# pairs.csv columns: one row per comparison timed in paired rounds: a candidate against its reference
+# (comparison "reference"), or a compiled mode against the same implementation's eager / full ("compile")
 PAIR_COLUMNS = [
     "pair", "label", "framework", "backend", "device", "compile_mode", "precision", "batch_size", "img_size", "tokens",
-    "reference_label", "reference_compile_mode", "speed_ratio", "speed_ratio_ci_low", "speed_ratio_ci_high",
-    "rounds", "rounds_run", "contended_rounds", "threshold_pct", "speed_verdict", "speed_note", "samples_per_sec",
-    "reference_samples_per_sec", "cpu_steal_pct", "foreign_cpu_pct", "status", "numerics_status", "max_abs_diff",
-    "cosine_sim", "numerics_error", "case_id", "reference_case_id",
+    "reference_label", "reference_compile_mode", "comparison", "speed_ratio", "speed_ratio_ci_low",
+    "speed_ratio_ci_high", "rounds", "rounds_run", "contended_rounds", "threshold_pct", "speed_verdict", "speed_note",
+    "samples_per_sec", "reference_samples_per_sec", "cpu_steal_pct", "foreign_cpu_pct", "status", "numerics_status",
+    "max_abs_diff", "cosine_sim", "numerics_error", "case_id", "reference_case_id",
 ]
 
 
@@ -62,14 +63,19 @@ class ResultStore:
         self._upgrade_header()
 
     def _upgrade_header(self) -> None:
-        """A cases.csv from an older vitbench (other columns) is rewritten with today's header before rows are
-        appended to it, so --resume never writes rows under the wrong column names."""
+        """A cases.csv or pairs.csv from an older vitbench (other columns) is rewritten with today's header before
+        rows are appended to it, so --resume never writes rows under the wrong column names."""
         if not self.cases.exists() or self.cases.stat().st_size == 0:
             return
         with self.cases.open(newline="") as f:
             header = next(csv.reader(f), [])
         if header != CASE_COLUMNS:
             self._rewrite(self.rows())
+        if self.pairs.exists() and self.pairs.stat().st_size:
+            with self.pairs.open(newline="") as f:
+                header = next(csv.reader(f), [])
+            if header != PAIR_COLUMNS:  # an older pairs.csv: its rows compared a candidate with its reference
+                _write_csv(self.pairs, PAIR_COLUMNS, [{"comparison": "reference", **r} for r in self.pair_rows()])
 
     def _rewrite(self, rows: list[dict[str, str]]) -> None:
         _write_csv(self.cases, CASE_COLUMNS, rows)
