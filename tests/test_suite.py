@@ -77,3 +77,23 @@ def test_token_input_needs_tokens_and_dim(write_suite):
                        "    reference: {provider: import, model: 'vitbench.models.torch:SDPA'}\n", "tok.yaml")
     with pytest.raises(SuiteError, match="needs both 'tokens' and 'dim'"):
         expand(load_suite(path), "cpu")
+
+
+def test_compile_options_take_inductor_options_but_not_with_mode(tmp_path):
+    from vitbench.errors import SuiteError
+    from vitbench.suite import expand, load_suite
+
+    base = """
+name: opts
+defaults: {compile: [full], compile_options: %s}
+pairs:
+  - name: t
+    reference: {provider: timm, model: test_vit}
+"""
+    p = tmp_path / "opts.yaml"
+    p.write_text(base % "{options: {cpp_wrapper: true}}")
+    (case,) = expand(load_suite(p, check_models=False), "cpu")
+    assert case.settings.compile_options.options == {"cpp_wrapper": True}  # handed to torch.compile as options=
+    p.write_text(base % "{mode: max-autotune, options: {cpp_wrapper: true}}")
+    with pytest.raises(SuiteError, match="opts.yaml.*mode or options"):
+        load_suite(p, check_models=False)

@@ -28,10 +28,19 @@ class Tolerance(_Strict):
 
 
 class CompileOptions(_Strict):
+    """torch.compile's keyword arguments; ``options``: Inductor config (e.g. ``{cpp_wrapper: true}``)."""
+
     backend: str = "inductor"
     mode: str | None = None
     dynamic: bool | None = None
     fullgraph: bool = False
+    options: dict[str, bool | int | float | str] | None = None
+
+    @model_validator(mode="after")
+    def _mode_or_options(self) -> CompileOptions:
+        if self.mode is not None and self.options:
+            raise ValueError("give mode or options, not both (torch.compile takes one of them)")
+        return self
 
 
 class Settings(_Strict):
