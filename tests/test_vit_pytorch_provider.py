@@ -172,3 +172,17 @@ def test_run_reports_skipped_numerics_and_a_forgotten_port_false(cli, write_suit
     assert float(ok["samples_per_sec"]) > 0 and float(ok["gmacs"]) > 0 and ok["attention"] == "exact"
     assert forgot["status"] == "ok" and forgot["numerics_status"] == "port_failed"
     assert "set 'port: false' on this side" in forgot["numerics_error"]
+
+
+def test_a_missing_package_fails_the_side_in_one_line_naming_what_to_install(monkeypatch):
+    import importlib.util
+
+    from vitbench.providers.vit_pytorch_provider import VitPytorchProvider
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda m, *a: None if m == "linformer" else real(m, *a))
+    kw = {"dim": 32, "patch_size": 8, "num_classes": 10, "transformer": {"type": "linformer", "depth": 1,
+                                                                          "heads": 2, "k": 16}}
+    with pytest.raises(RuntimeError, match=r"^vit_pytorch efficient.ViT needs linformer "
+                                           r"\(pip install 'vitbench\[references\]'\)$"):
+        VitPytorchProvider().build("efficient.ViT", kw, 32)

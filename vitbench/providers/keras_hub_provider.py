@@ -89,7 +89,7 @@ class KerasHubProvider(KerasProvider):
         return f"keras_hub: unsupported kwargs {extra} for {model}" if extra else None
 
     def build(self, model: str, kwargs: dict[str, Any], img_size: int | None) -> tuple[Any, int | None]:
-        needs_reference_package('keras_hub', model, 'keras_hub', 'keras-hub')
+        needs_reference_package("keras_hub", model, ("keras_hub", "keras-hub"))
         import keras_hub
 
         from vitbench.models.configs import pretrained_cfg

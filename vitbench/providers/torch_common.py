@@ -94,10 +94,11 @@ class TorchProvider:
         return dict(getattr(model, "pretrained_cfg", None) or {}) or None
 
 
-def needs_reference_package(provider: str, model: str, module: str, pip: str) -> None:
-    """Raise one line naming what to install when an optional implementation's package is missing (its side's row
-    fails with it; the other sides of the suite run)."""
+def needs_reference_package(provider: str, model: str, *packages: tuple[str, str]) -> None:
+    """Raise one line naming what to install when an optional implementation's packages (``(module, pip name)``
+    pairs, found without importing them) are missing: its side's row fails with it; the other sides run."""
     import importlib.util
 
-    if importlib.util.find_spec(module) is None:
-        raise RuntimeError(f"{provider} {model} needs {pip} (pip install 'vitbench[references]')")
+    missing = [pip for module, pip in packages if importlib.util.find_spec(module) is None]
+    if missing:
+        raise RuntimeError(f"{provider} {model} needs {', '.join(missing)} (pip install 'vitbench[references]')")

@@ -45,7 +45,7 @@ class VitKerasProvider(KerasProvider):
         return None if model in NAMES else unknown_model("vit_keras", model, list(NAMES))
 
     def build(self, model: str, kwargs: dict[str, Any], img_size: int | None) -> tuple[Any, int | None]:
-        needs_reference_package('vit_keras', model, 'vit_keras', 'vit-keras and opencv-python-headless')
+        needs_reference_package("vit_keras", model, ("vit_keras", "vit-keras and opencv-python-headless"))
         from vit_keras import vit
 
         cfg = _config(model, kwargs, img_size)

@@ -35,13 +35,12 @@ imports vit-pytorch or the attention packages until a model is built (``pip inst
 """
 from __future__ import annotations
 
-import importlib.util
 from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
 
-from .torch_common import TorchProvider, unknown_model
+from .torch_common import TorchProvider, needs_reference_package, unknown_model
 
 TRANSFORMERS = {  # type: -> (module, class, pip package)
     "nystromformer": ("nystrom_attention", "Nystromformer", "nystrom-attention"),
@@ -54,13 +53,13 @@ NAMES = (*EXACT, EFFICIENT, *TRANSFORMERS)
 VIT_KWARGS = {"image_size", "patch_size", "num_classes", "dim", "pool", "channels"}  # efficient.ViT's own
 
 
-def _missing_packages(model: str, transformer: str | None = None) -> list[str]:
-    """pip names of what ``model`` needs and is not installed (found without importing anything)."""
+def _packages(model: str, transformer: str | None = None) -> list[tuple[str, str]]:
+    """``(module, pip name)`` of what ``model`` needs."""
     modules = [("vit_pytorch", "vit-pytorch")]
     kind = transformer or (model if model in TRANSFORMERS else None)
     if kind in TRANSFORMERS:
         modules.append((TRANSFORMERS[kind][0], TRANSFORMERS[kind][2]))
-    return [pip for mod, pip in modules if importlib.util.find_spec(mod) is None]
+    return modules
 
 
 def split_kwargs(model: str, kwargs: Mapping[str, Any]) -> tuple[dict[str, Any], dict[str, Any] | None]:
@@ -143,11 +142,8 @@ class VitPytorchProvider(TorchProvider):
         """``(module, image size)``; the module maps (B, 3, S, S) images to (B, num_classes) logits."""
         import importlib
 
-        spec = split_kwargs(model, kwargs)[1]
-        missing = _missing_packages(model, spec["type"] if spec else None)
-        if missing:
-            raise RuntimeError(f"vit_pytorch {model} needs {', '.join(missing)} (pip install 'vitbench[references]')")
         vit, spec = resolve(model, kwargs, img_size)
+        needs_reference_package("vit_pytorch", model, *_packages(model, spec["type"] if spec else None))
         size = vit["image_size"] if isinstance(vit["image_size"], int) else vit["image_size"][0]
         if spec is None:
             import vit_pytorch
