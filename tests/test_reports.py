@@ -250,10 +250,11 @@ def test_throughput_plot_colours_by_implementation_and_lists_what_it_leaves_out(
 
 def test_calibrate_prints_the_noise_floor(cli, tmp_path):
     res = cli("calibrate", "--model", "test_vit", "--img-size", "64", "--rounds", "6", "--processes", "1",
-              "--out", tmp_path / "cal")
+              "--seconds", "2", "--out", tmp_path / "cal")
     print(res.output)
     assert res.exit_code in (0, 1), res.output  # 1: this machine's A/A excluded 1.00 or it was busy; both said
     assert "A/A test_vit bs1 on cpu:" in res.output
+    assert "min_seconds: 2" in (tmp_path / "cal" / "suite.yaml").read_text()  # --seconds reached the suite
     assert "noise floor" in res.output or "busy" in res.output or "no estimate" in res.output
     pairs = list(csv.DictReader((tmp_path / "cal" / "pairs.csv").open()))
     assert len(pairs) == 1 and int(pairs[0]["rounds_run"]) >= 1

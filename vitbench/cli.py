@@ -214,6 +214,8 @@ def calibrate(
     = None,
     processes: Annotated[int | None, typer.Option("--processes", help="Timing processes (default: as run uses).",
                                                   min=1)] = None,
+    seconds: Annotated[float | None, typer.Option("--seconds", help="Timing seconds per side (suite setting "
+                                                  "min_seconds; default: as run uses).", min=0)] = None,
     out: OutOpt = None,
 ) -> None:
     """The machine's noise floor: an A/A pair (a model against itself) timed as run times a pair; prints the
@@ -226,7 +228,7 @@ def calibrate(
     with _errors():
         env_mod.check_device(device)
         console.print(f"calibrating on {device}: {escape(model)} against itself, batch {batch_size} ...")
-        cal = run_calibration(model, device, batch_size, img_size, rounds, processes, None, out,
+        cal = run_calibration(model, device, batch_size, img_size, rounds, processes, seconds, out,
                               env_mod.row_versions())
         for line in summary_lines(cal):
             console.print(escape(line), soft_wrap=True)
