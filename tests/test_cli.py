@@ -181,13 +181,14 @@ def test_ctrl_c_keeps_finished_rows_and_resume_skips_them(write_suite, tmp_path)
     assert "--resume" in output and "Traceback" not in output
     before = rows(out)
     assert 2 <= len(before) < 6
-    res = subprocess.run([sys.executable, "-m", "vitbench.cli", "run", str(suite), "--resume", str(out)],
+    # resumed without naming the suite, from another directory: the run dir's own suite.yaml is used
+    res = subprocess.run([sys.executable, "-m", "vitbench.cli", "run", "--resume", str(out)], cwd=tmp_path.parent,
                          capture_output=True, text=True, timeout=300, env={**os.environ, "COLUMNS": "200"})
     print(res.stdout, res.stderr)
     assert res.returncode == 0
     assert f"{len(before)} cases done" in res.stdout
     after = rows(out)
-    assert len(after) == 6 and len({r["case_id"] for r in after}) == 6
+    assert len(after) == 6 and len({r["case_id"] for r in after}) == 6 and {r["suite"] for r in after} == {"resumable"}
     assert after[: len(before)] == before  # finished rows untouched
 
 

@@ -52,13 +52,18 @@ def _ours(family: str, img: int):
     return model
 
 
+# jax dispatches op by op on the CPU (about twice TensorFlow's time here): it gets the padded size only; the
+# clamped one-window stage at 64 px is shape logic the other two backends cover
+IMGS = {"jax": (72,), "tensorflow": (64, 72), "torch": (64, 72)}
+
+
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_keras_swin_families_match_timm(backend):
     run_on_backend(backend, f"""
         from vitbench.models.keras import load_timm_state_dict, create_model
         FAMILIES = {FAMILIES!r}
         for family, (name, _, _, cfg) in FAMILIES.items():
-            for img in (64, 72):
+            for img in {IMGS[backend]!r}:
                 ref = perturbed(timm.create_model(name, img_size=img, **cfg))
                 ours = create_model(name, img_size=img, **cfg)
                 load_timm_state_dict(ours, state_of(ref))
@@ -157,23 +162,25 @@ def test_shift_mask_blocks_only_pairs_from_different_regions():
     assert kwin.shift_window_mask((8, 8), (4, 4), (0, 0)) is None
 
 
-@pytest.mark.parametrize("family", ["swin", "swinv2_cr"])
-def test_tiny_swin_trains_on_tensorflow(family):
-    """compile(adam, sparse CE from logits) + fit on one fixed batch repeated: the loss falls."""
-    _, mod, cls, cfg = FAMILIES[family]
+def test_tiny_swin_trains_on_tensorflow():
+    """compile(adam, sparse CE from logits) + fit on one fixed batch repeated: the loss falls (Swin and SwinV2-cr,
+    in one TensorFlow process)."""
+    fams = {f: (FAMILIES[f][1], FAMILIES[f][2], FAMILIES[f][3]) for f in ("swin", "swinv2_cr")}
     run_on_backend("tensorflow", f"""
-        from vitbench.models.keras import {mod} as fam
+        import importlib
         assert keras.backend.backend() == "tensorflow"
-        keras.utils.set_random_seed(0)
-        model = fam.{cls}(img_size=64, **{{**{cfg!r}, "num_classes": 4}})
-        rng = np.random.default_rng(0)
-        x = rng.standard_normal((8, 64, 64, 3)).astype("float32")
-        y = rng.integers(0, 4, size=8)
-        loss_fn = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
-        model.compile(optimizer=keras.optimizers.Adam(1e-3), loss=loss_fn)
-        before = float(loss_fn(y, model(x)))
-        hist = model.fit(x, y, batch_size=8, epochs=40, shuffle=False, verbose=0).history["loss"]  # 1 step/epoch
-        after = float(loss_fn(y, model(x)))
-        print("losses", before, [round(v, 4) for v in hist], after)
-        assert hist[-1] < 0.5 * hist[0] and after < 0.5 * before, "the loss did not fall"
+        for family, (mod, cls, cfg) in {fams!r}.items():
+            fam = importlib.import_module("vitbench.models.keras." + mod)
+            keras.utils.set_random_seed(0)
+            model = getattr(fam, cls)(img_size=64, **{{**cfg, "num_classes": 4}})
+            rng = np.random.default_rng(0)
+            x = rng.standard_normal((8, 64, 64, 3)).astype("float32")
+            y = rng.integers(0, 4, size=8)
+            loss_fn = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+            model.compile(optimizer=keras.optimizers.Adam(1e-3), loss=loss_fn)
+            before = float(loss_fn(y, model(x)))
+            hist = model.fit(x, y, batch_size=8, epochs=40, shuffle=False, verbose=0).history["loss"]  # 1 step/epoch
+            after = float(loss_fn(y, model(x)))
+            print(family, "losses", before, [round(v, 4) for v in hist], after)
+            assert hist[-1] < 0.5 * hist[0] and after < 0.5 * before, f"{{family}}: the loss did not fall"
     """)
