@@ -107,11 +107,12 @@ def _ray_task_worker(timeout: float = 180.0) -> tuple[psutil.Process, psutil.Pro
 def test_a_killed_ray_worker_gives_a_crashed_row_naming_the_node_and_the_run_goes_on(write_suite, tmp_path,
                                                                                         local_ray):
     from vitbench.env import row_versions
+    from vitbench.runner.executor import Runner
     from vitbench.runner.ray_executor import RayRunner
     from vitbench.suite import expand, load_suite
 
     cases = expand(load_suite(write_suite(HANG_FIRST)), "cpu")
-    runner = RayRunner(tmp_path / "o", row_versions(), "infer", "cpu", None)
+    runner = RayRunner(tmp_path / "o", row_versions(), Runner, "cpu", None)
     killed: dict[str, psutil.Process] = {}
 
     def kill() -> None:  # the hanging case runs first (one unit per node: the node's 2 CPUs are all it holds)

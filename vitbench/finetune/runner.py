@@ -24,6 +24,8 @@ class FinetuneRunner:
     """Trains the cases one after the other (training is not paired). It uses an inference ``Runner`` for what
     the two share - the result store, the logs folder, the environment columns - and runs its own jobs."""
 
+    task = "finetune"
+
     def __init__(self, out_dir: Path, env_row: dict[str, Any]) -> None:
         self.runner = Runner(out_dir, env_row)
         self.out, self.store, self.logs = self.runner.out, self.runner.store, self.runner.logs
@@ -56,6 +58,14 @@ class FinetuneRunner:
             if on_done:
                 on_done(i, case, rows[-1])
         return rows
+
+    def run_unit(self, case: FinetuneCase, store: Any) -> None:  # one case, its row written into ``store``
+        self.store = self.runner.store = store
+        self.run_case(case)
+
+    @staticmethod
+    def case_columns(case: FinetuneCase) -> dict[str, Any]:
+        return case_row(case)
 
     def run_case(self, case: FinetuneCase) -> dict[str, Any]:
         started = datetime.now(timezone.utc).isoformat(timespec="seconds")

@@ -56,7 +56,9 @@ class Runner:
     compile cold/warm start); then the group's sides are timed together in paired rounds, in ``processes`` fresh
     timing sessions (one per framework, hosting all that framework's sides), so that neither the machine's drift
     nor one process's luck decides a comparison. Rows are appended when their group ends; cases already done
-    (``--resume``) are skipped."""
+    (``--resume``) are skipped. ``task``, ``run_unit`` and ``case_columns``: what the Ray executor runs on a node."""
+
+    task = "infer"
 
     def __init__(self, out_dir: Path, env_row: dict[str, Any]) -> None:
         self.out = Path(out_dir)
@@ -109,6 +111,19 @@ class Runner:
                 shutil.rmtree(d, ignore_errors=True)
         return out
 
+    def run_unit(self, group: list[_Side], store: Any) -> None:  # one group, its rows written into ``store``
+        self.store = store
+        self.run_group(group)
+
+    @staticmethod
+    def case_columns(case: Case) -> dict[str, Any]:
+        """The row's identity columns (what was measured)."""
+        st = case.settings
+        return {"case_id": case.case_id, "task": "infer", **{k: getattr(case, k) for k in (
+            "suite", "pair", "role", "label", "provider", "model", "framework", "backend", "device", "precision",
+            "compile_mode", "batch_size")}, "img_size": st.img_size, "tokens": st.tokens, "seed": st.seed,
+                "tolerance_max_abs": st.tolerance.max_abs, "regions": st.regions, "attention": attention_of(case)}
+
     def run_group(self, group: list[_Side], on_start: Callable[[Case], None] | None = None) -> list[dict[str, Any]]:
         """Set up every side, time them in paired rounds (the first side is the reference when there is one),
         write their rows and the pairs' rows. Returns the recorded rows."""
@@ -122,7 +137,7 @@ class Runner:
             if on_start:
                 on_start(side.case)
             out = self._setup(side.case)
-            side.row = {**self.env_row, **_case_columns(side.case), "started_at": started, **out.result,
+            side.row = {**self.env_row, **self.case_columns(side.case), "started_at": started, **out.result,
                         "status": out.status, "error": out.error}
             side.ok = out.status == "ok"
         live = [s for s in group if s.ok]
@@ -369,17 +384,6 @@ def pair_row(side: _Side, ref: _Side | None, est: RatioEstimate | None, result: 
                                       else {}), "case_id": c.case_id,
         "reference_case_id": ref.case.case_id if ref else None,
     }
-
-
-def _case_columns(case: Case) -> dict[str, Any]:
-    """The row's identity columns (what was measured)."""
-    st = case.settings
-    return {"case_id": case.case_id, "task": "infer", "suite": case.suite, "pair": case.pair, "role": case.role,
-            "label": case.label, "provider": case.provider, "model": case.model, "framework": case.framework,
-            "backend": case.backend, "device": case.device, "precision": case.precision,
-            "compile_mode": case.compile_mode, "batch_size": case.batch_size, "img_size": st.img_size,
-            "tokens": st.tokens, "seed": st.seed, "tolerance_max_abs": st.tolerance.max_abs, "regions": st.regions,
-            "attention": attention_of(case)}
 
 
 def attention_of(case: Any) -> str | None:

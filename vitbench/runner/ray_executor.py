@@ -2,10 +2,10 @@
 
 A unit is what the local executor runs in one go: an inference group (a reference and the candidates timed with
 it in paired rounds - they stay together, on one node and one device, so the ratio stays paired) or one fine-tune
-case. Its task runs the local ``Runner.run_group`` (``FinetuneRunner.run_case``) on that node, in a private run
-directory: the same spawned workers, timeouts, memory cap and timing sessions. Everything the unit wrote there
-(rows, blocks, pair rows, curves, logs, artifacts, weights) comes back with the task's result; the driver appends
-it to the run's result store (fsync per row) and files, as the local executor does.
+case. Its task runs the local runner's ``run_unit`` (``Runner.run_group``, ``FinetuneRunner.run_case``) on that
+node, in a private run directory: the same spawned workers, timeouts, memory cap and timing sessions. Everything
+the unit wrote there (rows, blocks, pair rows, curves, logs, artifacts, weights) comes back with the task's result;
+the driver appends it to the run's result store (fsync per row) and files, as the local executor does.
 
 Isolation: the driver schedules. It pins each task to the node it chose (hard node affinity) and asks Ray for the
 unit's resources there: CPU cases reserve all of a node's CPUs (or ``ray_cpus`` of them), CUDA cases one GPU and
@@ -32,7 +32,7 @@ from typing import Any
 
 from ..errors import DeviceError, InputError, VitbenchError
 from .artifacts import pair_dir
-from .executor import Runner, _case_columns, pair_row, plan_groups, reference_side
+from .executor import Runner, pair_row, plan_groups, reference_side
 from .ray_cluster import Node, cluster_nodes, connect, first_line
 from .rounds import RoundsResult
 from .signals import Interrupted, deferred_signals, noting_signals
@@ -64,8 +64,7 @@ def executor_for(base: Any, executor: str, address: str | None, ray_cpus: int | 
         have = "; ".join(f"{n.host}: {n.cpus:g} CPU, {n.gpus:g} GPU" for n in nodes.values()) or "no node alive"
         need = "1 GPU" if device != "cpu" else f"{ray_cpus} CPUs" if ray_cpus else "a node with CPUs"
         raise DeviceError(f"--executor ray --device {device}: no node of the Ray cluster has {need} ({have})")
-    task = "finetune" if getattr(base, "__name__", "") == "FinetuneRunner" else "infer"
-    return lambda out, env_row: RayRunner(out, env_row, task, device, ray_cpus)
+    return lambda out, env_row: RayRunner(out, env_row, base, device, ray_cpus)
 
 
 @dataclass
@@ -93,7 +92,7 @@ class _Memory:
         self.curves.append((case_id, label, points))
 
 
-def run_unit(task: str, payload: Any, names: list[str], ctx: dict[str, Any], want_env: bool,
+def run_unit(base: Any, payload: Any, names: list[str], ctx: dict[str, Any], want_env: bool,
              *blobs: bytes) -> dict[str, Any]:
     """The Ray task, on its node: the unit run by the local executor's code in a private run dir holding the
     files ``names`` (their bytes: ``blobs``, resolved from the object store by Ray). Returns its rows, pair rows,
@@ -118,16 +117,7 @@ def run_unit(task: str, payload: Any, names: list[str], ctx: dict[str, Any], wan
             (tmp / rel).parent.mkdir(parents=True, exist_ok=True)
             (tmp / rel).write_bytes(data)
         mem = _Memory()
-        if task == "infer":
-            runner = Runner(tmp, env_mod.row_versions())
-            runner.store = mem  # type: ignore[assignment]
-            runner.run_group(payload)
-        else:
-            from ..finetune.runner import FinetuneRunner
-
-            ft = FinetuneRunner(tmp, env_mod.row_versions())
-            ft.store = ft.runner.store = mem  # type: ignore[assignment]
-            ft.run_case(payload)
+        base(tmp, env_mod.row_versions()).run_unit(payload, mem)
         files = {str(p.relative_to(tmp)): p.read_bytes() for p in sorted(tmp.rglob("*"))
                  if p.is_file() and str(p.relative_to(tmp)) not in names and not p.name.startswith(".")
                  and (ctx["keep_artifacts"] or not str(p.relative_to(tmp)).startswith("artifacts"))}
@@ -139,16 +129,18 @@ def run_unit(task: str, payload: Any, names: list[str], ctx: dict[str, Any], wan
 
 class RayRunner:
     """Runs a command's cases as Ray tasks (see the module's docstring) with the local runners' interface: ``run``,
-    ``store``, ``on_progress``. ``task``: infer | finetune. env.json gains ``nodes``, one entry per node that ran
-    a unit (its versions, CPU, GPUs, driver, as ``vitbench env`` reports them, and its Ray resources)."""
+    ``store``, ``on_progress``. ``base``: the local runner class whose units it runs (its ``task``, infer |
+    finetune; ``run_unit`` on the node; ``case_columns`` for a crashed unit's rows). env.json gains ``nodes``, one
+    entry per node that ran a unit (its versions, CPU, GPUs, driver, as ``vitbench env`` reports them, and its Ray
+    resources)."""
 
-    def __init__(self, out_dir: Path, env_row: dict[str, Any], task: str = "infer", device: str = "cpu",
+    def __init__(self, out_dir: Path, env_row: dict[str, Any], base: Any = Runner, device: str = "cpu",
                  ray_cpus: int | None = None) -> None:
         self.out = Path(out_dir)
         self.store = ResultStore(self.out)
         self.logs = self.out / "logs"
         self.logs.mkdir(parents=True, exist_ok=True)
-        self.env_row, self.task, self.device, self.ray_cpus = env_row, task, device, ray_cpus
+        self.env_row, self.base, self.task, self.device, self.ray_cpus = env_row, base, base.task, device, ray_cpus
         self.on_progress: Callable[[str], None] | None = None
         self.nodes: dict[str, Node] = {}
         self.described = {n["node_id"]: n for n in _env(self.out).get("nodes", []) if n.get("node_id")}  # resume
@@ -261,7 +253,7 @@ class RayRunner:
             ref = self._remote.options(
                 num_cpus=node.num_cpus, num_gpus=node.num_gpus, max_retries=0,
                 scheduling_strategy=NodeAffinitySchedulingStrategy(node.id, soft=False),
-            ).remote(self.task, unit.payload, names, ctx, want_env, *refs)
+            ).remote(self.base, unit.payload, names, ctx, want_env, *refs)
             flight[ref] = (unit, node, time.time())
             node.busy += 1
             queue.remove(unit)
@@ -346,11 +338,7 @@ class RayRunner:
         base = {**self.env_row, "host": node.host if node else "", "status": "crashed", "error": msg,
                 "started_at": datetime.fromtimestamp(t0, timezone.utc).isoformat(timespec="seconds"),
                 "duration_s": time.time() - t0}
-        if self.task == "infer":
-            return [({**base, **_case_columns(c)}, None) for c in unit.cases]
-        from ..finetune.runner import case_row
-
-        return [({**base, **case_row(c)}, None) for c in unit.cases]
+        return [({**base, **self.base.case_columns(c)}, None) for c in unit.cases]
 
     def _write_nodes(self) -> None:
         """env.json's ``nodes``: one entry per node that ran a unit of this run (a resumed run's included)."""
