@@ -143,10 +143,9 @@ class KerasHubProvider(KerasProvider):
         name = cfg.pop("name")
         if family(name) == "sam":
             return None
-        from vitbench.models import keras as ours  # noqa: F401  (registers the families)
-        from vitbench.models.keras._registry import _MODELS
+        from vitbench.models.keras import model_entry  # registers the families
 
-        cls, base = _MODELS[name]
+        cls, base = model_entry(name)
         twin = cls(**{**base, **cfg}, name=f"{name}_count")  # not built: the counter reads its config
         macs, acts = importlib.import_module(cls.__module__).count_macs_acts(twin)
         return macs, acts, KERAS_MACS_METHOD

@@ -1,7 +1,7 @@
 """Our Keras 3 models (any backend). Importing this package imports keras and registers every model family: keep
 it out of torch-only paths."""
 from . import hiera, sam, swin, swinv2_cr, vit  # noqa: F401  (registers models)
-from ._registry import create_model, list_models, load_timm_state_dict, register_configs
+from ._registry import create_model, list_models, load_timm_state_dict, model_entry, register_configs
 from .hiera import HieraDet
 from .layers import SDPA, Attention, Mlp, PatchEmbed, sdpa
 from .sam import RSBuildingBackbone, VisionTransformerSAM
@@ -12,4 +12,4 @@ from .vit import Block, VisionTransformer, count_macs_acts, load_timm_attention,
 __all__ = ["Attention", "Block", "HieraDet", "Mlp", "PatchEmbed", "RSBuildingBackbone", "SDPA", "SwinTransformer",
            "SwinTransformerV2Cr", "VisionTransformer",
            "VisionTransformerSAM", "count_macs_acts", "create_model", "list_models", "load_timm_attention",
-           "load_timm_state_dict", "port_table", "register_configs", "sdpa"]
+           "load_timm_state_dict", "model_entry", "port_table", "register_configs", "sdpa"]

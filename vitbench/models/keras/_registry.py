@@ -22,11 +22,16 @@ def list_models(pattern: str = "*") -> list[str]:
     return sorted(n for n in _MODELS if fnmatch.fnmatch(n, pattern))
 
 
-def create_model(name: str, **kwargs: Any) -> Any:
-    """Build ``name`` with its config and ``kwargs`` on top, weights created (``model.img_size`` square input)."""
+def model_entry(name: str) -> tuple[type, dict]:
+    """The class and config registered for ``name`` (nothing built)."""
     if name not in _MODELS:
         raise KeyError(f"unknown vitbench Keras model '{name}'")
-    cls, cfg = _MODELS[name]
+    return _MODELS[name]
+
+
+def create_model(name: str, **kwargs: Any) -> Any:
+    """Build ``name`` with its config and ``kwargs`` on top, weights created (``model.img_size`` square input)."""
+    cls, cfg = model_entry(name)
     model = cls(**{**cfg, **kwargs}, name=name)
     model.build((None, model.img_size, model.img_size, getattr(model, "in_chans", 3)))
     return model
