@@ -4,7 +4,6 @@ interrupted: 130 Ctrl-C, 143 SIGTERM)."""
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import sys
 from collections.abc import Iterator
@@ -105,14 +104,9 @@ def list_cmd() -> None:
 def env(as_json: Annotated[bool, typer.Option("--json", help="Print JSON.", metavar="")] = False) -> None:
     """Framework versions, CPU, GPU, driver, CUDA and threads."""
     from . import env as env_mod
-    from .report.show import env_lines
+    from .report.show import print_env
 
-    info = env_mod.collect()
-    if as_json:
-        console.print_json(json.dumps(info))
-        return
-    for line in env_lines(info):
-        console.print(escape(line))
+    print_env(console, env_mod.collect(), as_json)
 
 
 @app.command()
@@ -195,9 +189,7 @@ def finetune(
         signal_no = run_with_progress(console, runner, cases)
         rows = [r for r in runner.store.rows() if r.get("task") == "finetune"]
         written = write_finetune_outputs(rows, rd.path, info, device)
-        print_finetune_summary(console, rows, len(spec.classes), [
-            rd.path / "cases.csv", *written, f"TensorBoard: tensorboard --logdir {rd.path / 'tensorboard'}",
-            f"weights: {rd.path / 'weights'}, sample grids: {rd.path / 'samples'}"])
+        print_finetune_summary(console, rows, len(spec.classes), written, rd.path)
         code = end_of_run(err_console, rows, rd, signal_no, "finetune", "model(s)") or 0
     raise typer.Exit(code)
 
@@ -208,19 +200,15 @@ def calibrate(
     model: Annotated[str, typer.Option("--model", "-m", help="timm model timed against itself.")]
     = "vit_small_patch16_224",
     batch_size: Annotated[int, typer.Option("--batch-size", "-b", help="Batch size.", min=1)] = 1,
-    img_size: Annotated[int | None, typer.Option("--img-size", help="Input size (default: the model's).", min=1)]
-    = None,
-    rounds: Annotated[int | None, typer.Option("--rounds", help="Paired rounds (default: as run uses).", min=1)]
-    = None,
-    processes: Annotated[int | None, typer.Option("--processes", help="Timing processes (default: as run uses).",
-                                                  min=1)] = None,
-    seconds: Annotated[float | None, typer.Option("--seconds", help="Timing seconds per side (suite setting "
-                                                  "min_seconds; default: as run uses).", min=0)] = None,
+    img_size: Annotated[int | None, typer.Option("--img-size", help="Input size (default: model's).", min=1)] = None,
+    rounds: Annotated[int | None, typer.Option("--rounds", help="Paired rounds.", min=1)] = None,
+    processes: Annotated[int | None, typer.Option("--processes", help="Timing processes.", min=1)] = None,
+    seconds: Annotated[float | None, typer.Option("--seconds", help="Timing seconds per side.", min=0)] = None,
     out: OutOpt = None,
 ) -> None:
     """The machine's noise floor: an A/A pair (a model against itself) timed as run times a pair; prints the
-    smallest speed difference this machine resolves in that time. Exit 1 if the A/A interval excludes 1 or the
-    machine was busy."""
+    smallest speed difference this machine resolves in that time (rounds, processes, seconds: run's defaults
+    unless given). Exit 1 if the A/A interval excludes 1 or the machine was busy."""
     from . import env as env_mod
     from .calibrate import calibrate as run_calibration
     from .calibrate import summary_lines
@@ -230,9 +218,8 @@ def calibrate(
         console.print(f"calibrating on {device}: {escape(model)} against itself, batch {batch_size} ...")
         cal = run_calibration(model, device, batch_size, img_size, rounds, processes, seconds, out,
                               env_mod.row_versions())
-        for line in summary_lines(cal):
+        for line in [*summary_lines(cal), f"results: {cal.out_dir}"]:
             console.print(escape(line), soft_wrap=True)
-        console.print(f"results: {cal.out_dir}")
     raise typer.Exit(0 if cal.ok else 1)
 
 

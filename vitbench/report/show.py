@@ -1,6 +1,8 @@
 """What the CLI prints for reports: the diff as a console table or Markdown."""
 from __future__ import annotations
 
+import json
+from pathlib import Path
 from typing import Any
 
 from rich.console import Console
@@ -141,8 +143,10 @@ def print_run_summary(console: Console, rows: list[dict[str, Any]], written: lis
     print_results(console, written)
 
 
-def print_finetune_summary(console: Console, rows: list[dict[str, Any]], num_classes: int, written: list[Any]
-                           ) -> None:
+def print_finetune_summary(console: Console, rows: list[dict[str, Any]], num_classes: int, written: list[Any],
+                           run_dir: Path) -> None:
+    """The fine-tune table, failures and init notes, then the files written (``written`` after cases.csv) and
+    where the TensorBoard events, weights and sample grids are."""
     t = Table(title=f"vitbench finetune (chance top-1 = {100 / num_classes:.1f}%)")
     for col in ("implementation", "init", "status", "top-1 %", "top-5 %", "val loss", "train img/s", "step ms",
                 "peak MB", "train GMACs/img", "params M"):
@@ -161,7 +165,9 @@ def print_finetune_summary(console: Console, rows: list[dict[str, Any]], num_cla
         elif "port failed" in (r.get("init") or "") or "no reference weights" in (r.get("init") or ""):
             console.print("[yellow]note:[/] " + escape(f"{r['label']} trained from its own init: {r['init']}"),
                           soft_wrap=True)
-    print_results(console, written)
+    print_results(console, [run_dir / "cases.csv", *written,
+                            f"TensorBoard: tensorboard --logdir {run_dir / 'tensorboard'}",
+                            f"weights: {run_dir / 'weights'}, sample grids: {run_dir / 'samples'}"])
 
 
 def print_scan(console: Console, res: Any, top: int, previous: str | None, csv_out: Any, emit: Any = None,
@@ -188,6 +194,14 @@ def print_scan(console: Console, res: Any, top: int, previous: str | None, csv_o
     console.print(escape(f"scan CSV (use as next --previous): {csv_out}"))
     if emit:
         console.print(escape(f"suite with {emitted} timm references: {emit}"))
+
+
+def print_env(console: Console, info: dict[str, Any], as_json: bool) -> None:
+    if as_json:
+        console.print_json(json.dumps(info))
+        return
+    for line in env_lines(info):
+        console.print(escape(line))
 
 
 def env_lines(info: dict[str, Any]) -> list[str]:
