@@ -140,7 +140,7 @@ class RayRunner:
         self.store = ResultStore(self.out)
         self.logs = self.out / "logs"
         self.logs.mkdir(parents=True, exist_ok=True)
-        self.env_row, self.base, self.task, self.device, self.ray_cpus = env_row, base, base.task, device, ray_cpus
+        self.env_row, self.base, self.device, self.ray_cpus = env_row, base, device, ray_cpus
         self.on_progress: Callable[[str], None] | None = None
         self.nodes: dict[str, Node] = {}
         self.described = {n["node_id"]: n for n in _env(self.out).get("nodes", []) if n.get("node_id")}  # resume
@@ -159,7 +159,7 @@ class RayRunner:
         ray = connect(None)  # connected already when the CLI built this runner: then it only returns ray
         self._remote = self._remote or ray.remote(run_unit)
         index = {c.case_id: i for i, c in enumerate(cases)}
-        if self.task == "infer":
+        if self.base.task == "infer":
             queue = [_Unit(g, [s.case for s in g if s.record], _key(g[0].case)) for g in plan_groups(
                 cases, partners or cases)]
         else:
@@ -292,7 +292,7 @@ class RayRunner:
         in one signal-deferred write. A unit whose task died becomes ``crashed`` rows naming the node."""
         if isinstance(result, BaseException):
             rows, pairs, curves = self._crashed(unit, node, result, t0), [], []
-            if self.task == "infer":
+            if self.base.task == "infer":
                 pairs = _untimed_pairs(unit.payload, rows)
         else:
             tmp = result["run_dir"]
@@ -335,10 +335,10 @@ class RayRunner:
         where = node.where() if node else "no node"
         cause = getattr(err, "cause", None) or err
         msg = f"ray task died on {where}: {type(cause).__name__}: {first_line(cause)}"
-        base = {**self.env_row, "host": node.host if node else "", "status": "crashed", "error": msg,
-                "started_at": datetime.fromtimestamp(t0, timezone.utc).isoformat(timespec="seconds"),
-                "duration_s": time.time() - t0}
-        return [({**base, **self.base.case_columns(c)}, None) for c in unit.cases]
+        row = {**self.env_row, "host": node.host if node else "", "status": "crashed", "error": msg,
+               "started_at": datetime.fromtimestamp(t0, timezone.utc).isoformat(timespec="seconds"),
+               "duration_s": time.time() - t0}
+        return [({**row, **self.base.case_columns(c)}, None) for c in unit.cases]
 
     def _write_nodes(self) -> None:
         """env.json's ``nodes``: one entry per node that ran a unit of this run (a resumed run's included)."""
