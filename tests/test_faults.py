@@ -187,10 +187,19 @@ def _descendants(pid: int) -> list[psutil.Process]:
         return []
 
 
+def _is_worker(k: psutil.Process, run_pid: int) -> bool:
+    """A spawned worker, or one forked by a fork server (the server is the run's child; its children workers)."""
+    try:
+        cmd = " ".join(k.cmdline() or [])
+        return "spawn_main" in cmd or ("multiprocessing.forkserver" in cmd and k.ppid() != run_pid)
+    except psutil.Error:
+        return False
+
+
 def _wait_for_workers(pid: int, n: int, timeout: float = 90) -> list[psutil.Process]:
     deadline = time.time() + timeout
     while time.time() < deadline:
-        kids = [k for k in _descendants(pid) if "spawn_main" in " ".join(k.cmdline() or [])]
+        kids = [k for k in _descendants(pid) if _is_worker(k, pid)]
         if len(kids) >= n:
             time.sleep(2)
             return _descendants(pid)

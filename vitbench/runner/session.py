@@ -1,10 +1,9 @@
-"""Worker processes as the parent sees them: one spawned process per job, with a timeout; a ``serve`` job stays
-alive between commands (a timing session). Nothing that happens inside a worker raises here: it becomes a
-JobOutcome (ok | error | oom | timeout | crashed)."""
+"""Worker processes as the parent sees them: one fresh process per job (forked by its framework's fork server, see
+``launch``), with a timeout; a ``serve`` job stays alive between commands (a timing session). Nothing that happens
+inside a worker raises here: it becomes a JobOutcome (ok | error | oom | timeout | crashed)."""
 from __future__ import annotations
 
 import contextlib
-import multiprocessing as mp
 import os
 import signal
 import time
@@ -14,10 +13,8 @@ from pathlib import Path
 from typing import Any
 
 from ..measure.timing import Block
-from . import worker
+from . import launch, worker
 from .rounds import SideFailed
-
-_CTX = mp.get_context("spawn")
 
 
 @dataclass
@@ -93,10 +90,14 @@ class Session:
 
     def __init__(self, case: Any, run_dir: Path, job: str, timeout_s: float, log_path: Path,
                  env: dict[str, str] | None = None, max_memory_gb: float | None = None) -> None:
-        self.conn, child = _CTX.Pipe(duplex=True)
-        env = {**(env or {}), "VITBENCH_PARENT_PID": str(os.getpid())}
-        self.proc = _CTX.Process(target=worker.main, args=(case, str(run_dir), child, str(log_path), env, job),
-                                 daemon=True)
+        import multiprocessing as mp
+
+        self.conn, child = mp.Pipe(duplex=True)
+        kind = _worker_kind(case, job)
+        # the worker gets this process's environment as it is now (a forked worker's would be its server's)
+        env = {**os.environ, **(env or {}), "VITBENCH_PARENT_PID": str(os.getpid()),
+               "VITBENCH_FORKED_BY": str(launch.parent_pid(kind))}
+        self.proc = launch.new_process(kind, worker.main, (case, str(run_dir), child, str(log_path), env, job))
         self.timeout_s, self.log_path = timeout_s, log_path
         self.max_memory_gb = max_memory_gb
         self.started = False
@@ -164,6 +165,14 @@ class Session:
         _kill_group(self.proc.pid)
         if not self.conn.closed:
             self.conn.close()
+
+
+def _worker_kind(case: Any, job: str) -> str:
+    """The kind of worker (framework, Keras backend) a job runs in: the case's, or its reference's for the job
+    that writes a pair's reference artifacts."""
+    c = case[0] if isinstance(case, list) else case
+    side = c.reference if job == "reference" and c.role == "candidate" else c.side
+    return launch.worker_kind(side.framework, side.backend)
 
 
 def run_job(case: Any, run_dir: Path, job: str, timeout_s: float, log_path: Path,

@@ -60,9 +60,10 @@ def deferred_signals() -> Iterator[None]:
         raise Interrupted(got[0])
 
 
-def die_with_parent(parent_pid: int | None) -> None:
+def die_with_parent(parent_pid: int | None, run_pid: int | None = None) -> None:
     """In a worker: the kernel sends SIGKILL when the parent dies (Linux prctl PR_SET_PDEATHSIG), so no worker
-    outlives a parent that was killed with SIGKILL; if the parent is already gone, exit now."""
+    outlives a parent that was killed with SIGKILL; if the parent (``parent_pid``: the run, or the fork server that
+    forked this worker) or the run (``run_pid``) is already gone, exit now."""
     with contextlib.suppress(Exception):
         import ctypes
 
@@ -70,3 +71,10 @@ def die_with_parent(parent_pid: int | None) -> None:
         libc.prctl(1, signal.SIGKILL, 0, 0, 0)  # PR_SET_PDEATHSIG = 1
     if parent_pid is not None and os.getppid() != parent_pid:
         os._exit(1)
+    if run_pid is not None:
+        try:
+            os.kill(run_pid, 0)
+        except ProcessLookupError:
+            os._exit(1)
+        except PermissionError:
+            pass

@@ -1,4 +1,5 @@
-"""The worker: runs in a fresh spawned process, measures one case, sends back a row (or an error).
+"""The worker: runs in a fresh process (forked by a fork server that imported its framework, or spawned), measures
+one case, sends back a row (or an error).
 
 The parent sends the frozen ``Case`` (it pickles); the job picks the framework's worker module (torch_worker or
 keras_worker), which imports its framework, so one worker process holds one framework.
@@ -153,16 +154,21 @@ def main(case: Any, run_dir: str, conn: Any, log_path: str, env: dict[str, str],
     (second-launch compile time), or 'package.module:function' (a job of another package, e.g. fine-tuning's)."""
     if hasattr(os, "setsid"):
         os.setsid()  # own process group: the runner ends it whole, compile-worker pools included
+    from .launch import close_inherited_server_fd
     from .signals import die_with_parent
 
-    parent = env.get("VITBENCH_PARENT_PID")
-    die_with_parent(int(parent) if parent else None)  # never outlive the run, even one killed with SIGKILL
+    close_inherited_server_fd()
+    parent, forked_by = env.get("VITBENCH_PARENT_PID"), env.get("VITBENCH_FORKED_BY")
+    # never outlive the run, even one killed with SIGKILL: the kernel ends this process when the one that started
+    # it (the run, or its fork server, which exits with the run) dies
+    die_with_parent(int(forked_by) if forked_by else None, int(parent) if parent else None)
     fd = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
     os.dup2(fd, 1)
     os.dup2(fd, 2)
     sys.stdout = os.fdopen(1, "w", buffering=1, closefd=False)
     sys.stderr = os.fdopen(2, "w", buffering=1, closefd=False)
-    os.environ.update(env)
+    os.environ.clear()
+    os.environ.update(env)  # the run's environment when it started this worker
     cases = case if isinstance(case, list) else [case]
     case = cases[0]
     print(f"== vitbench worker pid {os.getpid()} job={job} " + ", ".join(f"{c.label} [{c.case_id}]" for c in cases),
