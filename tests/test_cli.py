@@ -16,7 +16,7 @@ TIMM_HEADER = "model,infer_img_size,infer_samples_per_sec,infer_step_time,infer_
 
 TINY_VIT = """
 name: tiny
-defaults: {batch_sizes: [1, 2], rounds: 6, processes: 1, warmup_iters: 1, min_iters: 3, min_seconds: 0.1,
+defaults: {batch_sizes: [1, 2], rounds: 6, processes: 2, warmup_iters: 1, min_iters: 3, min_seconds: 0.1,
            timeout_s: 120,
            tolerance: {max_abs: 1.0e-5}}
 pairs:
@@ -47,8 +47,9 @@ def test_run_tiny_suite_end_to_end(cli, write_suite, tmp_path):
         assert float(r["param_count_m"]) > 0 and float(r["gmacs"]) > 0
     cands = [r for r in rs if r["role"] == "candidate"]
     assert all(r["numerics_status"] == "ok" and float(r["max_abs_diff"]) <= 1e-5 for r in cands)
-    assert all(r["rounds"] == "6" and float(r["speed_ratio_ci_low"]) <= float(r["speed_ratio"])
-               <= float(r["speed_ratio_ci_high"]) and r["speed_verdict"] for r in cands)
+    assert all(r["rounds"] == "6" and r["timing_processes"] == "2" and float(r["speed_ratio_ci_low"])
+               <= float(r["speed_ratio"]) <= float(r["speed_ratio_ci_high"]) and r["speed_verdict"] for r in cands)
+    assert all(float(r["samples_per_sec_ci_low"]) <= float(r["samples_per_sec_ci_high"]) for r in rs)
     with open(out / "pairs.csv", newline="") as f:
         pairs = list(csv.DictReader(f))
     assert [(p["label"], p["batch_size"], p["reference_label"]) for p in pairs] == [
@@ -63,6 +64,7 @@ def test_run_tiny_suite_end_to_end(cli, write_suite, tmp_path):
     assert json.loads((out / "env.json").read_text())["versions"]["torch"]
     lat = [json.loads(line) for line in (out / "latencies.jsonl").read_text().splitlines()]
     assert len(lat) == 4 and all(len(x["latencies_ms"]) >= 3 and len(x["blocks"]) == 6 for x in lat)
+    assert all(sorted({b["process"] for b in x["blocks"]}) == [0, 1] for x in lat)  # 3 rounds in each process
     assert not (out / "artifacts").exists()
     assert "vitbench summary" in res.output
 

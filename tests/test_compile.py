@@ -120,7 +120,7 @@ def test_a_compiled_model_that_computes_something_else_is_refused(monkeypatch):
 
 MODES_SUITE = """
 name: tinymodes
-defaults: {batch_sizes: [1], rounds: 6, processes: 1, warmup_iters: 1, min_iters: 3, min_seconds: 0,
+defaults: {batch_sizes: [1], rounds: 6, processes: 2, warmup_iters: 1, min_iters: 3, min_seconds: 0,
            timeout_s: 600, img_size: 32, compile: [eager, full, regional], compile_options: {backend: aot_eager}}
 pairs:
   - name: tiny
@@ -131,7 +131,7 @@ pairs:
 
 
 def test_a_pairs_compile_modes_are_one_group_references_first(write_suite):
-    from vitbench.runner.executor import mode_baselines, plan_groups, reference_side
+    from vitbench.runner.pairing import mode_baselines, plan_groups, reference_side
     from vitbench.suite import expand, load_suite
 
     cases = expand(load_suite(write_suite(MODES_SUITE)), "cpu")

@@ -141,7 +141,7 @@ def run(
         signal_no = run_with_progress(console, runner, cases, all_cases)
         rows = runner.store.rows()
         written = write_run_outputs(rows, runner.store.pair_rows(), rd.path, info, device)
-        print_run_summary(console, rows, [rd.path / "cases.csv", *written])
+        print_run_summary(console, rows, [rd.path / "cases.csv", *written], runner.store.pair_rows())
         code = end_of_run(err_console, rows, rd, signal_no, "run", "case(s)")
         if code is None:
             code = numerics_exit(err_console, rows)

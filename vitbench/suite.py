@@ -62,9 +62,14 @@ class Settings(_Strict):
     max_memory_gb: float | None = Field(None, gt=0, description="a worker above this RSS is ended and its row is "
                                         "oom (default: 75% of physical memory)")
     rounds: int | None = Field(None, ge=1, le=1000, description="paired rounds: each side timed once per round, "
-                               "in alternating order; the speed ratio is the median over rounds")
+                               "in alternating order")
     processes: int | None = Field(None, ge=1, le=100, description="fresh timing processes the rounds are spread "
-                                  "over, so one process's luck (memory layout, thread placement) does not decide")
+                                  "over; the speed ratio's interval is over processes (>= 2 for one)")
+    own_process: bool | None = Field(None, description="time this side in a timing process of its own (as a Keras "
+                                     "side is against a torch one), not in the one its framework's sides share")
+    control: bool | Literal["own_process"] | None = Field(
+        None, description="time an A/A control beside the pair: a second instance of the reference (own_process: in "
+        "a process of its own); a candidate's verdict must stand out from it")
     max_steal_pct: float | None = Field(None, ge=0, le=100, description="a block the VM lost more CPU in is "
                                         "contended (its round is re-run)")
     max_foreign_cpu_pct: float | None = Field(None, ge=0, le=100, description="a block in which other processes "
@@ -93,14 +98,20 @@ class Settings(_Strict):
 
 BUILTIN_DEFAULTS = Settings(
     batch_sizes=[1], precision=["fp32"], compile=["eager"], compile_options=CompileOptions(), warmup_iters=5,
-    min_iters=10, min_seconds=25.0, max_iters=100_000, timeout_s=600, rounds=50, processes=3, max_steal_pct=5.0,
+    min_iters=10, min_seconds=25.0, max_iters=100_000, timeout_s=600, rounds=60, processes=10, own_process=False,
+    control=False, max_steal_pct=5.0,
     max_foreign_cpu_pct=10.0, speed_threshold_pct=2.0, timing_attempts=3,
     numerics_batch=2, tolerance=Tolerance(), seed=0,
 )
 
 
+# settings of a pair's timing as a whole: its sides are timed together, in the same rounds and processes
+GROUP_SETTINGS = ("rounds", "processes", "max_steal_pct", "max_foreign_cpu_pct", "control")
+
+
 class Side(Settings):
-    """One implementation: who builds it (provider), which model, constructor kwargs, and overrides."""
+    """One implementation: who builds it (provider), which model, constructor kwargs, and overrides (not those
+    of the pair's timing as a whole, ``GROUP_SETTINGS``)."""
 
     provider: Literal["timm", "vitbench", "import", "vitbench_keras", "keras", "keras_hub", "vit_keras", "vit_pytorch"]
     model: str
@@ -110,6 +121,14 @@ class Side(Settings):
     port: bool = Field(True, description="load the reference's weights into this candidate before comparing")
     output: Literal["forward", "features"] = Field(
         "forward", description="what is compared and timed: forward() or forward_features()")
+
+    @field_validator(*GROUP_SETTINGS)
+    @classmethod
+    def _not_per_side(cls, v: Any) -> Any:
+        if v is not None:
+            raise ValueError("a pair's sides are timed together, in the same rounds and processes: set this on the "
+                             "pair or in defaults, not on one side")
+        return v
 
 
 class Pair(Settings):
@@ -245,8 +264,8 @@ class CaseBase:
 
     suite: str
     pair: str
-    role: Literal["reference", "candidate"]
-    index: int  # 0 for the reference, 1.. for candidates
+    role: Literal["reference", "candidate", "control"]
+    index: int  # 0 for the reference, 1.. for candidates, -1 for the A/A control
     side: SideSpec
     device: str
     reference: SideSpec | None

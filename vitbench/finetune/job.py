@@ -15,7 +15,8 @@ from torch import nn
 
 from ..env import pkg_version
 from ..measure import flops, memory
-from ..measure.timing import cpu_times, percentile, steal_pct
+from ..measure.contention import cpu_times, steal_pct
+from ..measure.timing import percentile
 from ..providers import get_provider
 from ..providers.torch_common import state_dict_to_numpy
 from ..runner.artifacts import init_path, load_weights, safe_name, save_npz

@@ -134,7 +134,7 @@ def apply_compile(
             blk.compile(**opts)  # in place: the module tree and state_dict keys stay as they were
         runner = model
         sec.regions = f"{where} x{len(blocks)}"
-    from .timing import cpu_times, steal_pct
+    from .contention import cpu_times, steal_pct
 
     cpu0 = cpu_times()
     with torch.inference_mode(), autocast:

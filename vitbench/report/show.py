@@ -103,10 +103,22 @@ def numerics_exit(err_console: Console, rows: list[dict[str, Any]]) -> int:
     return 1 if bad else 0
 
 
-def print_run_summary(console: Console, rows: list[dict[str, Any]], written: list[Any]) -> None:
-    """The run's table: one line per case; candidates show their paired speed ratio with its 95% interval and
-    verdict, never one sample's ratio. Then one line per failed numeric check and per contended pair."""
-    t = Table(title="vitbench summary (vs ref: paired speed ratio, median of rounds [95% interval] verdict)")
+def ratio_text(r: dict[str, Any]) -> str:
+    """'1.02x [0.99, 1.05] ' from a row's speed ratio and its interval ('1.02x (no interval) ' without one)."""
+    if not fmt(r.get("speed_ratio")):
+        return ""
+    if not fmt(r.get("speed_ratio_ci_low")):
+        return f"{float(r['speed_ratio']):.2f}x (no interval) "
+    lo, hi = float(r["speed_ratio_ci_low"]), float(r["speed_ratio_ci_high"])
+    return f"{float(r['speed_ratio']):.2f}x [{lo:.2f}, {hi:.2f}] "
+
+
+def print_run_summary(console: Console, rows: list[dict[str, Any]], written: list[Any],
+                      pairs: list[dict[str, Any]] | None = None) -> None:
+    """The run's table: one line per case; candidates show their paired speed ratio with its 95% interval over
+    timing processes and verdict, never one sample's ratio. Then the pairs' A/A controls, why a verdict is what it
+    is where pairs.csv says so, and one line per failed numeric check and per contended pair."""
+    t = Table(title="vitbench summary (vs ref: paired speed ratio [95% interval over timing processes] verdict)")
     for col in ("implementation", "mode", "prec", "bs", "status", "img/s", "p50 ms", "p99 ms", "vs ref",
                 "max|diff|", "GMACs"):
         t.add_column(col, justify="left" if col in ("implementation", "status", "vs ref") else "right")
@@ -115,9 +127,7 @@ def print_run_summary(console: Console, rows: list[dict[str, Any]], written: lis
         ratio = ""
         if r["role"] == "candidate" and r.get("speed_verdict"):
             v = r["speed_verdict"]
-            est = (f"{float(r['speed_ratio']):.2f}x [{float(r['speed_ratio_ci_low']):.2f}, "
-                   f"{float(r['speed_ratio_ci_high']):.2f}] " if fmt(r.get("speed_ratio")) else "")
-            ratio = f"{est}[{colours.get(v, 'white')}]{escape(v)}[/]"
+            ratio = f"{ratio_text(r)}[{colours.get(v, 'white')}]{escape(v)}[/]"
         status = escape(r["status"]) if r["status"] == "ok" else f"[red]{escape(r['status'])}[/]"
         ns = r.get("numerics_status")
         if ns in ("fail", "error", "port_failed"):
@@ -126,6 +136,14 @@ def print_run_summary(console: Console, rows: list[dict[str, Any]], written: lis
                   str(r["batch_size"]), status, fmt(r.get("samples_per_sec")), fmt(r.get("latency_ms_p50")),
                   fmt(r.get("latency_ms_p99")), ratio, fmt(r.get("max_abs_diff")), fmt(r.get("gmacs")))
     console.print(t)
+    for p in pairs or []:
+        where = escape(f"{p['pair']}: {p['label']} {p['compile_mode']} bs{p['batch_size']}")
+        if p.get("comparison") == "control":
+            console.print(f"A/A control: {where} vs {escape(str(p['reference_label']))}: {ratio_text(p)}"
+                          f"{escape(str(p['speed_verdict']))} (how far apart two instances of the reference land)",
+                          soft_wrap=True)
+        elif p.get("comparison") == "reference" and p.get("speed_note") and p.get("speed_verdict") != "contended":
+            console.print(f"[yellow]note:[/] {where}: {escape(str(p['speed_note']))}", soft_wrap=True)
     for r in rows:
         ns, where = r.get("numerics_status"), escape(f"{r['pair']}: {r['label']} {r['compile_mode']} "
                                                      f"bs{r['batch_size']}")

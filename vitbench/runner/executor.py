@@ -1,34 +1,29 @@
-"""Local executor: each case in its own spawned worker with a timeout; a pair's sides timed in paired rounds;
-results appended as each group finishes."""
+"""Local executor: each case set up in its own worker with a timeout; a pair's sides timed in paired rounds over
+several timing processes; results appended as each group finishes."""
 from __future__ import annotations
 
+import dataclasses
 import math
 import shutil
 import tempfile
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+from ..measure.contention import Contention, Limits, cpu_of, gpu_others, least_contended, run_cpus
 from ..measure.stats import RatioEstimate
-from ..measure.timing import Block, least_contended
-from ..modes import MODE_BASELINES, MODE_ORDER, TORCH_COMPILED
+from ..measure.timing import Block
+from ..modes import TORCH_COMPILED
 from ..suite import Case
 from .artifacts import artifact_path
-from .rounds import Limits, RoundsResult, SideFailed, block_iters_for, run_rounds, summarize
-from .session import JobOutcome, Session, cpu_of, default_memory_limit_gb, gpu_others, run_job
+from .pairing import GroupSide, against_control, mode_baselines, pair_row, plan_groups, reference_side
+from .rounds import RoundsResult, SideFailed, block_iters_for, run_rounds, summarize
+from .session import JobOutcome, Session, default_memory_limit_gb, run_job
 from .signals import deferred_signals
 from .store import ResultStore
-
-
-@dataclass
-class _Side:
-    case: Case
-    record: bool  # False: a partner already measured (resume) that is timed again only for the pairing
-    row: dict[str, Any] = field(default_factory=dict)
-    ok: bool = True  # set up fine: takes part in the timing
 
 
 class _SessionSide:
@@ -111,7 +106,7 @@ class Runner:
                 shutil.rmtree(d, ignore_errors=True)
         return out
 
-    def run_unit(self, group: list[_Side], store: Any) -> None:  # one group, its rows written into ``store``
+    def run_unit(self, group: list[GroupSide], store: Any) -> None:  # one group, its rows written into ``store``
         self.store = store
         self.run_group(group)
 
@@ -124,7 +119,7 @@ class Runner:
             "compile_mode", "batch_size")}, "img_size": st.img_size, "tokens": st.tokens, "seed": st.seed,
                 "tolerance_max_abs": st.tolerance.max_abs, "regions": st.regions, "attention": attention_of(case)}
 
-    def run_group(self, group: list[_Side], on_start: Callable[[Case], None] | None = None) -> list[dict[str, Any]]:
+    def run_group(self, group: list[GroupSide], on_start: Callable[[Case], None] | None = None) -> list[dict[str, Any]]:
         """Set up every side, time them in paired rounds (the first side is the reference when there is one),
         write their rows and the pairs' rows. Returns the recorded rows."""
         started = datetime.now(timezone.utc).isoformat(timespec="seconds")
@@ -140,6 +135,10 @@ class Runner:
             side.row = {**self.env_row, **self.case_columns(side.case), "started_at": started, **out.result,
                         "status": out.status, "error": out.error}
             side.ok = out.status == "ok"
+        for side in group:  # the A/A control is timed only beside a reference that set up fine
+            if side.case.role == "control":
+                ref = reference_side(side, group)
+                side.row, side.ok = {"status": "ok"}, ref is not None and ref.ok
         live = [s for s in group if s.ok]
         result = self._time(live) if live else None
         pair_rows = self._pair_rows(group, live, result) if result else []
@@ -159,37 +158,45 @@ class Runner:
                 self.store.append_pair(pr)
         return rows
 
-    def _time(self, live: list[_Side]) -> RoundsResult:
-        """Paired rounds over ``processes`` timing sessions per framework; rows get their timing columns. A side
-        that fails in a block leaves the rounds; the sides that shared its session go on in the next one."""
+    def _time(self, live: list[GroupSide]) -> RoundsResult:
+        """Paired rounds over ``processes`` timing processes: in each, one fresh session per framework (and per side
+        that asks for a process of its own) builds its sides anew; rows get their timing columns. A side that fails
+        in a block leaves the rounds; the sides that shared its session go on in the next process."""
         c0 = live[0].case
-        per_process = math.ceil(c0.settings.rounds / c0.settings.processes)
+        st = c0.settings
+        per_process = math.ceil(st.rounds / st.processes)
         compiled = any(s.case.compile_mode in TORCH_COMPILED for s in live)
         cache_dir = tempfile.mkdtemp(prefix="vitbench-inductor-timing-") if compiled else None
         env = _cache_env(cache_dir) if cache_dir else {}
+        cpus = run_cpus()
         dead: dict[int, JobOutcome] = {}
         iters: list[int] = []
         total: RoundsResult | None = None
-        sessions: list[Session] = []
+        sessions: list[tuple[Session, list[int]]] = []
+        after: dict[int, list[dict[str, Any]]] = {i: [] for i in range(len(live))}  # sessions' finish columns
         try:
-            for p in range(c0.settings.processes):
+            for p in range(st.processes):
                 sessions = []
                 sides = self._open_sessions(live, dead, env, p, sessions)
                 if not iters:
-                    iters = [block_iters_for(s.iter_s, c0.settings.rounds, s.case.settings.min_iters,
-                                             s.case.settings.min_seconds,
-                                             s.case.settings.max_iters) for s in sides]
-                limits = Limits(c0.settings.max_steal_pct, c0.settings.max_foreign_cpu_pct,
-                                gpu_others(c0.device, {x.pid for x in sessions if x.pid})
-                                if c0.device.startswith("cuda") else None, our_cpu=cpu_of(sessions))
-                res = run_rounds([s.timeable for s in sides], iters, per_process, limits, seed=c0.settings.seed + p,
-                                 on_round=self._round_progress(c0, p, per_process), failed=dead)
-                for x in sessions:
-                    x.finish()
+                    iters = [block_iters_for(s.iter_s, st.rounds, s.case.settings.min_iters,
+                                             s.case.settings.min_seconds, s.case.settings.max_iters) for s in sides]
+                pids = [x.pid for x, _ in sessions]
+                limits = Limits(st.max_steal_pct, st.max_foreign_cpu_pct,
+                                gpu_others(c0.device, {q for q in pids if q}) if c0.device.startswith("cuda")
+                                else None, our_cpu=cpu_of(lambda pids=pids: pids))
+                res = run_rounds([s.timeable for s in sides], iters, per_process, limits, seed=st.seed + p,
+                                 on_round=self._round_progress(c0, p, per_process), failed=dead,
+                                 watch=lambda: Contention(cpus), process=p)
+                for x, idx in sessions:
+                    out = x.finish()
+                    for k, i in enumerate(idx):
+                        if out.status == "ok" and k < len(out.result):
+                            after[i].append(out.result[k])
                 dead.update(res.failed)
                 total = res if total is None else total + res
         except BaseException:  # Ctrl-C, SIGTERM: end the sessions at once, ask nothing more of them
-            for x in sessions:
+            for x, _ in sessions:
                 x.stop()
             raise
         finally:
@@ -199,31 +206,38 @@ class Runner:
         total.failed.update(dead)
         load = total.contention()
         for i, s in enumerate(live):
-            blocks, clean = total.blocks(i)
             s.row.update(summarize(total.used_blocks(i), s.case.batch_size))
-            s.row["contended_blocks"] = sum(1 for c in clean if not c)
+            blocks = [(r["blocks"][i], r["clean"], r.get("process", 0)) for r in total.rounds if i in r["blocks"]]
+            s.row["contended_blocks"] = sum(1 for _, c, _ in blocks if not c)
             s.row["cpu_steal_pct"], s.row["foreign_cpu_pct"] = load["steal_pct_mean"], load["foreign_cpu_pct_mean"]
-            s.row["_blocks"] = [b.to_dict() | {"clean": c} for b, c in zip(blocks, clean, strict=True)]
+            s.row["contention_cpus"], s.row["gpu_contention"] = cpus.count, total.gpu_contention()
+            s.row["_blocks"] = [b.to_dict() | {"clean": c, "process": q} for b, c, q in blocks]
+            s.row.update(_timing_columns(s.row, after[i]))
             if i in dead and s.row.get("status") == "ok":
                 s.row.update(status=dead[i].status, error=f"timing: {dead[i].error}")
         return total
 
-    def _open_sessions(self, live: list[_Side], dead: dict[int, JobOutcome], env: dict[str, str], p: int,
-                       sessions: list[Session]) -> list[Any]:
-        """One timing session per framework (and backend), hosting every live side of it, in a fresh process
-        (appended to ``sessions`` as it starts, so an interrupt can end it). Its limits cover all its sides."""
-        by_fw: dict[tuple[str, str | None], list[int]] = {}
+    def _open_sessions(self, live: list[GroupSide], dead: dict[int, JobOutcome], env: dict[str, str], p: int,
+                       sessions: list[tuple[Session, list[int]]]) -> list[Any]:
+        """Timing process ``p``: one session per framework (and backend), hosting every live side of it, and one per
+        side that asks for a process of its own (``own_process``), each a fresh process (appended to ``sessions``
+        with its sides as it starts, so an interrupt can end it). Every other process starts them in the reverse
+        order, so no side always comes from the first-started process. Its limits cover all its sides."""
+        by_fw: dict[tuple[str, str | None, str | None], list[int]] = {}
         for i, s in enumerate(live):
             if i not in dead:
-                by_fw.setdefault((s.case.framework, s.case.backend), []).append(i)
+                own = s.case.case_id if s.case.settings.own_process else None
+                by_fw.setdefault((s.case.framework, s.case.backend, own), []).append(i)
         sides: list[Any] = [_TimingSide(_Failed(dead[i]), live[i].case, 0.0) if i in dead else None
                             for i in range(len(live))]
-        for (fw, backend), idx in by_fw.items():
-            name = f"timing-{live[0].case.case_id}-{fw}{'-' + backend if backend else ''}-{p}.log"
+        starts = list(by_fw.items())
+        for (fw, backend, own), idx in (starts[::-1] if p % 2 else starts):
+            name = (f"timing-{live[0].case.case_id}-{fw}{'-' + backend if backend else ''}"
+                    f"{'-' + own if own else ''}-{p}.log")
             x = Session([live[i].case for i in idx], self.out, "serve",
                         sum(live[i].case.settings.timeout_s for i in idx), self.logs / name, env,
                         sum(_memory_limit(live[i].case) for i in idx))
-            sessions.append(x)
+            sessions.append((x, idx))
             ready = x.receive("ready")
             for k, i in enumerate(idx):
                 r = ready.result[k] if ready.status == "ok" else {"status": ready.status, "error": ready.error}
@@ -243,13 +257,16 @@ class Runner:
                                                              if attempts > clean else ""))
         return progress
 
-    def _pair_rows(self, group: list[_Side], live: list[_Side], result: RoundsResult) -> list[dict[str, Any]]:
-        """pairs.csv rows: each recorded candidate against its reference (comparison 'reference'), then each
-        recorded compiled side against the same implementation's baseline modes (comparison 'compile')."""
+    def _pair_rows(self, group: list[GroupSide], live: list[GroupSide], result: RoundsResult
+                   ) -> list[dict[str, Any]]:
+        """pairs.csv rows: each recorded candidate against its reference (comparison 'reference'; its verdict checked
+        against the pair's A/A control when there is one), the control against the reference ('control'), then each
+        recorded compiled side against the same implementation's baseline modes ('compile')."""
         at = {id(s): i for i, s in enumerate(live)}
         rows = []
 
-        def estimate(j: int, k: int | None) -> RatioEstimate | None:
+        def estimate(j: int, other: GroupSide | None) -> RatioEstimate | None:
+            k = at.get(id(other)) if other is not None else None
             if k is None or {j, k} & set(result.failed):  # a side died while timing: no verdict from the rounds
                 return None
             return result.estimate(j, live[j].case.settings.speed_threshold_pct, reference=k)
@@ -259,16 +276,24 @@ class Runner:
                 continue
             ref = reference_side(s, group)
             ref = ref if ref is not None and id(ref) in at else None
-            r = pair_row(s, ref, estimate(j, at[id(ref)] if ref else None), result)
+            est, note = estimate(j, ref), ""
+            if est is not None:
+                v, note = against_control(est, estimate(j, reference_side(s, group, role="control")))
+                est = dataclasses.replace(est, verdict=v)
+            r = pair_row(s, ref, est, result, note=note)
             s.row.update({k: r[k] for k in ("speed_ratio", "speed_ratio_ci_low", "speed_ratio_ci_high",
                                             "speed_verdict")})
             rows.append(r)
+        for j, s in enumerate(live):
+            if s.case.role == "control":
+                ref = reference_side(s, group)
+                rows.append(pair_row(s, ref, estimate(j, ref), result, comparison="control"))
         for s in group:  # candidates that could not be timed still get a pairs row
             if s.case.role == "candidate" and s.record and id(s) not in at:
                 rows.append(pair_row(s, reference_side(s, group), None, result))
         for j, s in enumerate(live):
             if s.record:
-                rows.extend(pair_row(s, b, estimate(j, at[id(b)]), result, comparison="compile")
+                rows.extend(pair_row(s, b, estimate(j, b), result, comparison="compile")
                             for b in mode_baselines(s, live))
         return rows
 
@@ -300,90 +325,25 @@ class _TimingSide:
     iter_s: float
 
 
+def _timing_columns(row: dict[str, Any], sessions: list[dict[str, Any]]) -> dict[str, Any]:
+    """What the timing sessions measured of a side besides time: frames compiled during its timed blocks (added to
+    the set-up's warm-up recompiles) and the CUDA memory its timed forwards allocated (the most over any block)."""
+    out: dict[str, Any] = {}
+    timed = [x["timing_recompiles"] for x in sessions if x.get("timing_recompiles") is not None]
+    if timed:
+        out["recompiles"] = int(float(row.get("recompiles") or 0)) + sum(timed)
+    peaks = [x["cuda_forward_peak_mb"] for x in sessions if x.get("cuda_forward_peak_mb") is not None]
+    if peaks:
+        out["cuda_forward_peak_mb"] = max(peaks)
+    return out
+
+
 def _memory_limit(case: Case) -> float:
     return case.settings.max_memory_gb if case.settings.max_memory_gb is not None else default_memory_limit_gb()
 
 
 def _cache_env(d: str | None) -> dict[str, str]:
     return {"TORCHINDUCTOR_CACHE_DIR": d, "TRITON_CACHE_DIR": f"{d}/triton"} if d else {}
-
-
-def _group_key(c: Case) -> tuple:
-    return c.pair, c.device, c.precision, c.batch_size, c.settings.img_size, c.settings.tokens, c.settings.dim
-
-
-def plan_groups(cases: list[Case], partners: list[Case]) -> list[list[_Side]]:
-    """Groups of cases timed together in paired rounds: every case of one pair at one device, precision, batch
-    size and input, whatever its compile mode, so that a candidate vs its reference and one compile mode vs another
-    are both measured side by side. References first (eager, then the compiled modes), then the candidates. A
-    reference the run does not record (``--resume``, ``--only``) joins only where a candidate is compared with it:
-    the one at the candidate's compile mode, else its eager case (a Keras graph/XLA candidate against timm
-    eager)."""
-    todo = {c.case_id for c in cases}
-    refs = {(_group_key(c), c.compile_mode): c for c in partners if c.role == "reference"}
-    groups: dict[tuple, dict[str, Case]] = {}
-    for c in cases:
-        g = groups.setdefault(_group_key(c), {})
-        g[c.case_id] = c
-        if c.role != "reference":
-            ref = refs.get((_group_key(c), c.compile_mode)) or refs.get((_group_key(c), "eager"))
-            if ref is not None:
-                g.setdefault(ref.case_id, ref)
-    out = []
-    for g in groups.values():
-        sides = sorted(g.values(), key=lambda c: (c.role != "reference", MODE_ORDER.index(c.compile_mode)
-                                                  if c.role == "reference" else 0))
-        out.append([_Side(c, c.case_id in todo) for c in sides])
-    return out
-
-
-def reference_side(side: _Side, group: list[_Side]) -> _Side | None:
-    """The reference a candidate is compared with: the one at its compile mode, else the eager one."""
-    refs = {s.case.compile_mode: s for s in group if s.case.role == "reference"}
-    return refs.get(side.case.compile_mode) or refs.get("eager")
-
-
-def mode_baselines(side: _Side, group: list[_Side]) -> list[_Side]:
-    """The same implementation (label, framework, backend) at the modes a compiled side is compared with."""
-    same = {s.case.compile_mode: s for s in group if s is not side and (s.case.role, s.case.label, s.case.framework,
-            s.case.backend) == (side.case.role, side.case.label, side.case.framework, side.case.backend)}
-    return [same[m] for m in MODE_BASELINES.get(side.case.compile_mode, ()) if m in same]
-
-
-def pair_row(side: _Side, ref: _Side | None, est: RatioEstimate | None, result: RoundsResult,
-             comparison: str = "reference") -> dict[str, Any]:
-    """One line of pairs.csv: a candidate at one setting against its reference (``comparison`` 'reference'), or a
-    compiled side against the same implementation at a baseline mode ('compile': no numerics columns)."""
-    c, r = side.case, side.row
-    if est is None:
-        why = "no reference timed beside it" if ref is None else (side.row.get("error") or "not timed")
-        ratio = lo = hi = None
-        verdict = "inconclusive" if ref is not None and side.row.get("status") == "ok" else "not measured"
-        rounds = 0
-    else:
-        why = ""
-        ratio, lo, hi, rounds = est.ratio, est.low, est.high, est.rounds
-        verdict = est.verdict
-        if est.verdict == "contended":
-            why = result.why_contended()
-    return {
-        "pair": c.pair, "label": c.label, "framework": c.framework, "backend": c.backend, "device": c.device,
-        "compile_mode": c.compile_mode, "precision": c.precision, "batch_size": c.batch_size,
-        "img_size": r.get("img_size", c.settings.img_size), "tokens": c.settings.tokens,
-        "reference_label": ref.case.label if ref else None, "reference_compile_mode": ref.case.compile_mode if ref
-        else None, "comparison": comparison, "speed_ratio": ratio, "speed_ratio_ci_low": lo,
-        "speed_ratio_ci_high": hi, "rounds": rounds,
-        "rounds_run": result.attempts, "contended_rounds": result.attempts - result.clean_rounds,
-        "threshold_pct": c.settings.speed_threshold_pct, "speed_verdict": verdict, "speed_note": why,
-        "samples_per_sec": r.get("samples_per_sec"),
-        "reference_samples_per_sec": ref.row.get("samples_per_sec") if ref else None,
-        "cpu_steal_pct": r.get("cpu_steal_pct"), "foreign_cpu_pct": r.get("foreign_cpu_pct"),
-        "status": r.get("status"), **({"numerics_status": r.get("numerics_status"),
-                                       "max_abs_diff": r.get("max_abs_diff"), "cosine_sim": r.get("cosine_sim"),
-                                       "numerics_error": r.get("numerics_error")} if comparison == "reference"
-                                      else {}), "case_id": c.case_id,
-        "reference_case_id": ref.case.case_id if ref else None,
-    }
 
 
 def attention_of(case: Any) -> str | None:

@@ -32,7 +32,8 @@ from typing import Any
 
 from ..errors import DeviceError, InputError, VitbenchError
 from .artifacts import pair_dir
-from .executor import Runner, pair_row, plan_groups, reference_side
+from .executor import Runner
+from .pairing import pair_row, plan_groups, reference_side
 from .ray_cluster import Node, cluster_nodes, connect, first_line
 from .rounds import RoundsResult
 from .signals import Interrupted, deferred_signals, noting_signals

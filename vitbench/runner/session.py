@@ -7,7 +7,6 @@ import contextlib
 import os
 import signal
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -200,57 +199,3 @@ def _stop(proc: Any) -> None:
     if proc.is_alive():
         proc.kill()
         proc.join(3)
-
-
-def cpu_of(sessions: list[Session]) -> Callable[[], float]:
-    """CPU seconds used so far by our timing sessions and their children (OpenMP threads spinning after a block
-    included), so a round's contention counts only other processes' CPU as foreign."""
-    import psutil
-
-    procs: list[Any] = []
-    for x in sessions:
-        try:
-            procs.append(psutil.Process(x.pid))
-        except (psutil.Error, TypeError, ValueError):
-            pass
-
-    def used() -> float:
-        total = 0.0
-        for p in procs:
-            try:
-                for q in (p, *p.children(recursive=True)):
-                    t = q.cpu_times()
-                    total += t.user + t.system
-            except psutil.Error:
-                continue
-        return total
-
-    return used
-
-
-def gpu_others(device: str, ours: set[int]) -> Callable[[], int]:
-    """Processes on the case's GPU other than this run's (NVML). Matched by pid where NVML's pids are ours (same
-    pid namespace); in a container whose pids NVML cannot see, counted beyond our own sessions instead."""
-    index = int(device.partition(":")[2] or 0)
-    visible = [v.strip() for v in os.environ.get("CUDA_VISIBLE_DEVICES", "").split(",") if v.strip()]
-    if index < len(visible) and visible[index].isdigit():
-        index = int(visible[index])  # NVML counts every GPU: a Ray task's cuda:0 is the GPU Ray gave it
-
-    def count() -> int:
-        try:
-            import pynvml
-
-            pynvml.nvmlInit()
-            try:
-                h = pynvml.nvmlDeviceGetHandleByIndex(index)
-                pids = {p.pid for p in pynvml.nvmlDeviceGetComputeRunningProcesses(h)}
-            finally:
-                pynvml.nvmlShutdown()
-        except Exception:  # noqa: BLE001  (no NVML: nothing to report)
-            return 0
-        mine = ours | {os.getpid()}
-        if pids & mine:
-            return len(pids - mine)
-        return max(0, len(pids) - len(ours) - 1)  # the parent may hold a context too: give it the benefit
-
-    return count

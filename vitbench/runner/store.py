@@ -15,9 +15,10 @@ CASE_COLUMNS = [
     "device_name", "host", "precision", "compile_mode", "batch_size", "img_size", "tokens", "attention", "status",
     "error",
     "samples_per_sec", "step_time_ms", "latency_ms_p50", "latency_ms_p90", "latency_ms_p99", "latency_ms_mean",
-    "latency_ms_stdev", "latency_ms_min", "iters", "timed_s", "rounds", "samples_per_sec_ci_low",
+    "latency_ms_stdev", "latency_ms_min", "iters", "timed_s", "rounds", "timing_processes", "samples_per_sec_ci_low",
     "samples_per_sec_ci_high", "speed_ratio", "speed_ratio_ci_low", "speed_ratio_ci_high", "speed_verdict",
-    "cpu_steal_pct", "foreign_cpu_pct", "contended_blocks", "timing_attempts", "first_call_s",
+    "cpu_steal_pct", "foreign_cpu_pct", "contention_cpus", "gpu_contention", "contended_blocks", "timing_attempts",
+    "first_call_s",
     "eager_first_call_s",
     "compile_cold_s", "compile_warm_s", "compile_first_call_cold_s", "compile_first_call_warm_s",
     "compile_cache_hits_cold", "compile_cache_hits_warm", "compile_steal_pct_cold", "compile_steal_pct_warm",
@@ -31,19 +32,22 @@ CASE_COLUMNS = [
     "param_count_m", "gmacs", "macts_m", "flops_method",
     "numerics_status", "numerics_error", "max_abs_diff", "mean_abs_diff", "rel_err", "cosine_sim",
     "top1_agreement", "tolerance_max_abs",
-    "peak_rss_mb", "forward_rss_delta_mb", "cuda_peak_allocated_mb", "cuda_peak_reserved_mb", "nvml_used_mb",
+    "peak_rss_mb", "forward_rss_delta_mb", "cuda_peak_allocated_mb", "cuda_peak_reserved_mb", "cuda_forward_peak_mb",
+    "nvml_used_mb",
     "threads", "tf32", "seed", "torch_version", "timm_version", "keras_version", "tf_version",
     "vitbench_version", "git_sha", "started_at", "duration_s",
 ]
 
 
 # pairs.csv columns: one row per comparison timed in paired rounds: a candidate against its reference
-# (comparison "reference"), or a compiled mode against the same implementation's eager / full ("compile")
+# (comparison "reference"), a compiled mode against the same implementation's eager / full ("compile"), or the
+# pair's A/A control against its reference ("control")
 PAIR_COLUMNS = [
     "pair", "label", "framework", "backend", "device", "compile_mode", "precision", "batch_size", "img_size", "tokens",
     "reference_label", "reference_compile_mode", "comparison", "speed_ratio", "speed_ratio_ci_low",
-    "speed_ratio_ci_high", "rounds", "rounds_run", "contended_rounds", "threshold_pct", "speed_verdict", "speed_note",
-    "samples_per_sec", "reference_samples_per_sec", "cpu_steal_pct", "foreign_cpu_pct", "status", "numerics_status",
+    "speed_ratio_ci_high", "rounds", "processes", "rounds_run", "contended_rounds", "threshold_pct", "speed_verdict",
+    "speed_note", "samples_per_sec", "reference_samples_per_sec", "cpu_steal_pct", "foreign_cpu_pct",
+    "contention_cpus", "gpu_contention", "status", "numerics_status",
     "max_abs_diff", "cosine_sim", "numerics_error", "case_id", "reference_case_id",
 ]
 
