@@ -176,3 +176,22 @@ def test_compile_modes_get_paired_ratios_against_eager_and_full(cli, write_suite
             assert p["max_abs_diff"] == "" and p["numerics_status"] == ""  # numerics belong to reference rows
     cand = [r for r in cases if r["role"] == "candidate"]
     assert all(r["speed_ratio"] for r in cand)  # cases.csv carries only the vs-reference ratio
+    # recompiles cover the timed blocks of every timing process too (none here: one input shape)
+    assert all(r["recompiles"] == "0" for r in cases if r["compile_mode"] != "eager")
+
+
+def test_recompiles_while_timing_are_counted(cli, write_suite, tmp_path):
+    out = tmp_path / "out"
+    suite = write_suite("""
+    name: recompiles
+    defaults: {batch_sizes: [1], rounds: 4, processes: 2, warmup_iters: 1, min_iters: 2, min_seconds: 0,
+               img_size: 32, compile: [full], compile_options: {backend: aot_eager}}
+    pairs:
+      - name: r
+        reference: {provider: import, model: "vitbench.testing:Recompiling"}
+    """)
+    res = cli("run", suite, "--device", "cpu", "--out", out)
+    assert res.exit_code == 0, res.output
+    with open(out / "cases.csv", newline="") as f:
+        (row,) = list(csv.DictReader(f))
+    assert int(row["recompiles"]) >= 2  # at least one in each timing process's blocks (set-up saw none)

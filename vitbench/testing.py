@@ -94,6 +94,20 @@ class FailsLater(TinyNet):
         return super().forward(x)
 
 
+class Recompiling(TinyNet):
+    """From its ``switch_at``-th forward pass in a process on, takes another branch: a compiled model recompiles
+    once, while it is being timed (after set-up and warm-up)."""
+
+    def __init__(self, switch_at: int = 8, **kw: int) -> None:
+        super().__init__(**kw)
+        self.switch_at, self.seen = switch_at, 0
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.seen += 1
+        y = super().forward(x)
+        return y + 1 if self.seen >= self.switch_at else y
+
+
 def make_case(model: str = "vitbench.testing:TinyNet", provider: str = "import", role: str = "reference",
               compile_mode: str = "eager", batch_size: int = 1, device: str = "cpu", **settings: Any) -> Any:
     """A ``Case`` for tests, as ``expand`` would make it: built-in defaults, then ``settings`` (suite fields,

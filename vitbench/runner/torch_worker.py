@@ -178,24 +178,53 @@ def _timed(case: Case, model: Any, img: int | None, dev: torch.device, res: Setu
             step()
         sync()
     iter_s = (time.perf_counter() - t0) / n if n else res.first_call_s
-    if dev.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(dev)
     _stop_compile_workers()
+    if fresh:  # a set-up job: its peaks span every forward it ran (numerics, FLOPs, compile, warm-up)
+        def finish() -> dict[str, Any]:
+            mem = Memory(peak_rss_mb=memory.peak_rss_mb())
+            if dev.type == "cuda":
+                mem = Memory(peak_rss_mb=mem.peak_rss_mb,
+                             cuda_peak_allocated_mb=torch.cuda.max_memory_allocated(dev) / 1e6,
+                             cuda_peak_reserved_mb=torch.cuda.max_memory_reserved(dev) / 1e6,
+                             nvml_used_mb=memory.nvml_used_mb(dev.index or 0))
+            out = mem.columns()
+            if frames_after_first_call is not None:
+                out["recompiles"] = compile_mod.frames_compiled() - frames_after_first_call
+            return out
+
+        return Timed(step=step, sync=sync, iter_s=iter_s, context=context, finish=finish)
+    return _tracked(Timed(step=step, sync=sync, iter_s=iter_s, context=context), dev,
+                    frames_after_first_call is not None)
+
+
+def _tracked(t: Timed, dev: torch.device, compiled: bool) -> Timed:
+    """A timing session's side, watched block by block: frames dynamo compiled during its timed blocks (a
+    recompile while timing) and, on CUDA, the memory its forwards allocated beyond what was resident when each of
+    its blocks began (other sides of the session keep their weights on the device). ``finish`` reports both."""
+    from ..measure import compile as compile_mod
+
+    state: dict[str, Any] = {"recompiles": 0, "peak": None}
+
+    def before() -> None:
+        state["frames"] = compile_mod.frames_compiled() if compiled else None
+        if dev.type == "cuda":
+            torch.cuda.synchronize(dev)
+            torch.cuda.reset_peak_memory_stats(dev)
+            state["resident"] = torch.cuda.memory_allocated(dev)
+
+    def after() -> None:
+        if state.get("frames") is not None:
+            state["recompiles"] += compile_mod.frames_compiled() - state["frames"]
+        if dev.type == "cuda":
+            extra = (torch.cuda.max_memory_allocated(dev) - state["resident"]) / 1e6
+            state["peak"] = extra if state["peak"] is None else max(state["peak"], extra)
+            torch.cuda.empty_cache()  # the next side (on the same GPU) finds the memory free
 
     def finish() -> dict[str, Any]:
-        mem = Memory(peak_rss_mb=memory.peak_rss_mb())
-        if dev.type == "cuda":
-            mem = Memory(peak_rss_mb=mem.peak_rss_mb, cuda_peak_allocated_mb=torch.cuda.max_memory_allocated(dev) / 1e6,
-                         cuda_peak_reserved_mb=torch.cuda.max_memory_reserved(dev) / 1e6,
-                         nvml_used_mb=memory.nvml_used_mb(dev.index or 0))
-        out = mem.columns()
-        if frames_after_first_call is not None:
-            out["recompiles"] = compile_mod.frames_compiled() - frames_after_first_call
-        return out
+        return {"timing_recompiles": state["recompiles"] if compiled else None, "cuda_forward_peak_mb": state["peak"]}
 
-    # between blocks another side runs on the same GPU: give back cached blocks so it finds the memory free
-    after = (lambda: torch.cuda.empty_cache()) if dev.type == "cuda" else (lambda: None)
-    return Timed(step=step, sync=sync, iter_s=iter_s, context=context, finish=finish, after_block=after)
+    t.before_block, t.after_block, t.finish = before, after, finish
+    return t
 
 
 def _stop_compile_workers() -> None:

@@ -33,6 +33,7 @@ class Timed:
     iter_s: float
     context: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext
     finish: Callable[[], dict[str, Any]] = field(default=lambda: {})
+    before_block: Callable[[], None] = field(default=lambda: None)
     after_block: Callable[[], None] = field(default=lambda: None)
 
 
@@ -73,6 +74,7 @@ def serve(conn: Any, setup: Setup, cases: list[Any], run_dir: str) -> list[dict[
             t = timed[arg[0]]
             if t is None:
                 raise ValueError(f"side {arg[0]} was not set up")
+            t.before_block()
             with t.context():
                 block = time_block(t.step, t.sync, int(arg[1]), warmup=int(arg[2]))
             t.after_block()
