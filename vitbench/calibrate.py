@@ -1,6 +1,8 @@
 """The machine's noise floor: an A/A pair (one model against itself) timed exactly as ``run`` times a pair. Its
 interval is the smallest speed difference this machine can resolve with these settings; the time it took says
-what that costs. Half-widths shrink as 1/sqrt(rounds), which gives the rounds a tighter target would need."""
+what that costs. ``cross_process``: the two instances in timing processes of their own, as a Keras side and a
+torch side are timed (the spread between processes is then part of every round). Half-widths shrink about as
+1/sqrt(rounds) at a fixed number of rounds per process, which gives the rounds a tighter target would need."""
 from __future__ import annotations
 
 import math
@@ -28,6 +30,7 @@ class Calibration:
     note: str
     out_dir: Path
     samples_per_sec: float | None
+    cross_process: bool = False
 
     @property
     def ok(self) -> bool:
@@ -37,17 +40,28 @@ class Calibration:
 
     @property
     def half_width_pct(self) -> float | None:
-        if self.low is None or self.high is None:
+        """Half the interval's width on the log scale, in percent (a symmetric +-h%)."""
+        if self.low is None or self.high is None or self.low <= 0:
             return None
-        return 100.0 * (self.high - self.low) / 2
+        return 50.0 * math.log(self.high / self.low)
 
-    def rounds_for(self, target_pct: float) -> int | None:
-        h = self.half_width_pct
-        return None if not h else max(6, math.ceil(self.rounds * (h / target_pct) ** 2))
+    def processes_for(self, target_pct: float) -> int | None:
+        """Timing processes (at today's rounds per process) for a half-width of ``target_pct``: the interval is a t
+        interval over processes, so its width goes as t(processes - 1) / sqrt(processes)."""
+        from .measure.stats import t_quantile
+
+        h, k = self.half_width_pct, self.processes
+        if not h or k < 2:
+            return None
+        spread = h / (t_quantile(0.975, k - 1) / math.sqrt(k))  # what one process contributes
+        n = 2
+        while n < 100_000 and spread * t_quantile(0.975, n - 1) / math.sqrt(n) > target_pct:
+            n = n + 1 if n < 100 else int(n * 1.1)
+        return max(n, 3)
 
 
 def suite_text(model: str, batch_size: int, img_size: int | None, rounds: int | None, processes: int | None,
-               min_seconds: float | None) -> str:
+               min_seconds: float | None, cross_process: bool = False) -> str:
     defaults: dict[str, Any] = {"batch_sizes": [batch_size], "precision": "fp32", "compile": ["eager"]}
     for k, v in (("img_size", img_size), ("rounds", rounds), ("processes", processes), ("min_seconds", min_seconds)):
         if v is not None:
@@ -56,13 +70,14 @@ def suite_text(model: str, batch_size: int, img_size: int | None, rounds: int | 
                            "defaults": defaults,
                            "pairs": [{"name": f"aa_{model}", "reference": {"provider": "timm", "model": model},
                                       "candidates": [{"provider": "timm", "model": model,
-                                                      "label": f"{model} (A/A)"}]}]},
+                                                      "label": f"{model} (A/A)",
+                                                      **({"own_process": True} if cross_process else {})}]}]},
                           sort_keys=False)
 
 
 def calibrate(model: str, device: str, batch_size: int, img_size: int | None, rounds: int | None,
-              processes: int | None, min_seconds: float | None, out: Path | None, env_row: dict[str, Any]
-              ) -> Calibration:
+              processes: int | None, min_seconds: float | None, out: Path | None, env_row: dict[str, Any],
+              cross_process: bool = False) -> Calibration:
     from .errors import InputError
     from .providers import check_side
     from .runner.executor import Runner
@@ -76,7 +91,7 @@ def calibrate(model: str, device: str, batch_size: int, img_size: int | None, ro
     out_dir = out or Path(tempfile.mkdtemp(prefix="vitbench-calibrate-"))
     out_dir.mkdir(parents=True, exist_ok=True)
     path = out_dir / "suite.yaml"
-    path.write_text(suite_text(model, batch_size, img_size, rounds, processes, min_seconds))
+    path.write_text(suite_text(model, batch_size, img_size, rounds, processes, min_seconds, cross_process))
     cases = expand(load_suite(path), device)
     t0 = time.perf_counter()
     runner = Runner(out_dir, env_row)
@@ -88,7 +103,7 @@ def calibrate(model: str, device: str, batch_size: int, img_size: int | None, ro
     if failed or not pairs:
         why = "; ".join(f"{r['label']}: {r['status']}: {r['error']}" for r in failed) or "no pair row"
         return Calibration(model, device, batch_size, None, None, None, 0, c.settings.processes, "failed", seconds,
-                           why, out_dir, None)
+                           why, out_dir, None, cross_process)
     p = pairs[0]
 
     def num(k: str) -> float | None:
@@ -99,21 +114,23 @@ def calibrate(model: str, device: str, batch_size: int, img_size: int | None, ro
 
     note = p.get("speed_note") or ""
     return Calibration(model, device, batch_size, num("speed_ratio"), num("speed_ratio_ci_low"),
-                       num("speed_ratio_ci_high"), int(p["rounds"] or 0), c.settings.processes, p["speed_verdict"],
-                       seconds, note, out_dir, num("reference_samples_per_sec"))
+                       num("speed_ratio_ci_high"), int(p["rounds"] or 0), int(p.get("processes") or 0),
+                       p["speed_verdict"], seconds, note, out_dir, num("reference_samples_per_sec"), cross_process)
 
 
 def summary_lines(cal: Calibration) -> list[str]:
     """What calibrate prints: the A/A estimate, the resolvable difference, and what tighter would cost."""
-    head = f"A/A {cal.model} bs{cal.batch_size} on {cal.device}"
+    head = f"A/A {cal.model} bs{cal.batch_size} on {cal.device}" + (
+        " (cross-process: each instance in a timing process of its own)" if cal.cross_process else "")
     if cal.verdict == "failed":
         return [f"{head}: could not be measured: {cal.note}"]
     if cal.ratio is None or cal.low is None or cal.high is None:
-        return [f"{head}: no estimate ({cal.verdict}): {cal.note}"]
+        return [f"{head}: no interval ({cal.verdict}): {cal.note or 'nothing measured'}"]
     h = cal.half_width_pct or 0.0
     which = "rounds, all kept though contended" if cal.verdict == "contended" else "clean rounds"
     lines = [f"{head}: {cal.ratio:.3f}x [{cal.low:.3f}, {cal.high:.3f}] {cal.verdict}, {cal.rounds} {which} over "
-             f"{cal.processes} processes, {cal.seconds:.0f} s (model at {cal.samples_per_sec or 0:.1f} samples/s)"]
+             f"{cal.processes} timing processes, {cal.seconds:.0f} s (model at {cal.samples_per_sec or 0:.1f} "
+             "samples/s)"]
     if cal.verdict == "contended":
         lines.append(f"the machine was busy: {cal.note}. Calibrate again when nothing else runs.")
         return lines
@@ -121,12 +138,14 @@ def summary_lines(cal: Calibration) -> list[str]:
         lines.append("warning: the interval of a model against itself excludes 1.00: something on this machine "
                      "favours one side (a busy neighbour, thermal or frequency changes); distrust close verdicts.")
     lines.append(f"noise floor: differences smaller than +-{h:.1f}% cannot be resolved with these settings "
-                 f"(interval half-width; a speed ratio outside [{1 - h / 100:.3f}, {1 + h / 100:.3f}] can be).")
+                 f"(interval half-width; a speed ratio outside [{math.exp(-h / 100):.3f}, {math.exp(h / 100):.3f}] "
+                 "can be).")
+    per = max(1, round(cal.rounds / max(cal.processes, 1)))
     for target in (1.0, 2.0, 5.0):
-        n = cal.rounds_for(target)
+        n = cal.processes_for(target)
         if n and target < h:
-            cost = cal.seconds * n / max(cal.rounds, 1)
-            lines.append(f"to resolve +-{target:g}%: about {n} rounds (at most ~{cost:.0f} s for this model; suite "
-                         f"setting 'rounds: {n}')")
+            cost = cal.seconds * n / max(cal.processes, 1)
+            lines.append(f"to resolve +-{target:g}%: about {n} timing processes of {per} rounds (at most ~{cost:.0f} "
+                         f"s for this model; suite settings 'processes: {n}, rounds: {n * per}')")
     return lines
 

@@ -92,12 +92,9 @@ def validate(suite: Annotated[Path, typer.Argument(help="Suite YAML (or an embed
 @app.command("list")
 def list_cmd() -> None:
     """Embedded suites, providers and our registered models."""
-    from .providers import PROVIDERS, get_provider
-    from .runner.run_dir import embedded_suites
+    from .report.show import print_list
 
-    console.print(f"[bold]embedded suites[/] (vitbench run NAME): {', '.join(embedded_suites())}", soft_wrap=True)
-    for name in PROVIDERS:
-        console.print(f"[bold]{name}[/]: " + escape(", ".join(get_provider(name).list_names())), soft_wrap=True)
+    print_list(console)
 
 
 @app.command()
@@ -204,6 +201,7 @@ def calibrate(
     rounds: Annotated[int | None, typer.Option("--rounds", help="Paired rounds.", min=1)] = None,
     processes: Annotated[int | None, typer.Option("--processes", help="Timing processes.", min=1)] = None,
     seconds: Annotated[float | None, typer.Option("--seconds", help="Timing seconds per side.", min=0)] = None,
+    cross: Annotated[bool, typer.Option("--cross-process", help="Each instance in its own timing process.")] = False,
     out: OutOpt = None,
 ) -> None:
     """The machine's noise floor: an A/A pair (a model against itself) timed as run times a pair; prints the
@@ -217,7 +215,7 @@ def calibrate(
         env_mod.check_device(device)
         console.print(f"calibrating on {device}: {escape(model)} against itself, batch {batch_size} ...")
         cal = run_calibration(model, device, batch_size, img_size, rounds, processes, seconds, out,
-                              env_mod.row_versions())
+                              env_mod.row_versions(), cross)
         for line in [*summary_lines(cal), f"results: {cal.out_dir}"]:
             console.print(escape(line), soft_wrap=True)
     raise typer.Exit(0 if cal.ok else 1)

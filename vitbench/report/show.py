@@ -214,6 +214,16 @@ def print_scan(console: Console, res: Any, top: int, previous: str | None, csv_o
         console.print(escape(f"suite with {emitted} timm references: {emit}"))
 
 
+def print_list(console: Console) -> None:
+    """``vitbench list``: embedded suites, then each provider with the models it names."""
+    from ..providers import PROVIDERS, get_provider
+    from ..runner.run_dir import embedded_suites
+
+    console.print(f"[bold]embedded suites[/] (vitbench run NAME): {', '.join(embedded_suites())}", soft_wrap=True)
+    for name in PROVIDERS:
+        console.print(f"[bold]{name}[/]: " + escape(", ".join(get_provider(name).list_names())), soft_wrap=True)
+
+
 def print_env(console: Console, info: dict[str, Any], as_json: bool) -> None:
     if as_json:
         console.print_json(json.dumps(info))
