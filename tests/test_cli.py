@@ -7,6 +7,7 @@ import os
 import signal
 import subprocess
 import sys
+import textwrap
 import time
 
 import pytest
@@ -272,3 +273,37 @@ def test_help_validate_and_torch_paths_do_not_import_tensorflow():
     res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
                          cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     assert res.returncode == 0, res.stderr[-2000:]
+
+
+def test_numerics_are_taken_at_the_precision_timed(cli, write_suite, tmp_path):
+    """A candidate that is NaN only in bf16 fails at bf16 and passes at fp32; the reference timed at bf16 is held
+    to its own fp32 output."""
+    (tmp_path / "bf16mods.py").write_text(textwrap.dedent("""
+        import torch
+        from vitbench.testing import TinyNet
+
+
+        class NaNInBf16(TinyNet):
+            def forward(self, x):
+                y = super().forward(x)
+                return y * float("nan") if x.dtype == torch.bfloat16 else y
+    """))
+    suite = write_suite("""
+    name: prec
+    defaults: {batch_sizes: [1], rounds: 2, processes: 1, warmup_iters: 1, min_iters: 2, min_seconds: 0,
+               img_size: 32, precision: [fp32, bf16]}
+    pairs:
+      - name: p
+        reference: {provider: import, model: "vitbench.testing:TinyNet"}
+        candidates: [{provider: import, model: "bf16mods:NaNInBf16"}]
+    """)
+    res = cli("run", suite, "--device", "cpu", "--out", tmp_path / "o")
+    assert res.exit_code == 1, res.output  # a numeric check failed
+    got = {(r["role"], r["precision"]): r for r in rows(tmp_path / "o")}
+    assert got["candidate", "fp32"]["numerics_status"] == "ok"
+    bad = got["candidate", "bf16"]
+    assert bad["numerics_status"] == "fail" and "NaN" in bad["numerics_error"] and "at bf16" in bad["numerics_error"]
+    ref = got["reference", "bf16"]  # its bf16 output against its fp32 one: bf16 rounding, within the bf16 limits
+    assert ref["numerics_status"] == "ok" and 0 < float(ref["rel_err"]) < 0.05
+    assert got["reference", "fp32"]["numerics_status"] == "reference"
+    assert "numerics fail: p: import/bf16mods:NaNInBf16 eager bf16 bs1" in res.output

@@ -22,9 +22,31 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
-class Tolerance(_Strict):
-    max_abs: float = Field(1e-4, gt=0, description="largest allowed |candidate - reference| on outputs")
+class PrecisionTolerance(_Strict):
+    """What a candidate timed at a lower precision must meet against the reference's fp32 output."""
+
+    max_abs: float | None = Field(None, gt=0)
+    max_rel: float | None = Field(None, gt=0, description="largest ||candidate - reference|| / ||reference||")
     min_cosine: float | None = Field(None, ge=-1, le=1)
+
+
+class Tolerance(_Strict):
+    """fp32 (the fields at the top), and per lower precision: ``fp16`` (also amp) and ``bf16`` (also amp_bf16),
+    whose defaults allow about 5-10x the rounding error measured on timm's ViT-S, Swin-T and SAM ViT-B."""
+
+    max_abs: float = Field(1e-4, gt=0, description="largest allowed |candidate - reference| on outputs")
+    max_rel: float | None = Field(None, gt=0, description="largest ||candidate - reference|| / ||reference||")
+    min_cosine: float | None = Field(None, ge=-1, le=1)
+    fp16: PrecisionTolerance = Field(default_factory=lambda: PrecisionTolerance(max_rel=1e-2, min_cosine=0.999))
+    bf16: PrecisionTolerance = Field(default_factory=lambda: PrecisionTolerance(max_rel=5e-2, min_cosine=0.99))
+
+    def at(self, precision: str) -> PrecisionTolerance:
+        """The limits a case timed at ``precision`` is held to."""
+        if precision in ("fp16", "amp"):
+            return self.fp16
+        if precision in ("bf16", "amp_bf16"):
+            return self.bf16
+        return PrecisionTolerance(max_abs=self.max_abs, max_rel=self.max_rel, min_cosine=self.min_cosine)
 
 
 class CompileOptions(_Strict):

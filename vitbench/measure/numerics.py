@@ -52,16 +52,22 @@ def compare(reference: np.ndarray, candidate: np.ndarray) -> dict[str, Any]:
     return out
 
 
-def judge(res: dict[str, Any], max_abs: float, min_cosine: float | None) -> dict[str, Any]:
-    """numerics_status (ok | fail | error) and, when not ok, numerics_error saying why."""
+def judge(res: dict[str, Any], max_abs: float | None, min_cosine: float | None, max_rel: float | None = None,
+          where: str = "") -> dict[str, Any]:
+    """numerics_status (ok | fail | error) and, when not ok, numerics_error saying why (``where``: e.g. 'at bf16',
+    appended to the reason)."""
+    at = f" {where}" if where else ""
     if res.get("problem"):
         return {"numerics_status": "error" if res.get("reference_broken") else "fail",
-                "numerics_error": res["problem"]}
+                "numerics_error": res["problem"] + at}
     why = []
-    if res["max_abs_diff"] > max_abs:
+    if max_abs is not None and res["max_abs_diff"] > max_abs:
         why.append(f"max|diff| {res['max_abs_diff']:.3g} > tolerance {max_abs:g}")
+    if max_rel is not None and (res.get("rel_err") is None or res["rel_err"] > max_rel):
+        why.append(f"relative error {res.get('rel_err')} > tolerance {max_rel:g}"
+                   if res.get("rel_err") is None else f"relative error {res['rel_err']:.3g} > tolerance {max_rel:g}")
     if min_cosine is not None and (res.get("cosine_sim") is None or res["cosine_sim"] < min_cosine):
         why.append(f"cosine {res.get('cosine_sim')} < min_cosine {min_cosine:g}")
     if why:
-        return {"numerics_status": "fail", "numerics_error": "; ".join(why)}
+        return {"numerics_status": "fail", "numerics_error": "; ".join(why) + at}
     return {"numerics_status": "ok"}

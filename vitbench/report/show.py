@@ -137,7 +137,7 @@ def print_run_summary(console: Console, rows: list[dict[str, Any]], written: lis
                   fmt(r.get("latency_ms_p99")), ratio, fmt(r.get("max_abs_diff")), fmt(r.get("gmacs")))
     console.print(t)
     for p in pairs or []:
-        where = escape(f"{p['pair']}: {p['label']} {p['compile_mode']} bs{p['batch_size']}")
+        where = escape(f"{p['pair']}: {p['label']} {p['compile_mode']} {p['precision']} bs{p['batch_size']}")
         if p.get("comparison") == "control":
             console.print(f"A/A control: {where} vs {escape(str(p['reference_label']))}: {ratio_text(p)}"
                           f"{escape(str(p['speed_verdict']))} (how far apart two instances of the reference land)",
@@ -146,7 +146,7 @@ def print_run_summary(console: Console, rows: list[dict[str, Any]], written: lis
             console.print(f"[yellow]note:[/] {where}: {escape(str(p['speed_note']))}", soft_wrap=True)
     for r in rows:
         ns, where = r.get("numerics_status"), escape(f"{r['pair']}: {r['label']} {r['compile_mode']} "
-                                                     f"bs{r['batch_size']}")
+                                                     f"{r['precision']} bs{r['batch_size']}")
         if ns == "port_failed":
             console.print(f"[red]port failed:[/] {where}: " + escape(str(r.get("numerics_error"))), soft_wrap=True)
         elif ns in ("fail", "error"):

@@ -10,13 +10,13 @@ import numpy as np
 import torch
 
 from ..env import device_name, pkg_version, torch_device
-from ..measure import memory
+from ..measure import memory, numerics
 from ..measure.compile import output_tensor
 from ..measure.sections import Memory, Numerics, Provenance, SetupResult, Size
 from ..providers import get_provider
 from ..suite import Case, SideSpec
-from .artifacts import artifact_path, reference_state, save_npz
-from .worker import Timed, compare_candidate
+from .artifacts import artifact_path, load_arrays, reference_state, save_npz
+from .worker import Timed, compare_candidate, judged, one_line
 
 DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16, "amp": torch.float16, "amp_bf16": torch.bfloat16}
 
@@ -68,17 +68,40 @@ def write_reference(case: Case, run_dir: str) -> dict[str, Any]:
 
 
 def _numerics(case: Case, model: Any, run_dir: str, dev: torch.device, img: int | None) -> Numerics:
+    """At the precision the case is timed at: a candidate against the reference's fp32 output; a reference timed
+    below fp32 against its own fp32 output (so NaN or overflow in fp16/bf16 shows on whichever side has it)."""
     path = artifact_path(run_dir, case.pair, case.device)
+
+    def run(x: np.ndarray) -> np.ndarray:
+        return _at_precision(model, torch.from_numpy(x).to(dev), case.precision, dev).cpu().numpy()
+
     if case.role == "reference":
         if not path.exists():
             _write_artifact(path, model, img, case, dev)
-        return Numerics(numerics_status="reference")
-
-    def run(x: np.ndarray) -> np.ndarray:
-        with torch.inference_mode():
-            return output_tensor(model(torch.from_numpy(x).to(dev))).float().cpu().numpy()
+        if case.precision == "fp32":
+            return Numerics(numerics_status="reference")
+        art = load_arrays(path)
+        try:
+            res = numerics.compare(art["y"], run(art["x"]))
+        except Exception as e:  # noqa: BLE001
+            return Numerics("error", one_line(e))
+        return judged(case, res, whose="the reference's own output")
 
     return compare_candidate(case, run_dir, lambda state: get_provider(case.provider).port(model, state), run)
+
+
+def _at_precision(model: Any, x: torch.Tensor, precision: str, dev: torch.device) -> torch.Tensor:
+    """The model's output for ``x`` at ``precision`` (fp16/bf16: weights and input cast, put back to fp32 after;
+    amp: autocast), as fp32."""
+    with torch.inference_mode():
+        if precision in ("fp16", "bf16"):
+            try:
+                return output_tensor(model.to(DTYPES[precision])(x.to(DTYPES[precision]))).float()
+            finally:
+                model.float()
+        with torch.autocast(device_type=dev.type, dtype=DTYPES[precision]) if precision in DTYPES else \
+                contextlib.nullcontext():
+            return output_tensor(model(x)).float()
 
 
 def _with_precision(model: Any, x: torch.Tensor, precision: str, dev: torch.device):  # type: ignore[no-untyped-def]

@@ -126,8 +126,17 @@ def compare_candidate(case: Any, run_dir: str | Path, port: Callable[[dict[str, 
         res = numerics.compare(art["y"], run(art["x"]))
     except Exception as e:  # noqa: BLE001
         return Numerics("error", one_line(e))
-    tol = case.settings.tolerance
-    verdict = numerics.judge(res, tol.max_abs, tol.min_cosine)
+    return judged(case, res)
+
+
+def judged(case: Any, res: dict[str, Any], whose: str = "") -> Numerics:
+    """A comparison's figures judged against the case's tolerance at the precision it is timed at (fp32: the
+    suite's max_abs; fp16/amp, bf16/amp_bf16: their own limits against the reference's fp32 output)."""
+    from ..measure import numerics
+
+    tol = case.settings.tolerance.at(case.precision)
+    where = " ".join(x for x in (whose, f"at {case.precision}" if case.precision != "fp32" else "") if x)
+    verdict = numerics.judge(res, tol.max_abs, tol.min_cosine, tol.max_rel, where)
     measured = {k: v for k, v in res.items() if k not in ("problem", "reference_broken")}
     return Numerics(**measured, **verdict, tolerance_max_abs=tol.max_abs)
 
