@@ -307,3 +307,72 @@ def test_numerics_are_taken_at_the_precision_timed(cli, write_suite, tmp_path):
     assert ref["numerics_status"] == "ok" and 0 < float(ref["rel_err"]) < 0.05
     assert got["reference", "fp32"]["numerics_status"] == "reference"
     assert "numerics fail: p: import/bf16mods:NaNInBf16 eager bf16 bs1" in res.output
+
+
+KERAS_GRAPH_BUG = '''
+import keras
+import tensorflow as tf
+from keras import layers
+
+
+class GraphOnlyBug(keras.Model):
+    """A dense head that is right eagerly and off by 0.5 inside tf.function."""
+
+    def __init__(self, img_size=32, **kw):
+        super().__init__(**kw)
+        self.pool = layers.GlobalAveragePooling2D()
+        self.fc = layers.Dense(10)
+        self.fc.build((None, 3))
+
+    def call(self, x):
+        y = self.fc(self.pool(x))
+        return y if tf.executing_eagerly() else y + 0.5
+
+
+def port_weights(model, sd):
+    model.fc.kernel.assign(sd["head.weight"].T)
+    model.fc.bias.assign(sd["head.bias"])
+'''
+
+
+def test_keras_import_side_and_compiled_modes_checked_against_eager(cli, write_suite, tmp_path):
+    """A Keras model of one's own by import path, ported by its module's port_weights; a graph/XLA output far from
+    eager fails its row (as torch.compile's does); without the hook the port fails naming what is missing."""
+    (tmp_path / "kmods.py").write_text(KERAS_GRAPH_BUG)
+    (tmp_path / "nohook.py").write_text(KERAS_GRAPH_BUG.split("def port_weights")[0])
+    (tmp_path / "tref.py").write_text(textwrap.dedent("""
+        from torch import nn
+
+
+        class Head(nn.Module):
+            def __init__(self, img_size=32):
+                super().__init__()
+                self.head = nn.Linear(3, 10)
+
+            def forward(self, x):
+                return self.head(x.mean((2, 3)))
+    """))
+    suite = write_suite("""
+    name: kimport
+    defaults: {batch_sizes: [1], rounds: 2, processes: 1, warmup_iters: 1, min_iters: 2, min_seconds: 0, img_size: 32}
+    pairs:
+      - name: k
+        reference: {provider: import, model: "tref:Head"}
+        candidates:
+          - {provider: keras_import, model: "kmods:GraphOnlyBug", compile: [eager, graph, xla]}
+          - {provider: keras_import, model: "nohook:GraphOnlyBug", label: nohook}
+    """)
+    assert cli("validate", suite).exit_code == 0
+    assert "defines no 'Nope'" in cli("validate", write_suite(suite.read_text().replace(
+        "nohook:GraphOnlyBug", "nohook:Nope"), "bad.yaml")).output
+    res = cli("run", suite, "--device", "cpu", "--out", tmp_path / "o")
+    got = {(r["label"], r["compile_mode"]): r for r in rows(tmp_path / "o") if r["role"] == "candidate"}
+    eager = got["keras_import/kmods:GraphOnlyBug", "eager"]
+    assert eager["status"] == "ok" and eager["numerics_status"] == "ok" and float(eager["max_abs_diff"]) < 1e-5
+    assert eager["tf32"] == "False"
+    for mode in ("graph", "xla"):
+        r = got["keras_import/kmods:GraphOnlyBug", mode]
+        assert r["status"] == "error" and f"max|{mode} - eager| = 0.5" in r["error"], r
+    nohook = got["nohook", "eager"]
+    assert nohook["numerics_status"] == "port_failed" and "dense/kernel" in nohook["numerics_error"]
+    assert res.exit_code == 2, res.output  # failed cases

@@ -135,7 +135,8 @@ class Side(Settings):
     """One implementation: who builds it (provider), which model, constructor kwargs, and overrides (not those
     of the pair's timing as a whole, ``GROUP_SETTINGS``)."""
 
-    provider: Literal["timm", "vitbench", "import", "vitbench_keras", "keras", "keras_hub", "vit_keras", "vit_pytorch"]
+    provider: Literal["timm", "vitbench", "import", "vitbench_keras", "keras", "keras_import", "keras_hub", "vit_keras",
+                      "vit_pytorch"]
     model: str
     kwargs: dict[str, Any] = Field(default_factory=dict)
     label: str | None = None

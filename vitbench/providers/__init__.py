@@ -14,6 +14,7 @@ PROVIDERS = {
     "import": "vitbench.providers.import_provider",
     "vitbench_keras": "vitbench.providers.vitbench_keras_provider",
     "keras": "vitbench.providers.keras_provider",
+    "keras_import": "vitbench.providers.keras_import_provider",
     "keras_hub": "vitbench.providers.keras_hub_provider",
     "vit_keras": "vitbench.providers.vit_keras_provider",
     "vit_pytorch": "vitbench.providers.vit_pytorch_provider",

@@ -22,7 +22,7 @@ def add_import_paths(*dirs: str | Path) -> None:
             sys.path.insert(0, d)
 
 
-def _split(target: str) -> tuple[str, str]:
+def split_target(target: str) -> tuple[str, str]:
     module, sep, attr = target.partition(":")
     if not sep or not module or not attr:
         raise ValueError(f"import target '{target}' must look like 'package.module:Name'")
@@ -33,7 +33,7 @@ def check(target: str) -> str | None:
     """The module imports (from the current directory or the suite's too, as ``python -m`` would) and names a
     callable; else what is wrong, in one line."""
     try:
-        module, attr = _split(target)
+        module, attr = split_target(target)
         if importlib.util.find_spec(module) is None:
             return (f"cannot import module '{module}' (from '{target}'; looked in the current directory, the suite's "
                     "directory and sys.path)")
@@ -50,7 +50,7 @@ def check(target: str) -> str | None:
 
 
 def build(target: str, kwargs: dict[str, Any], img_size: int | None) -> tuple[Any, int | None]:
-    module_name, attr = _split(target)
+    module_name, attr = split_target(target)
     module = importlib.import_module(module_name)
     if not hasattr(module, attr):
         raise AttributeError(f"module '{module_name}' has no attribute '{attr}'")

@@ -28,6 +28,24 @@ def _setup(case: Case) -> str:
     return backend
 
 
+def tf32_off(backend: str) -> None:
+    """fp32 means fp32 on every backend, as on the torch side: TF32 matmuls and convolutions off (TensorFlow turns
+    them on by default on Ampere and newer GPUs; JAX's default matmul precision may use them too)."""
+    if backend == "tensorflow":
+        import tensorflow as tf
+
+        tf.config.experimental.enable_tensor_float_32_execution(False)
+    elif backend == "jax":
+        import jax
+
+        jax.config.update("jax_default_matmul_precision", "highest")
+    elif backend == "torch":
+        import torch
+
+        torch.backends.cuda.matmul.allow_tf32 = False
+        torch.backends.cudnn.allow_tf32 = False
+
+
 def _input(case: Case, batch: int, img: int | None) -> np.ndarray:
     """Same values as the torch worker's seeded input, in Keras' channels-last layout."""
     st = case.settings
@@ -66,6 +84,7 @@ def setup(case: Case, run_dir: str, timing_only: bool = False) -> tuple[SetupRes
 
     from ..providers import get_provider
 
+    tf32_off(backend)
     keras.utils.set_random_seed(case.settings.seed)
     if case.precision != "fp32":
         raise ValueError(f"precision {case.precision} is not supported for Keras cases yet (fp32 only)")
@@ -114,6 +133,12 @@ def setup(case: Case, run_dir: str, timing_only: bool = False) -> tuple[SetupRes
         sec.compile_first_call_cold_s = time.perf_counter() - t0
         sec.compile_cold_s = sec.compile_first_call_cold_s - (sec.eager_first_call_s or 0)
         sec.compiled_max_abs_diff = float(np.abs(output_array(y_comp) - y_eager).max())
+        # numerics are compared eagerly: a compiled model that computes something else must not be timed as if it
+        # were the same network (10x the suite's tolerance, as for torch.compile: XLA may reorder float sums)
+        limit = 10 * case.settings.tolerance.max_abs
+        if not sec.compiled_max_abs_diff <= limit:
+            raise ValueError(f"{mode} changed the output: max|{mode} - eager| = {sec.compiled_max_abs_diff:.3g} > "
+                             f"{limit:.3g} (10x the suite's max_abs)")
         res.compile = sec
     t0 = time.perf_counter()
     runner()

@@ -2,6 +2,7 @@
 import os
 
 os.environ["KERAS_BACKEND"] = "tensorflow"  # before keras is imported: the backend is fixed then
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")  # the server's own TensorFlow start-up lines
 
 import keras  # noqa: E402,F401
 import tensorflow  # noqa: E402,F401
