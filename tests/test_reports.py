@@ -116,6 +116,31 @@ def test_diff_other_batch_size_is_not_comparable_and_unrelated_is_refused(cli, t
     assert res.exit_code == 2 and "not about the same models" in res.output
 
 
+def test_diff_matches_one_device_under_two_names_and_says_so(cli, tmp_path):
+    """timm renamed its RTX 4090 'rtx4090' -> '4090' between releases: the same device under another name is
+    matched (each decision printed); --device-map says two names are one device; batch changes stay apart."""
+    from vitbench.report.diff import normalize_device
+
+    assert normalize_device("rtx4090") == normalize_device("4090") == normalize_device("NVIDIA GeForce RTX 4090")
+    assert normalize_device("a100-sxm4-40gb") != normalize_device("h100")
+    old = tmp_path / "benchmark-infer-amp-nchw-pt240-cu124-rtx4090.csv"
+    old.write_text(EAGER.read_text())
+    new = tmp_path / "benchmark-infer-amp-nchw-pt291-cu130-4090.csv"
+    new.write_text(EAGER.read_text().replace("vit_small_patch16_224,224,1000.0,256.0,256",
+                                             "vit_small_patch16_224,224,500.0,256.0,128"))
+    rep = diff(load(old), load(new))
+    assert len(rep.rows) and rep.device_decisions == [
+        "device 'rtx4090' (old) and '4090' (new) taken as one device: the same name normalised (4090)"]
+    assert any("vit_small_patch16_224" in n and "batch 256 -> 128" in n for n in rep.not_comparable)
+    other = tmp_path / "benchmark-infer-amp-nchw-pt291-cu130-h100.csv"
+    other.write_text(EAGER.read_text())
+    assert not diff(load(old), load(other)).device_decisions  # another GPU: not matched ...
+    res = cli("diff", old, other, "--device-map", "rtx4090=h100")  # ... unless the user says so
+    assert res.exit_code == 0 and "'rtx4090' (old) and 'h100' (new) taken as one device: --device-map" in res.output
+    assert "matched cases" in res.output and not res.output.startswith("0 matched")
+    assert cli("diff", old, other, "--device-map", "rtx4090").exit_code == 2
+
+
 @pytest.mark.parametrize("name,family", [
     ("swin_tiny_patch4_window7_224", "swin"), ("swinv2_cr_tiny_ns_224", "swinv2"), ("resnet50d", "resnet"),
     ("tf_efficientnet_b0.ns_jft_in1k", "efficientnet"), ("samvit_base_patch16", "samvit"),

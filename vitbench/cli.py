@@ -229,15 +229,17 @@ def diff_cmd(
     markdown: Annotated[bool, typer.Option("--markdown", help="Print a Markdown report.", metavar="")] = False,
     csv_out: Annotated[Path | None, typer.Option("--csv", help="Write every compared metric to this CSV.")] = None,
     show_all: Annotated[bool, typer.Option("--all", help="List improvements, unchanged too.", metavar="")] = False,
+    device_map: Annotated[list[str] | None, typer.Option("--device-map", help="OLD=NEW: two names, one device.")]
+    = None,
 ) -> None:
     """Compare two result sets. Exit 0: no regression; 1: regressions; 2: bad input."""
-    from .report.diff import diff
+    from .report.diff import diff, parse_device_map
     from .report.results import load
     from .report.show import print_diff
 
     with _errors():
         a, b = load(old), load(new)
-        rep = diff(a, b, threshold)
+        rep = diff(a, b, threshold, parse_device_map(device_map))
         if csv_out:
             rep.rows.to_csv(csv_out, index=False)
         print_diff(console, rep, a.source, b.source, threshold, markdown, show_all)

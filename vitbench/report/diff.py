@@ -10,10 +10,15 @@
 - Rows that match by identity but ran at another batch size, precision or device are "not comparable (batch 12
   -> 6)", never a regression (timm's tables decay the batch on OOM).
 - Nothing matched at all is an input error: the two sets are not about the same cases.
+- One device under two names is one device: timm named its RTX 4090 ``rtx4090`` in one release and ``4090`` in the
+  next. Device names are compared normalised (case, separators, vendor words such as nvidia/geforce/rtx dropped),
+  ``--device-map OLD=NEW`` says two names are one device, and every such decision is printed.
 """
 from __future__ import annotations
 
+import dataclasses
 import math
+import re
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -32,6 +37,45 @@ SPEED_NOISE = {"samples_per_sec", "latency_ms_p50", "latency_ms_p90", "latency_m
 COLUMNS = ["case", "metric", "old", "new", "factor", "change_pct", "noise_pct", "verdict"]
 
 
+_VENDOR = {"nvidia", "geforce", "tesla", "quadro", "amd", "intel", "radeon", "instinct"}
+
+
+def normalize_device(name: Any) -> str:
+    """A device name as diff compares it: lower case, split on separators, vendor words dropped and the 'rtx'/'gtx'
+    prefix of a model number (rtx4090 -> 4090), joined with '-'."""
+    tokens = [t for t in re.split(r"[-_\s]+", str(name).lower()) if t and t not in _VENDOR]
+    tokens = [re.sub(r"^(?:rtx|gtx)(?=\d)", "", t) for t in tokens if t not in ("rtx", "gtx")]
+    return "-".join(tokens)
+
+
+def parse_device_map(items: list[str] | None) -> dict[str, str]:
+    """``--device-map OLD=NEW`` options as {normalised OLD: normalised NEW}."""
+    out: dict[str, str] = {}
+    for item in items or []:
+        old, sep, new = item.partition("=")
+        if not sep or not old.strip() or not new.strip():
+            raise InputError(f"--device-map {item!r}: expected OLD=NEW, e.g. rtx4090=4090")
+        out[normalize_device(old)] = normalize_device(new)
+    return out
+
+
+def _unify_devices(a: pd.DataFrame, b: pd.DataFrame, mapping: dict[str, str]) -> list[str]:
+    """Put both sets' ``device`` column under one name where the names are one device (normalised equal, or
+    mapped); returns one line per decision."""
+    if "device" not in a.columns or "device" not in b.columns:
+        return []
+    decisions = []
+    olds, news = sorted(set(a.device.astype(str))), sorted(set(b.device.astype(str)))
+    for o in olds:
+        key = mapping.get(normalize_device(o), normalize_device(o))
+        same = [n for n in news if normalize_device(n) == key and n != o]
+        for n in same:
+            how = "--device-map" if key != normalize_device(o) else f"the same name normalised ({key})"
+            decisions.append(f"device '{o}' (old) and '{n}' (new) taken as one device: {how}")
+            b.loc[b.device.astype(str) == n, "device"] = o
+    return decisions
+
+
 @dataclass
 class DiffReport:
     key: list[str]
@@ -41,6 +85,7 @@ class DiffReport:
     env_changes: list[tuple[str, Any, Any]] = field(default_factory=list)
     not_comparable: list[str] = field(default_factory=list)  # the first ``slower_elsewhere`` got slower too
     slower_elsewhere: int = 0
+    device_decisions: list[str] = field(default_factory=list)  # names taken as one device, and why
 
     @property
     def regressions(self) -> pd.DataFrame:
@@ -129,9 +174,13 @@ def _keys(old: Results, new: Results) -> tuple[list[str], list[str]]:
     return ident, settings
 
 
-def diff(old: Results, new: Results, threshold_pct: float = 5.0) -> DiffReport:
+def diff(old: Results, new: Results, threshold_pct: float = 5.0, device_map: dict[str, str] | None = None
+         ) -> DiffReport:
     if threshold_pct < 0:
         raise InputError(f"--threshold {threshold_pct:g}: must be >= 0")
+    old = dataclasses.replace(old, df=old.df.copy())
+    new = dataclasses.replace(new, df=new.df.copy())
+    decisions = _unify_devices(old.df, new.df, device_map or {}) if old.kind == new.kind else []
     ident, settings = _keys(old, new)
     key = ident + settings
     names = ident if "timm" in (old.kind, new.kind) else key  # how a case is named in the report
@@ -203,4 +252,4 @@ def diff(old: Results, new: Results, threshold_pct: float = 5.0) -> DiffReport:
     return DiffReport(key, pd.DataFrame(out, columns=[*COLUMNS[:1], *key, *COLUMNS[1:]]),
                       [_case_name(r, names) for _, r in right.iterrows()],
                       [_case_name(r, names) for _, r in left.iterrows()], env_changes(old.env, new.env), not_comparable,
-                      slower_elsewhere)
+                      slower_elsewhere, decisions)

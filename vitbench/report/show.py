@@ -44,6 +44,8 @@ def print_diff(console: Console, rep: Any, old: str, new: str, threshold: float,
 
     if markdown:
         print(f"## vitbench diff\n\n`{old}` → `{new}`\n\n{head}\n\n{note}\n")
+        for line in rep.device_decisions:
+            print(f"- {line}\n")
         if rep.env_changes:
             print("### Environment changes\n\n| field | old | new |\n|---|---|---|")
             for k, a, b in rep.env_changes:
@@ -64,6 +66,8 @@ def print_diff(console: Console, rep: Any, old: str, new: str, threshold: float,
                 print(f"\n### {title} cases\n\n" + "\n".join(f"- {n}" for n in names))
         return
     console.print(escape(f"old: {old}\nnew: {new}\n{head}"), soft_wrap=True)
+    for line in rep.device_decisions:
+        console.print("[yellow]device:[/] " + escape(line), soft_wrap=True)
     for k, a, b in rep.env_changes:
         console.print("[yellow]environment:[/] " + escape(f"{k}: {a} -> {b}"), soft_wrap=True)
     if len(shown):
