@@ -10,8 +10,8 @@ import timm  # torch/timm before TensorFlow: see conftest
 import torch
 
 os.environ.setdefault("KERAS_BACKEND", "tensorflow")
-keras = pytest.importorskip("keras")
-pytest.importorskip("keras_hub")
+import keras
+import keras_hub  # noqa: F401  (a dev dependency: a broken install fails, never skips)
 
 from vitbench.models.keras.port import PortError  # noqa: E402
 from vitbench.providers import get_provider  # noqa: E402

@@ -17,8 +17,7 @@ from pathlib import Path
 
 import psutil
 import pytest
-
-ray = pytest.importorskip("ray")
+import ray
 
 FAST = "rounds: 6, processes: 1, warmup_iters: 1, min_iters: 2, min_seconds: 0, img_size: 32, batch_sizes: [1]"
 TINY = f"""

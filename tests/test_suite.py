@@ -97,3 +97,39 @@ pairs:
     p.write_text(base % "{mode: max-autotune, options: {cpp_wrapper: true}}")
     with pytest.raises(SuiteError, match="opts.yaml.*mode or options"):
         load_suite(p, check_models=False)
+
+
+def test_a_factorys_checkpoint_filter_fn_is_the_one_its_module_defines(tmp_path, monkeypatch):
+    """The import provider looks for checkpoint_filter_fn in the module the suite names (a factory's), not in the
+    module of the class the factory returns (here timm's own vision_transformer)."""
+    import numpy as np
+    import timm
+
+    from vitbench.providers import get_provider
+
+    (tmp_path / "factorymods.py").write_text(
+        "import timm\n\n\ndef wrapped(**kw):\n    return timm.create_model('test_vit', **kw)\n\n\n"
+        "def checkpoint_filter_fn(state_dict, model):\n"
+        "    return {k.removeprefix('inner.'): v for k, v in state_dict.items()}\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    provider = get_provider("import")
+    model, _ = provider.build("factorymods:wrapped", {}, 32)
+    ref = timm.create_model("test_vit", img_size=32)
+    state = {f"inner.{k}": v.numpy() for k, v in ref.state_dict().items()}  # names only the filter undoes
+    provider.port(model, state)
+    assert all(np.array_equal(model.state_dict()[k].numpy(), v.numpy()) for k, v in ref.state_dict().items())
+
+
+@pytest.mark.parametrize("field,value", [("rounds", 8), ("processes", 4), ("max_steal_pct", 1), ("control", True)])
+def test_settings_of_the_whole_pair_are_refused_on_one_side(write_suite, field, value):
+    """A pair's sides are timed together: a side's own rounds (or processes, contention limits, control) could
+    only be ignored, so validate refuses it, naming the field."""
+    s = write_suite(f"""
+    name: x
+    pairs:
+      - name: p
+        reference: {{provider: timm, model: test_vit}}
+        candidates: [{{provider: timm, model: test_vit, {field}: {value}}}]
+    """)
+    with pytest.raises(SuiteError, match=rf"pairs\.0\.candidates\.0\.{field}: a pair's sides are timed together"):
+        load_suite(s)

@@ -10,7 +10,7 @@ import timm  # noqa: E402  (torch/timm before TensorFlow: see conftest)
 import torch  # noqa: E402
 
 os.environ.setdefault("KERAS_BACKEND", "tensorflow")
-keras = pytest.importorskip("keras")
+import keras
 
 from vitbench.models import keras as kours  # noqa: E402
 from vitbench.providers.keras_provider import port_mha  # noqa: E402

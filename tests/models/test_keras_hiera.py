@@ -11,7 +11,7 @@ import torch
 from keras_backends import BACKENDS, run_on_backend  # tests/models is on sys.path (rootdir-less test dir)
 
 os.environ.setdefault("KERAS_BACKEND", "tensorflow")
-keras = pytest.importorskip("keras")
+import keras
 
 from vitbench.models.keras import hiera as khiera  # noqa: E402
 

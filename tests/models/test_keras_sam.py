@@ -13,7 +13,7 @@ import torch.nn.functional as F  # noqa: E402
 from keras_backends import BACKENDS, run_on_backend  # tests/models is on sys.path (rootdir-less test dir)
 
 os.environ.setdefault("KERAS_BACKEND", "tensorflow")
-keras = pytest.importorskip("keras")
+import keras
 
 from vitbench.models.keras import sam as ksam  # noqa: E402
 from vitbench.models.torch import sam as tsam  # noqa: E402

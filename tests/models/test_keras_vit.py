@@ -12,7 +12,7 @@ import torch
 from keras_backends import BACKENDS, run_on_backend  # tests/models is on sys.path (rootdir-less test dir)
 
 os.environ.setdefault("KERAS_BACKEND", "tensorflow")
-keras = pytest.importorskip("keras")
+import keras
 
 from vitbench.models import torch as tours  # noqa: E402
 from vitbench.models.keras import vit as kvit  # noqa: E402

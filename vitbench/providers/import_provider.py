@@ -1,6 +1,8 @@
 """Any model by import path: ``package.module:Name`` where Name is an nn.Module class or a factory function.
 
-If the module defines ``checkpoint_filter_fn(state_dict, model)``, it is used to port reference weights.
+If that module (the one named in the suite, not the one the returned model's class lives in) defines
+``checkpoint_filter_fn(state_dict, model)``, it is used to port reference weights; else the model class's own
+module's (a timm or vitbench family's).
 """
 from __future__ import annotations
 
@@ -8,10 +10,11 @@ import importlib
 import importlib.util
 import os
 import sys
+import weakref
 from pathlib import Path
 from typing import Any
 
-from .torch_common import TorchProvider, build_with_img_size, default_img_size
+from .torch_common import TorchProvider, build_with_img_size, default_img_size, load_numpy_state
 
 
 def add_import_paths(*dirs: str | Path) -> None:
@@ -49,12 +52,33 @@ def check(target: str) -> str | None:
     return None
 
 
-def build(target: str, kwargs: dict[str, Any], img_size: int | None) -> tuple[Any, int | None]:
+# the module named in the suite of each model built here: where its port function is looked up
+BUILT_FROM: weakref.WeakKeyDictionary[Any, Any] = weakref.WeakKeyDictionary()
+
+
+def import_target(target: str) -> tuple[Any, Any]:
+    """(module, the callable) that ``package.module:Name`` names."""
     module_name, attr = split_target(target)
     module = importlib.import_module(module_name)
     if not hasattr(module, attr):
         raise AttributeError(f"module '{module_name}' has no attribute '{attr}'")
-    model = build_with_img_size(getattr(module, attr), kwargs, img_size)
+    return module, getattr(module, attr)
+
+
+def port_function(model: Any, name: str) -> Any:
+    """``name`` (checkpoint_filter_fn, port_weights) from the module the suite named for ``model``, else from its
+    class's module; None where neither defines it."""
+    for module in (BUILT_FROM.get(model), importlib.import_module(type(model).__module__)):
+        fn = getattr(module, name, None) if module is not None else None
+        if fn is not None:
+            return fn
+    return None
+
+
+def build(target: str, kwargs: dict[str, Any], img_size: int | None) -> tuple[Any, int | None]:
+    module, factory = import_target(target)
+    model = build_with_img_size(factory, kwargs, img_size)
+    BUILT_FROM[model] = module
     return model, img_size or default_img_size(model)
 
 
@@ -64,6 +88,9 @@ class ImportProvider(TorchProvider):
     name = "import"
     check = staticmethod(check)
     build = staticmethod(build)
+
+    def port(self, model: Any, state: dict[str, Any]) -> None:
+        load_numpy_state(model, state, port_function(model, "checkpoint_filter_fn"))
 
     def list_names(self) -> list[str]:
         return ["<package.module:Name>"]

@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from .import_provider import split_target
+from .import_provider import BUILT_FROM, import_target, port_function, split_target
 from .keras_common import KerasProvider
 
 
@@ -56,14 +56,6 @@ def _top_level_names(tree: ast.Module) -> set[str]:
         elif isinstance(node, (ast.Import, ast.ImportFrom)):
             names.update((a.asname or a.name).split(".")[0] for a in node.names)
     return names
-
-
-def _module(target: str) -> tuple[Any, str]:
-    module, attr = split_target(target)
-    mod = importlib.import_module(module)
-    if not hasattr(mod, attr):
-        raise AttributeError(f"module '{module}' has no attribute '{attr}'")
-    return mod, attr
 
 
 def _takes(fn: Any, name: str) -> bool:
@@ -112,17 +104,16 @@ class KerasImportProvider(KerasProvider):
     check = staticmethod(check)
 
     def build(self, model: str, kwargs: dict[str, Any], img_size: int | None) -> tuple[Any, int | None]:
-        mod, attr = _module(model)
-        factory = getattr(mod, attr)
+        module, factory = import_target(model)
         call = factory.__init__ if inspect.isclass(factory) else factory
         extra = {"img_size": img_size} if img_size is not None and "img_size" not in kwargs and _takes(
             call, "img_size") else {}
         m = factory(**kwargs, **extra)
+        BUILT_FROM[m] = module
         return m, img_size or _input_size(m)
 
     def port(self, model: Any, state: dict[str, np.ndarray]) -> None:
-        hook = getattr(importlib.import_module(type(model).__module__), "port_weights", None)
-        (hook or port_by_name)(model, state)
+        (port_function(model, "port_weights") or port_by_name)(model, state)
 
     def list_names(self) -> list[str]:
         return ["<package.module:Name> (a Keras Layer or Model; optional port_weights(model, state_dict))"]
