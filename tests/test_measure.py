@@ -238,3 +238,61 @@ def test_block_iters_cover_min_iters_seconds_and_the_shortest_block():
         int(MIN_BLOCK_S / 0.001)
     assert block_iters_for(2.0, rounds=30, min_iters=10, min_seconds=15, max_iters=100_000) == 1
     assert block_iters_for(0.001, rounds=10, min_iters=10, min_seconds=0, max_iters=50) == 5
+
+
+def test_contention_is_measured_against_the_cpus_the_run_may_use(monkeypatch, tmp_path):
+    from vitbench.measure import contention
+
+    quota = contention._cgroup_quota
+    monkeypatch.setattr(contention.os, "cpu_count", lambda: 64)
+    monkeypatch.setattr(contention.os, "sched_getaffinity", lambda pid: {0, 1})
+    monkeypatch.setattr(contention, "_cgroup_quota", lambda: None)
+    monkeypatch.delenv("VITBENCH_CPUS", raising=False)
+    contention._run_cpus.cache_clear()
+    got = contention.run_cpus()
+    assert (got.count, got.cpus) == (2.0, frozenset({0, 1})) and "affinity: 2 of 64" in got.describe()
+    monkeypatch.setattr(contention, "_cgroup_quota", lambda: 1.5)
+    contention._run_cpus.cache_clear()
+    assert contention.run_cpus().count == 1.5 and "cgroup" in contention.run_cpus().source
+    monkeypatch.setenv("VITBENCH_CPUS", "1")  # a Ray unit's reservation
+    assert contention.run_cpus().count == 1.0 and "Ray" in contention.run_cpus().source
+    contention._run_cpus.cache_clear()
+    # a cgroup v2 quota, the smallest on the way up: 1.5 CPUs
+    (tmp_path / "a" / "b").mkdir(parents=True)
+    (tmp_path / "a" / "cpu.max").write_text("max 100000\n")
+    (tmp_path / "a" / "b" / "cpu.max").write_text("150000 100000\n")
+    (tmp_path / "cgroup").write_text("0::/a/b\n")
+    assert quota(tmp_path, tmp_path / "cgroup") == 1.5
+    # one busy process on one of the run's 2 CPUs is half of what the run may use, not 1/64 of the host
+    one, both = contention.machine_jiffies([0]), contention.machine_jiffies()
+    assert one is not None and both is not None and one[2] <= both[2]
+
+
+def test_gpu_contention_nvml_cannot_tell_is_unknown_never_none():
+    from vitbench.measure.contention import Limits, gpu_others
+    from vitbench.runner.rounds import run_rounds
+
+    try:
+        import pynvml
+
+        pynvml.nvmlInit()
+        pynvml.nvmlShutdown()
+    except Exception:  # noqa: BLE001  (no NVML here: it must say so)
+        assert gpu_others("cuda:0", set())() is None
+    limits = Limits(5.0, 10.0, foreign_gpu_procs=lambda: None)
+    res = run_rounds([_FakeSide(10.0), _FakeSide(10.0)], [2, 2], rounds=3, limits=limits, watch=_Load([0] * 3))
+    assert res.clean_rounds == 3 and res.gpu_contention() == "unknown" and "unknown" in res.gpu_note()
+    cpu = run_rounds([_FakeSide(10.0), _FakeSide(10.0)], [2, 2], rounds=2, limits=Limits(5.0, 10.0),
+                     watch=_Load([0] * 2))
+    assert cpu.gpu_contention() is None and cpu.gpu_note() == ""
+
+
+def test_rows_timed_only_in_contended_rounds_stay_out_of_the_timm_tables(tmp_path):
+    from vitbench.report.timm_table import write_timm_tables
+
+    row = {"status": "ok", "task": "infer", "device": "cpu", "precision": "fp32", "compile_mode": "eager",
+           "framework": "torch", "label": "m", "img_size": 224, "samples_per_sec": 10.0, "step_time_ms": 100.0,
+           "batch_size": 1, "param_count_m": 1.0}
+    (table,) = write_timm_tables([row, {**row, "label": "busy", "timing_contended": "True"}], tmp_path, "2.14.1",
+                                 {"cpu": "cpu"})
+    assert "busy" not in table.read_text() and "m," in table.read_text()

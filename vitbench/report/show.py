@@ -156,12 +156,12 @@ def print_run_summary(console: Console, rows: list[dict[str, Any]], written: lis
         elif ns in ("fail", "error"):
             console.print(f"[red]numerics {ns}:[/] {where}: " + escape(str(r.get("numerics_error") or "")),
                           soft_wrap=True)
-        if r.get("speed_verdict") == "contended":
+        if r.get("speed_verdict") == "contended" or str(r.get("timing_contended")) == "True":
             console.print(f"[yellow]contended:[/] {where}: the machine was busy during most rounds ("
                           f"{fmt(r.get('contended_blocks'), 0)} contended blocks; other processes used "
                           f"{fmt(r.get('foreign_cpu_pct'), 0)}% of the CPU on average, hypervisor steal "
-                          f"{fmt(r.get('cpu_steal_pct'), 1)}%): no verdict; run again on a quiet machine",
-                          soft_wrap=True)
+                          f"{fmt(r.get('cpu_steal_pct'), 1)}%): no verdict, left out of the timm tables; run again "
+                          "on a quiet machine", soft_wrap=True)
     print_results(console, written)
 
 

@@ -91,10 +91,11 @@ def _write(path: Path, columns: list[str], rows: list[dict[str, Any]], speed: st
 def write_timm_tables(rows: list[dict[str, Any]], out_dir: Path, torch_version: str,
                       device_tags: dict[str, str]) -> list[Path]:
     """One table per (device, precision, framework and layout, compile mode) over the inference rows that ended ok;
-    failures are left out, as in timm (cases.csv keeps them with their errors)."""
+    failures are left out, as in timm (cases.csv keeps them with their errors), and so are rows timed only in
+    contended rounds (``timing_contended``: a busy machine's figures in a table of speeds would pass as real)."""
     groups: dict[tuple[str, str, str, str], list[dict[str, Any]]] = defaultdict(list)
     for r in rows:
-        if r.get("status") == "ok" and r.get("task") != "finetune":
+        if r.get("status") == "ok" and r.get("task") != "finetune" and str(r.get("timing_contended")) != "True":
             groups[(r["device"], r["precision"], framework_tag(r, torch_version), r["compile_mode"])].append(
                 timm_row(r))
     return [_write(Path(out_dir) / table_name(precision, fw, device_tags.get(device, device), mode),

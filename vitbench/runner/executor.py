@@ -209,6 +209,7 @@ class Runner:
             s.row.update(summarize(total.used_blocks(i), s.case.batch_size))
             blocks = [(r["blocks"][i], r["clean"], r.get("process", 0)) for r in total.rounds if i in r["blocks"]]
             s.row["contended_blocks"] = sum(1 for _, c, _ in blocks if not c)
+            s.row["timing_contended"] = total.contended  # under half the rounds clean: figures from busy rounds
             s.row["cpu_steal_pct"], s.row["foreign_cpu_pct"] = load["steal_pct_mean"], load["foreign_cpu_pct_mean"]
             s.row["contention_cpus"], s.row["gpu_contention"] = cpus.count, total.gpu_contention()
             s.row["_blocks"] = [b.to_dict() | {"clean": c, "process": q} for b, c, q in blocks]

@@ -100,7 +100,8 @@ def run_unit(base: Any, payload: Any, names: list[str], ctx: dict[str, Any], wan
     curves, every file it wrote (``files``: path relative to the run dir -> bytes), and, if ``want_env``, the
     node's environment. ``ctx``: the driver's import paths and working directory, ``threads`` (OMP_NUM_THREADS for
     the workers; None: unset, torch's default as in a local run), ``keep_artifacts`` (send the pair's artifacts
-    back: other units of the pair are queued; a zoo sweep's reference-only pairs never ship their weights)."""
+    back: other units of the pair are queued; a zoo sweep's reference-only pairs never ship their weights),
+    ``cpus`` (what the unit reserved: contention is measured against it, ``VITBENCH_CPUS``)."""
     from .. import env as env_mod
 
     for d in reversed(ctx["paths"]):
@@ -112,6 +113,8 @@ def run_unit(base: Any, payload: Any, names: list[str], ctx: dict[str, Any], wan
         os.environ.pop("OMP_NUM_THREADS", None)  # Ray sets it to the task's CPUs; a local run leaves it unset
     else:
         os.environ["OMP_NUM_THREADS"] = str(ctx["threads"])
+    if ctx.get("cpus"):
+        os.environ["VITBENCH_CPUS"] = str(ctx["cpus"])  # contention is judged against the CPUs the unit holds
     tmp = Path(tempfile.mkdtemp(prefix="vitbench-ray-"))
     try:
         for rel, data in zip(names, blobs, strict=True):
@@ -250,7 +253,8 @@ class RayRunner:
             threads = os.environ.get("OMP_NUM_THREADS") or (
                 None if self.device == "cpu" and self.ray_cpus is None else int(node.num_cpus))
             ctx = {"paths": [p for p in sys.path if p and os.path.isdir(p)], "cwd": os.getcwd(), "threads": threads,
-                   "keep_artifacts": any(u.key == unit.key for u in queue if u is not unit)}
+                   "keep_artifacts": any(u.key == unit.key for u in queue if u is not unit),
+                   "cpus": node.num_cpus}
             ref = self._remote.options(
                 num_cpus=node.num_cpus, num_gpus=node.num_gpus, max_retries=0,
                 scheduling_strategy=NodeAffinitySchedulingStrategy(node.id, soft=False),
