@@ -120,7 +120,7 @@ def test_a_compiled_model_that_computes_something_else_is_refused(monkeypatch):
 
 MODES_SUITE = """
 name: tinymodes
-defaults: {batch_sizes: [1], rounds: 6, processes: 2, warmup_iters: 1, min_iters: 3, min_seconds: 0,
+defaults: {batch_sizes: [1], rounds: 6, processes: 6, warmup_iters: 1, min_iters: 3, min_seconds: 0,
            timeout_s: 600, img_size: 32, compile: [eager, full, regional], compile_options: {backend: aot_eager}}
 pairs:
   - name: tiny
@@ -161,6 +161,7 @@ def test_compile_modes_get_paired_ratios_against_eager_and_full(cli, write_suite
         ("reference", m, "ok") for m in ("eager", "full", "regional")] + [
         ("candidate", m, "ok") for m in ("eager", "full", "regional")]
     assert len(list((out / "logs").glob("timing-*-torch-0.log"))) == 1  # one timing session hosted all six
+    assert len(list((out / "logs").glob("timing-*-torch-5.log"))) == 1  # ... in each of the six processes
     with open(out / "pairs.csv", newline="") as f:
         pairs = list(csv.DictReader(f))
     role = {r["case_id"]: r["role"] for r in cases}

@@ -46,18 +46,12 @@ class Calibration:
         return 50.0 * math.log(self.high / self.low)
 
     def processes_for(self, target_pct: float) -> int | None:
-        """Timing processes (at today's rounds per process) for a half-width of ``target_pct``: the interval is a t
-        interval over processes, so its width goes as t(processes - 1) / sqrt(processes)."""
-        from .measure.stats import t_quantile
-
+        """Timing processes (at today's rounds per process) for a half-width of ``target_pct``: the interval is over
+        processes, so its width falls about as 1/sqrt(processes) (at least 6 for a 95% interval)."""
         h, k = self.half_width_pct, self.processes
         if not h or k < 2:
             return None
-        spread = h / (t_quantile(0.975, k - 1) / math.sqrt(k))  # what one process contributes
-        n = 2
-        while n < 100_000 and spread * t_quantile(0.975, n - 1) / math.sqrt(n) > target_pct:
-            n = n + 1 if n < 100 else int(n * 1.1)
-        return max(n, 3)
+        return max(6, math.ceil(k * (h / target_pct) ** 2))
 
 
 def suite_text(model: str, batch_size: int, img_size: int | None, rounds: int | None, processes: int | None,

@@ -71,6 +71,15 @@ def _nvml() -> dict[str, Any]:
         pynvml.nvmlShutdown()
 
 
+def _worker_allocator() -> str:
+    """How workers set glibc's allocator (runner.launch.steady_allocator), as a worker started now would."""
+    if os.environ.get("VITBENCH_MALLOC") == "default":
+        return "glibc defaults (dynamic mmap threshold)"
+    from .runner.launch import MMAP_THRESHOLD
+
+    return f"glibc mmap threshold {MMAP_THRESHOLD >> 20} MiB, trim {2 * MMAP_THRESHOLD >> 20} MiB (fixed)"
+
+
 def collect() -> dict[str, Any]:
     """The machine and versions of a run (env.json); torch is imported to describe its build (CUDA, cuDNN,
     threads, GPUs)."""
@@ -88,6 +97,7 @@ def collect() -> dict[str, Any]:
         "versions": {p: pkg_version(p) for p in ("torch", "torchvision", "timm", "tensorflow", "keras", "jax",
                                                  "numpy", "nvidia-ml-py")},
         "nvml": _nvml(),
+        "worker_allocator": _worker_allocator(),
     }
     import torch
 

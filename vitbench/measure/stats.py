@@ -4,12 +4,15 @@ and its verdict, the median with a distribution-free interval, and symmetric (lo
 Why these choices. Rounds are not independent draws: each timing process (with its pair of model instances:
 memory layout, thread placement) carries an offset of a few percent that does not average out within it, so an
 interval that pools all rounds as if independent is far too narrow for a handful of processes (an A/A pair got
-1.039 [1.016, 1.076] 'faster'). The unit that varies is the process, so the interval comes from processes: each
+1.039 [1.016, 1.076] 'faster'). The unit that varies is the process, so the interval comes from processes (the
+top level of a hierarchical design, Kalibera & Jones, "Rigorous benchmarking in reasonable time", 2013): each
 process's rounds are summarised by their median log ratio (robust to the single calls that spike 6x on a shared
-machine), and the processes' values get a Student t interval with (processes - 1) degrees of freedom: the
-top-level interval of a hierarchical design (Kalibera & Jones, "Rigorous benchmarking in reasonable time",
-2013). Its width includes the process-to-process spread whatever its size, and it needs at least 2 processes.
-A speed ratio is judged on a log scale, so 2x faster and 2x slower weigh the same.
+machine), and the processes' values by the Hodges-Lehmann estimate with the Wilcoxon signed-rank interval:
+distribution-free for a symmetric spread, nearly as tight as Student's t when the spread is normal, and robust to
+the odd process that a burst of noise shifts by 20% (on 38 A/A runs here: median half-width 2.0% against t's
+2.2%, widest 4.8% against 7.1%). Its width includes the process-to-process spread whatever its size; a 95%
+interval needs at least 6 processes. A speed ratio is judged on a log scale, so 2x faster and 2x slower weigh the
+same.
 """
 from __future__ import annotations
 
@@ -52,24 +55,38 @@ def min_rounds_for(confidence: float = CONFIDENCE) -> int:
     return n
 
 
-def t_quantile(p: float, df: int) -> float:
-    """Student's t quantile (scipy)."""
-    from scipy.stats import t
+def _signed_rank_cdf(n: int) -> list[float]:
+    """P(T <= w) for w = 0 .. n(n+1)/2, T the Wilcoxon signed-rank statistic of n values (exact, by counting)."""
+    top = n * (n + 1) // 2
+    counts = [1] + [0] * top
+    for r in range(1, n + 1):
+        for w in range(top, r - 1, -1):
+            counts[w] += counts[w - r]
+    out, acc = [], 0
+    for c in counts:
+        acc += c
+        out.append(acc / 2.0**n)
+    return out
 
-    return float(t.ppf(p, df))
 
-
-def cluster_interval(values: list[float], confidence: float = CONFIDENCE) -> tuple[float, float, float]:
-    """(mean, low, high) of ``values`` (one per independent unit, e.g. a process's log ratio): the Student t
-    interval for their mean; NaN bounds with fewer than 2 values."""
+def cluster_interval(values: list[float], confidence: float = CONFIDENCE) -> tuple[float, float, float, float]:
+    """(estimate, low, high, coverage) for the centre of ``values`` (one per independent unit, e.g. a timing
+    process's median log ratio): the Hodges-Lehmann estimate (median of the pairwise means, Walsh averages) and
+    the Wilcoxon signed-rank interval [W_(c), W_(N+1-c)] over the N sorted Walsh averages, with the largest c whose
+    exact coverage is at least ``confidence``. With too few values for that coverage (under 6 at 95%) the bounds
+    are NaN and ``coverage`` says what [min, max] would have had."""
     n = len(values)
     if not n:
-        return math.nan, math.nan, math.nan
-    mean = statistics.fmean(values)
-    if n < 2:
-        return mean, math.nan, math.nan
-    half = t_quantile(0.5 + confidence / 2, n - 1) * statistics.stdev(values) / math.sqrt(n)
-    return mean, mean - half, mean + half
+        return math.nan, math.nan, math.nan, 0.0
+    walsh = sorted((values[i] + values[j]) / 2 for i in range(n) for j in range(i, n))
+    estimate = statistics.median(walsh)
+    cdf = _signed_rank_cdf(n)
+    c = 0
+    while c + 1 <= len(walsh) // 2 and 1 - 2 * cdf[c] >= confidence:  # coverage of [W_(c+1), W_(N-c)]
+        c += 1
+    if c == 0:
+        return estimate, math.nan, math.nan, 1 - 2 * cdf[0]
+    return estimate, walsh[c - 1], walsh[len(walsh) - c], 1 - 2 * cdf[c - 1]
 
 
 @dataclass(frozen=True)
@@ -89,7 +106,7 @@ class RatioEstimate:
         if math.isnan(self.ratio):
             return self.verdict
         if math.isnan(self.low):
-            return f"{self.ratio:.2f}x (no interval: one timing process) {self.verdict}"
+            return f"{self.ratio:.2f}x (no interval: {self.processes} timing processes) {self.verdict}"
         return f"{self.ratio:.2f}x [{self.low:.2f}, {self.high:.2f}] {self.verdict}"
 
 
@@ -112,17 +129,16 @@ def verdict(ratio: float, low: float, high: float, coverage: float, threshold_pc
 
 def process_ratio_estimate(by_process: list[list[float]], threshold_pct: float, contended: bool = False
                            ) -> RatioEstimate:
-    """The speed ratio from per-round ratios grouped by timing process: each process's median log ratio, the
-    geometric mean of those, and the t interval over processes (``cluster_interval``). With one process there is no
-    interval (the process-to-process spread is unmeasured) and the verdict is ``inconclusive``; ``contended``: too
-    few rounds were clean (the estimate is still shown)."""
+    """The speed ratio from per-round ratios grouped by timing process: each process's median log ratio, then the
+    Hodges-Lehmann estimate and Wilcoxon interval over processes (``cluster_interval``). With fewer than 6
+    processes there is no 95% interval (the process-to-process spread is not measured well enough) and the verdict
+    is ``inconclusive``; ``contended``: too few rounds were clean (the estimate is still shown)."""
     logs = [[math.log(r) for r in g if r > 0 and math.isfinite(r)] for g in by_process]
     per_process = [statistics.median(g) for g in logs if g]
     rounds = sum(len(g) for g in logs)
-    centre, lo, hi = cluster_interval(per_process)
+    centre, lo, hi, coverage = cluster_interval(per_process)
     k = len(per_process)
     ratio, low, high = (math.exp(v) if not math.isnan(v) else math.nan for v in (centre, lo, hi))
-    coverage = CONFIDENCE if k >= 2 else 0.0
     v = "contended" if contended else verdict(ratio, low, high, coverage, threshold_pct)
     return RatioEstimate(ratio, low, high, rounds, coverage, v, k)
 

@@ -123,6 +123,57 @@ def new_process(kind: str, target: Any, args: tuple) -> Any:
     return p
 
 
+MMAP_THRESHOLD = 32 << 20  # glibc's largest dynamic mmap threshold on 64-bit: what a long-running process settles at
+
+
+def steady_allocator() -> str:
+    """Put glibc's allocator in one fixed state in every worker: mmap threshold 32 MiB, trim threshold twice that
+    (``mallopt``; ``VITBENCH_MALLOC=default`` leaves glibc's dynamic thresholds). Why: glibc raises its mmap
+    threshold the first time a large block is freed, after which activations come from the heap instead of fresh
+    mmaps and page faults. So a timing process that had loaded weights from disk (a ported candidate) ran the
+    same network ~4% faster than one that had not (a cross-process A/A pair on this project's VM came out 1.042
+    [1.023, 1.063] 'faster'). Fixed thresholds make a process's speed independent of what it happened to free
+    before, at the value a long-running process reaches anyway. Returns what was set (env.json says it)."""
+    if os.environ.get("VITBENCH_MALLOC") == "default":
+        return "glibc defaults (dynamic mmap threshold)"
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL("libc.so.6")
+        ok = libc.mallopt(-3, MMAP_THRESHOLD) == 1 and libc.mallopt(-1, 2 * MMAP_THRESHOLD) == 1  # M_MMAP_/M_TRIM_
+    except (OSError, AttributeError):
+        return "not glibc: allocator left as it is"
+    return f"glibc mmap threshold {MMAP_THRESHOLD >> 20} MiB, trim {2 * MMAP_THRESHOLD >> 20} MiB (fixed)" if ok \
+        else "glibc mallopt refused: allocator left as it is"
+
+
+_PADDING: list[object] = []  # kept for the life of the worker
+
+
+def randomize_layout() -> str:
+    """Give this worker a memory layout of its own: a random amount of heap (up to 4 MiB, below the mmap
+    threshold) and of mapped memory (up to 1 MiB) taken before any model is built, so its tensors land at
+    addresses (and cache sets) that differ from process to process (``VITBENCH_LAYOUT=fixed`` skips it).
+
+    Why: workers forked from one server start from one address-space layout, and allocate in the same order, so
+    every timing process of a run put its model instances at the same addresses, and a layout that happened to
+    favour one instance favoured it in every process: the interval over processes then missed it (A/A runs of
+    Swin-T gave 0.980 [0.966, 0.995] with 9 of 10 processes below 1). A spawned process gets a fresh layout from
+    ASLR; this restores that independence at no start-up cost (the idea of layout randomisation in STABILIZER,
+    Curtsinger & Berger 2013)."""
+    if os.environ.get("VITBENCH_LAYOUT") == "fixed":
+        return "fixed (as forked)"
+    import mmap
+    import random
+
+    rng = random.Random(int.from_bytes(os.urandom(8), "little"))
+    heap = rng.randrange(16, 4 << 20)
+    pages = rng.randrange(1, 257)
+    _PADDING.extend([bytearray(heap), mmap.mmap(-1, pages * mmap.PAGESIZE),
+                     *(bytearray(rng.randrange(16, 2048)) for _ in range(rng.randrange(1, 256)))])
+    return f"heap +{heap} B, mapped +{pages} pages"
+
+
 def close_inherited_server_fd() -> None:
     """In a worker forked by a server: close the child's copy of the server's 'alive' pipe, so the server exits
     as soon as the run's process does (not when the last worker does), which ends the workers."""

@@ -113,8 +113,8 @@ def pair_row(side: GroupSide, ref: GroupSide | None, est: RatioEstimate | None, 
         ratio, lo, hi, rounds, processes = est.ratio, est.low, est.high, est.rounds, est.processes
         v = est.verdict
         why = result.why_contended() if v == "contended" else ""
-        if est.processes < 2 and v != "contended":
-            why = ("one timing process: no interval (its rounds share one set of model instances; processes >= 2, "
+        if math.isnan(est.low) and v != "contended":
+            why = (f"{est.processes} timing process(es): too few for a 95% interval over processes (6 or more; "
                    "default 10)")
         why = "; ".join(x for x in (why, note, result.gpu_note()) if x)
     return {

@@ -203,7 +203,7 @@ def run_rounds(sides: list[Timeable], block_iters: list[int], rounds: int, limit
 def summarize(by_process: dict[int, list[Block]], batch_size: int) -> dict[str, Any]:
     """A case's timing columns over the timed iterations of its (clean) blocks, as timm defines them (samples over
     the wall time of the timed loop, mean ms per batch), plus the 95% interval of its samples/s over timing
-    processes (each process's samples over its wall time; t interval on the log scale, as the speed ratio's)."""
+    processes (each process's samples over its wall time, on the log scale, as the speed ratio's)."""
     blocks = [b for bs in by_process.values() for b in bs]
     lat = [v for b in blocks for v in b.latencies_ms]
     if not lat:
@@ -211,7 +211,7 @@ def summarize(by_process: dict[int, list[Block]], batch_size: int) -> dict[str, 
     wall = sum(b.wall_s for b in blocks)
     per_process = [math.log(sum(b.iters for b in bs) * batch_size / w) for bs in by_process.values()
                    if (w := sum(b.wall_s for b in bs)) > 0]
-    _, lo, hi = (math.exp(v) if not math.isnan(v) else math.nan for v in cluster_interval(per_process))
+    _, lo, hi = (math.exp(v) if not math.isnan(v) else math.nan for v in cluster_interval(per_process)[:3])
 
     return {
         "samples_per_sec": len(lat) * batch_size / wall, "step_time_ms": statistics.fmean(lat),

@@ -165,10 +165,12 @@ def main(case: Any, run_dir: str, conn: Any, log_path: str, env: dict[str, str],
     (second-launch compile time), or 'package.module:function' (a job of another package, e.g. fine-tuning's)."""
     if hasattr(os, "setsid"):
         os.setsid()  # own process group: the runner ends it whole, compile-worker pools included
-    from .launch import close_inherited_server_fd
+    from .launch import close_inherited_server_fd, randomize_layout, steady_allocator
     from .signals import die_with_parent
 
     close_inherited_server_fd()
+    steady_allocator()  # every worker's allocator in one state, whatever the process freed before
+    layout = randomize_layout()  # and a memory layout of its own, as a freshly spawned process has
     parent, forked_by = env.get("VITBENCH_PARENT_PID"), env.get("VITBENCH_FORKED_BY")
     # never outlive the run, even one killed with SIGKILL: the kernel ends this process when the one that started
     # it (the run, or its fork server, which exits with the run) dies
@@ -182,8 +184,8 @@ def main(case: Any, run_dir: str, conn: Any, log_path: str, env: dict[str, str],
     os.environ.update(env)  # the run's environment when it started this worker
     cases = case if isinstance(case, list) else [case]
     case = cases[0]
-    print(f"== vitbench worker pid {os.getpid()} job={job} " + ", ".join(f"{c.label} [{c.case_id}]" for c in cases),
-          flush=True)
+    print(f"== vitbench worker pid {os.getpid()} job={job} " + ", ".join(f"{c.label} [{c.case_id}]" for c in cases)
+          + f"; layout: {layout}", flush=True)
     jobs: dict[str, Callable[[Any, str], Any]]
     try:
         # artifacts come from the pair's reference, whatever framework this candidate is
