@@ -12,7 +12,7 @@ os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 import keras
 import vit_keras  # noqa: F401  (a dev dependency: a broken install fails, never skips)
 
-from vitbench.models.keras.port import PortError  # noqa: E402
+from vitbench.port import PortError  # noqa: E402
 from vitbench.providers import get_provider  # noqa: E402
 
 TINY = dict(embed_dim=32, depth=2, num_heads=2, patch_size=8, num_classes=10)

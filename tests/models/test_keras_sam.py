@@ -41,7 +41,7 @@ def test_parity_with_timm_on_every_backend(backend):
         xk = nhwc(x)
         check("forward_features", nchw(m.forward_features(xk)), feats)
         check("logits", nchw(m(xk)), logits)
-        k_feats, k_inter = m.forward_intermediates(xk, indices=[0, 2])
+        k_feats, k_inter = m.forward_intermediates(xk, indices=[0, 2], output_fmt="NHWC")
         check("forward_intermediates neck", nchw(k_feats), feats)
         for i, (a, b) in enumerate(zip(k_inter, [inter[0], inter[2]], strict=True)):
             check(f"intermediate {{i}}", nchw(a), b)

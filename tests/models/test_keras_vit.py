@@ -17,7 +17,7 @@ import keras
 from vitbench.models import torch as tours  # noqa: E402
 from vitbench.models.keras import vit as kvit  # noqa: E402
 from vitbench.models.keras._registry import create_model  # noqa: E402
-from vitbench.models.keras.port import PortError  # noqa: E402
+from vitbench.port import PortError  # noqa: E402
 
 NAME = "vit_tiny_patch16_224"
 KW = dict(img_size=32, patch_size=8, embed_dim=32, depth=2, num_heads=2, num_classes=10)  # 16 patches, 2 heads

@@ -10,6 +10,7 @@ computed from the static map size) plus a window table tiled over the map. Stage
 attention (window size per stage, map zero-padded to a multiple of it; some blocks global), and at the first block
 of stages 2-4 the query and the shortcut are max-pooled 2x2 (dim x2, heads x2). As in timm, the first block of a
 stage still uses the previous stage's window size. The head averages over (H, W), LayerNorms, then ``fc``.
+timm's model API as the torch twin has it (``forward_intermediates`` with ``coarse``: stage ends or blocks).
 
 ``port_table`` / ``load_timm_state_dict`` bring a timm (or our torch) HieraDet state_dict in: Dense kernels are
 transposed, the patch conv goes OIHW -> HWIO, the two position tables go NCHW -> NHWC. Hiera has no buffers, so
@@ -25,10 +26,12 @@ import keras
 import numpy as np
 from keras import ops
 
+from ...port import assign_strict, conv, linear, nhwc, same
 from ..configs import HIERA_CONFIGS
+from ..features import check_output_fmt, feature_take_indices
 from ._registry import register_configs
 from .layers import PACKAGE, Mlp
-from .port import assign_strict, conv, linear, same
+from .swin import check_global_pool, classes_changed, family_pretrained_cfg, replace_sublayer, to_output_fmt
 from .vit import LN_EPS
 
 
@@ -209,6 +212,13 @@ class ClNormHead(keras.layers.Layer):
         if self.fc is not None:
             self.fc.build((input_shape[0], self.dim))
 
+    def reset(self, num_classes: int, global_pool: str | None = None) -> None:
+        """A new ``fc`` for ``num_classes`` (0: none); the norm is kept (timm's ClNormMlpClassifierHead.reset)."""
+        check_global_pool(global_pool)
+        self.num_classes = num_classes
+        fc = keras.layers.Dense(num_classes, name="fc") if num_classes > 0 else None
+        replace_sublayer(self, "fc", fc, (None, self.dim))
+
     def call(self, x, pre_logits: bool = False):
         x = self.norm(ops.mean(x, axis=(1, 2)))  # (B, C)
         return x if pre_logits or self.fc is None else self.fc(x)
@@ -232,6 +242,7 @@ class HieraDet(keras.Model):
                         q_pool=q_pool, q_stride=q_stride, stages=stages, global_pos_size=global_pos_size,
                         window_spec=window_spec, global_att_blocks=global_att_blocks, in_chans=in_chans)
         self.img_size, self.num_classes, self.in_chans, self.embed_dim = img_size, num_classes, in_chans, embed_dim
+        self.initial_num_classes = num_classes  # pretrained_cfg's, kept by reset_classifier (as the torch twin's)
         self.global_pos_size, self.window_spec = global_pos_size, window_spec
         self.stage_ends = [sum(stages[:i]) - 1 for i in range(1, len(stages) + 1)]
         q_pool_blocks = [e + 1 for e in self.stage_ends[:-1]][:q_pool]
@@ -269,6 +280,31 @@ class HieraDet(keras.Model):
         pos = pos + ops.tile(win, (1, h // win.shape[1], w // win.shape[2], 1))
         return x + pos
 
+    @property
+    def pretrained_cfg(self) -> dict:
+        return family_pretrained_cfg(self, HIERA_CONFIGS)
+
+    def forward_intermediates(self, x, indices: int | list[int] | None = None, norm: bool = False,
+                              stop_early: bool = True, output_fmt: str = "NCHW", intermediates_only: bool = False,
+                              coarse: bool = True):
+        """timm's API: with ``coarse`` the indices count stages (taken at each stage's last block), else blocks;
+        each as (B, C, H, W) or channels-last (``'NHWC'``). No ``norm`` (as timm: the norm is in the head).
+        Returns ``(final features (B, H, W, C), intermediates)`` or the intermediates alone."""
+        if norm:
+            raise ValueError("forward_intermediates: norm is not supported by Hiera (its norm is in the head)")
+        check_output_fmt(output_fmt, ("NCHW", "NHWC"))
+        if coarse:
+            take, last = feature_take_indices(len(self.stage_ends), indices)
+            take, last = [self.stage_ends[i] for i in take], self.stage_ends[last]
+        else:
+            take, last = feature_take_indices(len(self.blocks), indices)
+        x, inter = self._pos_embed(self.patch_embed(x)), []
+        for i, blk in enumerate(self.blocks[: last + 1] if stop_early else self.blocks):
+            x = blk(x)
+            if i in take:
+                inter.append(to_output_fmt(x, output_fmt))
+        return inter if intermediates_only else (x, inter)
+
     def forward_features(self, x):
         x = self._pos_embed(self.patch_embed(x))  # (B, H/4, W/4, C)
         for blk in self.blocks:
@@ -276,7 +312,18 @@ class HieraDet(keras.Model):
         return x  # (B, H/32, W/32, 8C)
 
     def forward_head(self, x, pre_logits: bool = False):
+        """(B, H, W, C) -> logits, or the pooled, normed (B, C) with ``pre_logits`` (timm's ClNormMlpClassifierHead)."""
         return self.head(x, pre_logits=pre_logits)
+
+    def get_classifier(self) -> keras.layers.Dense | None:
+        """The head's ``fc`` (None without classes; the torch twin gives an ``nn.Identity``)."""
+        return self.head.fc
+
+    def reset_classifier(self, num_classes: int, global_pool: str | None = None) -> None:
+        """A new head ``fc`` for ``num_classes`` (0: none, the model then returns the normed pooled features); the
+        head's norm is kept, as timm's."""
+        self.head.reset(num_classes, global_pool)
+        classes_changed(self, num_classes)
 
     def call(self, x, training=None):
         return self.forward_head(self.forward_features(x))
@@ -291,17 +338,13 @@ class HieraDet(keras.Model):
 
 # --- weight port: timm / our torch state_dict -> this model ------------------------------------------------------
 
-def _nhwc(w: np.ndarray) -> np.ndarray:
-    return w.transpose(0, 2, 3, 1)  # (1, C, H, W) table -> (1, H, W, C)
-
-
 def port_table(model: HieraDet) -> list[tuple[keras.Variable, str, Callable[[np.ndarray], np.ndarray]]]:
     """(our variable, timm key, transform) for every weight, in a reviewable table."""
     rows = [
         (model.patch_embed.proj.kernel, "patch_embed.proj.weight", conv),
         (model.patch_embed.proj.bias, "patch_embed.proj.bias", same),
-        (model.pos_embed, "pos_embed", _nhwc),
-        (model.pos_embed_window, "pos_embed_window", _nhwc),
+        (model.pos_embed, "pos_embed", nhwc),
+        (model.pos_embed_window, "pos_embed_window", nhwc),
     ]
     for i, b in enumerate(model.blocks):
         p = f"blocks.{i}."

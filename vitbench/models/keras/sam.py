@@ -25,11 +25,12 @@ import keras
 import numpy as np
 from keras import ops
 
-from ..configs import SAM_CONFIGS
-from ..features import feature_take_indices
+from ...port import PortError, assign_strict, conv, linear, same  # noqa: F401  (PortError: raised here)
+from ..configs import PREPROCESSING, SAM_CONFIGS, pretrained_cfg
+from ..features import check_output_fmt, feature_take_indices
 from ._registry import register_configs
 from .layers import PACKAGE, Mlp, PatchEmbed
-from .port import PortError, assign_strict, conv, linear, same  # noqa: F401  (PortError: raised here)
+from .vit import replace_sublayer
 
 SAM_PACKAGE = f"{PACKAGE}.sam"  # see the module docstring: keeps SAM's Attention/Block apart from ViT's
 
@@ -206,7 +207,11 @@ def resize_pos_embed(pos_embed, size: tuple[int, int]):
 @keras.saving.register_keras_serializable(package=SAM_PACKAGE)
 class VisionTransformerSAM(keras.Model):
     """patch_embed (B, H/p, W/p, C) + pos_embed -> windowed/global blocks -> neck (B, H/p, W/p, neck_chans) ->
-    average pool -> head (when ``num_classes`` > 0)."""
+    average pool -> head (when ``num_classes`` > 0).
+
+    timm's model API: ``forward_features``, ``forward_head``, ``forward_intermediates``, ``get_classifier``,
+    ``reset_classifier`` and ``pretrained_cfg``, as the torch twin (inputs channels-last; maps NCHW unless
+    ``output_fmt`` asks for NHWC)."""
 
     def __init__(self, *, img_size: int = 1024, patch_size: int = 16, num_classes: int = 0, embed_dim: int = 768,
                  depth: int = 12, num_heads: int = 12, mlp_ratio: float = 4.0, qkv_bias: bool = True,
@@ -258,21 +263,43 @@ class VisionTransformerSAM(keras.Model):
         return x
 
     def forward_intermediates(self, x, indices: int | list[int] | None = None, norm: bool = False,
-                              stop_early: bool = False, output_fmt: str = "NHWC", intermediates_only: bool = False):
-        """timm's API over the blocks: each picked block's output as (B, H, W, C) (channels-last; timm's is NCHW);
-        ``norm`` sends each through the neck. Returns ``(neck features, intermediates)`` or the latter alone."""
-        if output_fmt != "NHWC":
-            raise ValueError(f"forward_intermediates: output_fmt must be NHWC, not {output_fmt!r}")
+                              stop_early: bool = False, output_fmt: str = "NCHW", intermediates_only: bool = False):
+        """timm's API over the blocks ``indices`` picks (None: all, n: the last n, a list: those, negative from the
+        end): each one's output, through the neck with ``norm`` (as timm: the neck holds the norms). Returns
+        ``(neck features, intermediates)`` or the intermediates alone, every map (B, H, W, C) (``'NHWC'``) or
+        (B, C, H, W) (``'NCHW'``, timm's default and ours). ``stop_early`` skips the blocks after the last one
+        picked."""
+        check_output_fmt(output_fmt, ("NCHW", "NHWC"))
         take, last = feature_take_indices(len(self.blocks), indices)
         x, inter = self._embed(x), []
         for i, blk in enumerate(self.blocks[: last + 1] if stop_early else self.blocks):
             x = blk(x)
             if i in take:
                 inter.append(self._neck(x) if norm else x)
-        return inter if intermediates_only else (self._neck(x), inter)
+        maps = inter if intermediates_only else [self._neck(x), *inter]
+        if output_fmt == "NCHW":
+            maps = [ops.transpose(y, (0, 3, 1, 2)) for y in maps]
+        return maps if intermediates_only else (maps[0], maps[1:])
 
     def get_classifier(self):
+        """The classifier Dense (timm's ``head.fc``), or None without one."""
         return self.head
+
+    def reset_classifier(self, num_classes: int, global_pool: str | None = None) -> None:
+        """A new head for ``num_classes`` (0: none, the model then gives pooled features); the pooling stays 'avg'
+        (the only one the torch twin's head has). Weights of the old head leave the model."""
+        if global_pool not in (None, "avg"):
+            raise ValueError(f"reset_classifier: global_pool {global_pool!r} is not supported (only 'avg')")
+        self.num_classes = self.cfg["num_classes"] = num_classes
+        replace_sublayer(self, "head", keras.layers.Dense(num_classes, name="head_fc") if num_classes > 0 else None,
+                         (None, self.num_features))
+
+    @property
+    def pretrained_cfg(self) -> dict:
+        """timm-style ``pretrained_cfg``: this model's input size and classes, the preprocessing of its registered
+        name (``create_model`` names the model), else of ``samvit_base_patch16``."""
+        cfg = pretrained_cfg(self.name, self.img_size, self.num_classes, self.in_chans)
+        return cfg if self.name in PREPROCESSING else {**cfg, **PREPROCESSING["samvit_base_patch16"]}
 
     def forward_features(self, x):
         """(B, H, W, 3) -> neck features (B, H/p, W/p, neck_chans)."""
@@ -282,6 +309,7 @@ class VisionTransformerSAM(keras.Model):
         return self._neck(x)
 
     def forward_head(self, x, pre_logits: bool = False):
+        """(B, H, W, C) neck features -> logits (B, num_classes), or pooled features with ``pre_logits``."""
         x = ops.mean(x, axis=(1, 2))  # timm's ClassifierHead: global average pool, then fc
         return x if pre_logits or self.head is None else self.head(x)
 

@@ -9,6 +9,10 @@ get a learned relative position bias, gathered from a ((2ws-1)^2, heads) table b
 start with PatchMerging (2x2 -> 1, C -> 2C). Index and masks are numpy constants computed from the static map
 size (the torch twin's non-persistent buffers), so the port has no buffers to skip.
 
+timm's model API as the torch twin has it: ``forward_intermediates`` (stage outputs, NCHW by default),
+``forward_features`` / ``forward_head``, ``get_classifier`` / ``reset_classifier`` and ``pretrained_cfg`` (its
+helpers, after ClassifierHead, serve the SwinV2-cr and Hiera twins too).
+
 ``port_table`` / ``load_timm_state_dict`` bring a timm (or our torch) Swin state_dict in: Dense kernels are
 transposed, the patch conv goes OIHW -> HWIO, the bias tables are taken as they are. Strict both ways.
 """
@@ -18,10 +22,11 @@ import keras
 import numpy as np
 from keras import ops
 
-from ..configs import SWIN_CONFIGS
+from ...port import Row, assign_strict, conv, dense_rows, ln_rows, same
+from ..configs import SWIN_CONFIGS, pretrained_cfg
+from ..features import check_output_fmt, feature_take_indices
 from ._registry import register_configs
 from .layers import Mlp
-from .port import Row, assign_strict, conv, dense_rows, ln_rows, same
 from .windows import (
     add_window_mask,
     block_windows,
@@ -205,12 +210,69 @@ class ClassifierHead(keras.layers.Layer):
         if self.fc is not None:
             self.fc.build((None, self.dim))
 
+    def reset(self, num_classes: int, global_pool: str | None = None) -> None:
+        """A new ``fc`` for ``num_classes`` (0: none); the pooling stays 'avg' (timm's ``reset``)."""
+        check_global_pool(global_pool)
+        self.num_classes = num_classes
+        replace_sublayer(self, "fc", dense(num_classes, "fc") if num_classes > 0 else None, (None, self.dim))
+
     def call(self, x, pre_logits: bool = False):
         x = ops.mean(x, axis=(1, 2))  # (B, C)
         return x if pre_logits or self.fc is None else self.fc(x)
 
     def get_config(self):
         return {**super().get_config(), "dim": self.dim, "num_classes": self.num_classes}
+
+
+# --- timm's model API on a Keras twin (shared by Swin, SwinV2-cr and Hiera) ------------------------------------
+
+def to_output_fmt(x, output_fmt: str):
+    """A channels-last (B, H, W, C) map in the layout ``output_fmt`` names ('NCHW' or 'NHWC')."""
+    return ops.transpose(x, (0, 3, 1, 2)) if output_fmt == "NCHW" else x
+
+
+def check_global_pool(global_pool: str | None) -> None:
+    if global_pool not in (None, "avg"):
+        raise ValueError(f"reset_classifier: global_pool {global_pool!r} is not supported (only 'avg')")
+
+
+def replace_sublayer(owner: keras.layers.Layer, attr: str, new: keras.layers.Layer | None, input_shape) -> None:
+    """``owner.<attr> = new`` (built for ``input_shape``; None removes it) on an ``owner`` that is already built.
+    Keras locks a built layer's state, so the lock is lifted meanwhile (as Keras' own ``quantize`` does) and the old
+    sub-layer untracked: its weights leave ``weights``, so a strict port still covers every variable. The new
+    weights get the paths the old ones had (built under ``owner``'s path)."""
+    if new is not None:
+        parent, _, name = (owner.path or owner.name).rpartition("/")
+        with keras.name_scope(name, override_parent=parent):
+            new.build(input_shape)
+    tracker = owner._tracker
+    locked = tracker.locked
+    tracker.unlock()
+    try:
+        old = getattr(owner, attr)
+        if old is not None:
+            tracker.untrack(old)
+        setattr(owner, attr, new)
+    finally:
+        if locked:
+            tracker.lock()
+
+
+def classes_changed(model: keras.Model, num_classes: int) -> None:
+    """Bookkeeping after ``reset_classifier``: ``num_classes`` and the config follow (``get_config`` rebuilds the new
+    head); traced predict/train/test functions hold the old head, so they are dropped (retraced on the next call).
+    Compile again before ``fit``: the optimizer was built for the old weights."""
+    model.num_classes = model.cfg["num_classes"] = num_classes
+    model.train_function = model.test_function = model.predict_function = None
+
+
+def family_pretrained_cfg(model: keras.Model, configs: dict[str, dict]) -> dict:
+    """timm-style ``pretrained_cfg`` of a Keras twin (the torch registry attaches the same dict on create): input
+    size and classes as built, the preprocessing of its registered name (a model named otherwise gets its family's,
+    from the family's first config)."""
+    name = model.name if model.name in configs else next(iter(configs))
+    cfg = pretrained_cfg(name, model.img_size, model.initial_num_classes, model.in_chans)
+    return {**cfg, "architecture": model.name}
 
 
 @keras.saving.register_keras_serializable(package=PACKAGE)
@@ -226,6 +288,7 @@ class SwinTransformer(keras.Model):
                         depths=depths, num_heads=num_heads, window_size=window_size, mlp_ratio=mlp_ratio,
                         in_chans=in_chans)
         self.img_size, self.num_classes, self.in_chans = img_size, num_classes, in_chans
+        self.initial_num_classes = num_classes  # pretrained_cfg's, kept by reset_classifier (as the torch twin's)
         self.patch_embed = PatchEmbed(patch_size, in_chans, embed_dim, name="patch_embed")
         dims = [embed_dim * 2**i for i in range(len(depths))]
         res = (img_size // patch_size, img_size // patch_size)
@@ -248,6 +311,27 @@ class SwinTransformer(keras.Model):
         self.head.build(None)
         self.built = True
 
+    @property
+    def pretrained_cfg(self) -> dict:
+        return family_pretrained_cfg(self, SWIN_CONFIGS)
+
+    def forward_intermediates(self, x, indices: int | list[int] | None = None, norm: bool = False,
+                              stop_early: bool = False, output_fmt: str = "NCHW", intermediates_only: bool = False):
+        """timm's API over the stages: each picked stage's output as (B, C, H, W) (``'NHWC'``: channels-last, as
+        the torch twin allows); ``norm`` applies the final norm to the last stage only (it is sized for it).
+        Returns ``(final features (B, H, W, C), intermediates)`` or the intermediates alone."""
+        check_output_fmt(output_fmt, ("NCHW", "NHWC"))
+        take, last = feature_take_indices(len(self.layers_), indices)
+        stages = self.layers_[: last + 1] if stop_early else self.layers_
+        x, inter, final = self.patch_embed(x), [], len(self.layers_) - 1
+        for i, stage in enumerate(stages):
+            x = stage(x)
+            if i in take:
+                inter.append(to_output_fmt(self.norm(x) if norm and i == final else x, output_fmt))
+        if intermediates_only:
+            return inter
+        return (self.norm(x) if len(stages) - 1 == final else x), inter
+
     def forward_features(self, x):
         x = self.patch_embed(x)  # (B, H/4, W/4, C)
         for stage in self.layers_:
@@ -255,7 +339,17 @@ class SwinTransformer(keras.Model):
         return self.norm(x)  # (B, H/32, W/32, 8C)
 
     def forward_head(self, x, pre_logits: bool = False):
+        """(B, H, W, C) -> logits, or the pooled (B, C) with ``pre_logits`` (timm's ClassifierHead, NHWC)."""
         return self.head(x, pre_logits=pre_logits)
+
+    def get_classifier(self) -> keras.layers.Dense | None:
+        """The head's ``fc`` (None without classes; the torch twin gives an ``nn.Identity``)."""
+        return self.head.fc
+
+    def reset_classifier(self, num_classes: int, global_pool: str | None = None) -> None:
+        """A new head ``fc`` for ``num_classes`` (0: none, the model then returns pooled features), as timm's."""
+        self.head.reset(num_classes, global_pool)
+        classes_changed(self, num_classes)
 
     def call(self, x, training=None):
         return self.forward_head(self.forward_features(x))

@@ -8,6 +8,10 @@ per-head temperature (``logit_scale``, clamped at log 100) and a continuous rela
 ("meta MLP") maps log-spaced (dy, dx) window offsets (a numpy constant) to one bias per head. The shifted-window
 roll happens before padding, masks are built for the padded map; the last stage ends with an extra norm.
 
+timm's model API as the torch twin has it (``forward_intermediates``: stage outputs, NCHW by default), with one
+difference kept from ``forward_features``: the final features are channels-last here (timm's are NCHW), so that
+``forward_head`` takes them as they come.
+
 ``port_table`` / ``load_timm_state_dict`` bring a timm (or our torch) SwinV2-cr state_dict in, strictly both ways.
 """
 from __future__ import annotations
@@ -18,11 +22,23 @@ import keras
 import numpy as np
 from keras import ops
 
+from ...port import Row, assign_strict, dense_rows, ln_rows, same
 from ..configs import SWINV2_CR_CONFIGS
+from ..features import check_output_fmt, feature_take_indices
 from ._registry import register_configs
 from .layers import Mlp
-from .port import Row, assign_strict, dense_rows, ln_rows, same
-from .swin import ClassifierHead, PatchEmbed, PatchMerging, dense, layer_norm, merge_rows, stem_rows
+from .swin import (
+    ClassifierHead,
+    PatchEmbed,
+    PatchMerging,
+    classes_changed,
+    dense,
+    family_pretrained_cfg,
+    layer_norm,
+    merge_rows,
+    stem_rows,
+    to_output_fmt,
+)
 from .windows import (
     add_window_mask,
     block_windows,
@@ -198,6 +214,7 @@ class SwinTransformerV2Cr(keras.Model):
                         mlp_ratio=mlp_ratio, extra_norm_period=extra_norm_period, extra_norm_stage=extra_norm_stage,
                         meta_hidden_dim=meta_hidden_dim, meta_drop=meta_drop, in_chans=in_chans)
         self.img_size, self.num_classes, self.in_chans = img_size, num_classes, in_chans
+        self.initial_num_classes = num_classes  # pretrained_cfg's, kept by reset_classifier (as the torch twin's)
         self.patch_embed = PatchEmbed(patch_size, in_chans, embed_dim, name="patch_embed")
         grid = (img_size // patch_size, img_size // patch_size)
         ws = (window_size, window_size) if window_size else tuple(max(1, g // window_ratio) for g in grid)
@@ -220,6 +237,25 @@ class SwinTransformerV2Cr(keras.Model):
         self.head.build(None)
         self.built = True
 
+    @property
+    def pretrained_cfg(self) -> dict:
+        return family_pretrained_cfg(self, SWINV2_CR_CONFIGS)
+
+    def forward_intermediates(self, x, indices: int | list[int] | None = None, norm: bool = False,
+                              stop_early: bool = False, output_fmt: str = "NCHW", intermediates_only: bool = False):
+        """timm's API over the stages: each picked stage's output as (B, C, H, W) (``'NHWC'``: channels-last, as
+        the torch twin allows); ``norm`` changes nothing (as in timm: the norms live inside the stages). Returns
+        ``(final features, intermediates)`` or the intermediates alone; the final features are channels-last, as
+        ``forward_features`` gives them (timm's are NCHW)."""
+        check_output_fmt(output_fmt, ("NCHW", "NHWC"))
+        take, last = feature_take_indices(len(self.stages), indices)
+        x, inter = self.patch_embed(x), []
+        for i, stage in enumerate(self.stages[: last + 1] if stop_early else self.stages):
+            x = stage(x)
+            if i in take:
+                inter.append(to_output_fmt(x, output_fmt))
+        return inter if intermediates_only else (x, inter)
+
     def forward_features(self, x):
         """(B, H, W, 3) -> (B, H/32, W/32, C), channels-last (the torch twin returns it as NCHW)."""
         x = self.patch_embed(x)
@@ -228,7 +264,17 @@ class SwinTransformerV2Cr(keras.Model):
         return x
 
     def forward_head(self, x, pre_logits: bool = False):
+        """(B, H, W, C) -> logits, or the pooled (B, C) with ``pre_logits`` (timm's head on its NCHW features)."""
         return self.head(x, pre_logits=pre_logits)
+
+    def get_classifier(self) -> keras.layers.Dense | None:
+        """The head's ``fc`` (None without classes; the torch twin gives an ``nn.Identity``)."""
+        return self.head.fc
+
+    def reset_classifier(self, num_classes: int, global_pool: str | None = None) -> None:
+        """A new head ``fc`` for ``num_classes`` (0: none, the model then returns pooled features), as timm's."""
+        self.head.reset(num_classes, global_pool)
+        classes_changed(self, num_classes)
 
     def call(self, x, training=None):
         return self.forward_head(self.forward_features(x))

@@ -11,16 +11,43 @@ import keras
 import numpy as np
 from keras import ops
 
-from ..configs import VIT_CONFIGS
+from ...port import Row, assign_strict, conv, dense_rows, ln_rows, same
+from ..configs import PREPROCESSING, VIT_CONFIGS, pretrained_cfg
+from ..features import check_output_fmt, feature_take_indices
 from ._registry import register_configs
 from .layers import PACKAGE, Attention, LayerScale, Mlp, PatchEmbed
-from .port import Row, assign_strict, conv, dense_rows, ln_rows, same
 
 LN_EPS = 1e-6  # timm's ViT LayerNorm eps
 
 
 def _ln(name: str) -> keras.layers.LayerNormalization:
     return keras.layers.LayerNormalization(epsilon=LN_EPS, name=name)
+
+
+def replace_sublayer(model: keras.Layer, attr: str, layer: keras.Layer | None, input_shape: tuple) -> None:
+    """``model.<attr> = layer`` (a new head, or None) on a model that may be built: Keras locks a built layer's state
+    against new sublayers, so the lock is lifted for the swap; the old layer is untracked (its weights leave
+    ``model.weights``) and the new one built in the model's name scope (the same weight paths). Compiled step
+    functions are dropped: they traced the old layer."""
+    tracker = model._tracker  # no public Keras API swaps a sublayer of a built model
+    locked = tracker.locked
+    tracker.unlock()
+    try:
+        old = getattr(model, attr, None)
+        if old is not None:
+            tracker.untrack(old)
+        setattr(model, attr, layer)
+        if layer is not None and model.built:
+            with keras.name_scope(model.name, caller=model):
+                layer.build(input_shape)
+    finally:
+        if locked:
+            tracker.lock()
+    if hasattr(model, "_torch_params"):  # Keras' torch backend: the model's ParameterDict still holds the old head
+        model._track_variables()
+    for fn in ("train_function", "test_function", "predict_function"):
+        if getattr(model, fn, None) is not None:
+            setattr(model, fn, None)
 
 
 def _trunc_normal() -> keras.initializers.Initializer:
@@ -77,12 +104,18 @@ class VisionTransformer(keras.Model):
     """ViT classifier: patch_embed -> [cls] + pos_embed -> blocks -> norm -> pool -> fc_norm -> head.
 
     As timm: ``global_pool='token'`` takes the class token after ``norm`` (no ``fc_norm``); ``'avg'`` averages the
-    non-prefix tokens, then ``fc_norm`` (no ``norm``)."""
+    non-prefix tokens, then ``fc_norm`` (no ``norm``). ``fc_norm`` (timm's argument) fixes that placement instead:
+    ``reset_classifier`` records it when it changes the pooling, so the config rebuilds the same layers.
+
+    timm's model API: ``forward_features``, ``forward_head``, ``forward_intermediates``, ``get_classifier``,
+    ``reset_classifier`` and ``pretrained_cfg``, as the torch twin (inputs and maps channels-last unless
+    ``output_fmt`` asks for NCHW)."""
 
     def __init__(self, *, img_size: int = 224, patch_size: int = 16, in_chans: int = 3, num_classes: int = 1000,
                  global_pool: str = "token", embed_dim: int = 768, depth: int = 12, num_heads: int = 12,
                  mlp_ratio: float = 4.0, qkv_bias: bool = True, qk_norm: bool = False,
-                 init_values: float | None = None, class_token: bool = True, fused_attn: bool = True, **kwargs):
+                 init_values: float | None = None, class_token: bool = True, fused_attn: bool = True,
+                 fc_norm: bool | None = None, **kwargs):
         super().__init__(**kwargs)
         if global_pool not in ("token", "avg"):
             raise ValueError(f"VisionTransformer: global_pool must be 'token' or 'avg', not {global_pool!r}")
@@ -91,7 +124,7 @@ class VisionTransformer(keras.Model):
         self.cfg = dict(img_size=img_size, patch_size=patch_size, in_chans=in_chans, num_classes=num_classes,
                         global_pool=global_pool, embed_dim=embed_dim, depth=depth, num_heads=num_heads,
                         mlp_ratio=mlp_ratio, qkv_bias=qkv_bias, qk_norm=qk_norm, init_values=init_values,
-                        class_token=class_token, fused_attn=fused_attn)
+                        class_token=class_token, fused_attn=fused_attn, fc_norm=fc_norm)
         self.img_size, self.in_chans, self.global_pool = img_size, in_chans, global_pool
         self.embed_dim = self.num_features = embed_dim
         self.num_classes = num_classes
@@ -102,7 +135,8 @@ class VisionTransformer(keras.Model):
         self.blocks = [Block(embed_dim, num_heads, mlp_ratio=mlp_ratio, qkv_bias=qkv_bias, qk_norm=qk_norm,
                              init_values=init_values, fused_attn=fused_attn, kernel_initializer=init,
                              name=f"blocks_{i}") for i in range(depth)]
-        use_fc_norm = global_pool == "avg"  # timm: with avg pooling the final norm moves after the pool
+        # timm: with avg pooling the final norm moves after the pool (unless fc_norm says where it goes)
+        use_fc_norm = global_pool == "avg" if fc_norm is None else fc_norm
         self.norm = None if use_fc_norm else _ln("norm")
         self.fc_norm = _ln("fc_norm") if use_fc_norm else None
         self.head = (keras.layers.Dense(num_classes, kernel_initializer=_trunc_normal(), name="head")
@@ -137,12 +171,15 @@ class VisionTransformer(keras.Model):
         """Weights trained without weight decay (as timm's): the learned tokens and position table."""
         return {"pos_embed", "cls_token"}
 
+    def _final_norm(self, x):
+        return x if self.norm is None else self.norm(x)
+
     def forward_features(self, x):
         """(B, H, W, in_chans) -> tokens (B, N, C), through ``norm`` unless it moved to ``fc_norm``."""
         x = self._embed(x)
         for blk in self.blocks:
             x = blk(x)
-        return x if self.norm is None else self.norm(x)
+        return self._final_norm(x)
 
     def forward_head(self, x, pre_logits: bool = False):
         """(B, N, C) -> logits (B, num_classes), or pooled features with ``pre_logits``."""
@@ -154,8 +191,55 @@ class VisionTransformer(keras.Model):
     def call(self, x, training=None):
         return self.forward_head(self.forward_features(x))
 
+    def forward_intermediates(self, x, indices: int | list[int] | None = None, return_prefix_tokens: bool = False,
+                              norm: bool = False, stop_early: bool = False, output_fmt: str = "NCHW",
+                              intermediates_only: bool = False):
+        """timm's API: the outputs of the blocks ``indices`` picks (None: all, n: the last n, a list: those, negative
+        from the end), prefix tokens split off, as maps (B, C, H, W) (``'NCHW'``, timm's default) or (B, H, W, C)
+        (``'NHWC'``), or tokens (B, N, C) (``'NLC'``); with ``norm`` through the final norm; with
+        ``return_prefix_tokens`` each as (spatial, prefix). Returns ``(normed final tokens, intermediates)``, or the
+        intermediates alone. ``stop_early`` skips the blocks after the last one picked."""
+        check_output_fmt(output_fmt, ("NCHW", "NHWC", "NLC"))
+        take, last = feature_take_indices(len(self.blocks), indices)
+        x, inter = self._embed(x), []
+        for i, blk in enumerate(self.blocks[: last + 1] if stop_early else self.blocks):
+            x = blk(x)
+            if i in take:
+                inter.append(self._final_norm(x) if norm else x)
+        p = self.num_prefix_tokens
+        prefix, inter = [y[:, :p] for y in inter], [y[:, p:] for y in inter]
+        if output_fmt != "NLC":
+            grid = self.img_size // self.cfg["patch_size"]  # PatchEmbed admits img_size inputs only
+            inter = [ops.reshape(y, (-1, grid, grid, self.embed_dim)) for y in inter]
+            if output_fmt == "NCHW":
+                inter = [ops.transpose(y, (0, 3, 1, 2)) for y in inter]
+        if return_prefix_tokens and p:
+            inter = list(zip(inter, prefix, strict=True))
+        return inter if intermediates_only else (self._final_norm(x), inter)
+
     def get_classifier(self):
+        """The classifier Dense (timm's ``head``), or None without one."""
         return self.head
+
+    def reset_classifier(self, num_classes: int, global_pool: str | None = None) -> None:
+        """A new head for ``num_classes`` (0: none, the model then gives pooled features); optionally a new pooling
+        (the final norm stays where it is, as timm's). Weights of the old head leave the model."""
+        if global_pool is not None:
+            if global_pool not in ("token", "avg") or (global_pool == "token" and not self.class_token):
+                raise ValueError(f"reset_classifier: global_pool {global_pool!r} does not fit this model")
+            self.global_pool = self.cfg["global_pool"] = global_pool
+            self.cfg["fc_norm"] = self.fc_norm is not None
+        self.num_classes = self.cfg["num_classes"] = num_classes
+        head = (keras.layers.Dense(num_classes, kernel_initializer=_trunc_normal(), name="head")
+                if num_classes > 0 else None)
+        replace_sublayer(self, "head", head, (None, self.embed_dim))
+
+    @property
+    def pretrained_cfg(self) -> dict:
+        """timm-style ``pretrained_cfg``: this model's input size and classes, the preprocessing of its registered
+        name (``create_model`` names the model), else of ``vit_base_patch16_224``."""
+        cfg = pretrained_cfg(self.name, self.img_size, self.num_classes, self.in_chans)
+        return cfg if self.name in PREPROCESSING else {**cfg, **PREPROCESSING["vit_base_patch16_224"]}
 
     def attention_maps(self, x):
         """Softmax attention of every block, each (B, H, N, N)."""
