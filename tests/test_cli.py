@@ -17,7 +17,7 @@ TIMM_HEADER = "model,infer_img_size,infer_samples_per_sec,infer_step_time,infer_
 
 TINY_VIT = """
 name: tiny
-defaults: {batch_sizes: [1, 2], rounds: 6, processes: 2, warmup_iters: 1, min_iters: 3, min_seconds: 0.1,
+defaults: {batch_sizes: [1, 2], rounds: 12, processes: 6, warmup_iters: 1, min_iters: 3, min_seconds: 0.1,
            timeout_s: 120,
            tolerance: {max_abs: 1.0e-5}}
 pairs:
@@ -48,7 +48,7 @@ def test_run_tiny_suite_end_to_end(cli, write_suite, tmp_path):
         assert float(r["param_count_m"]) > 0 and float(r["gmacs"]) > 0
     cands = [r for r in rs if r["role"] == "candidate"]
     assert all(r["numerics_status"] == "ok" and float(r["max_abs_diff"]) <= 1e-5 for r in cands)
-    assert all(r["rounds"] == "6" and r["timing_processes"] == "2" and float(r["speed_ratio_ci_low"])
+    assert all(r["rounds"] == "12" and r["timing_processes"] == "6" and float(r["speed_ratio_ci_low"])
                <= float(r["speed_ratio"]) <= float(r["speed_ratio_ci_high"]) and r["speed_verdict"] for r in cands)
     assert all(float(r["samples_per_sec_ci_low"]) <= float(r["samples_per_sec_ci_high"]) for r in rs)
     with open(out / "pairs.csv", newline="") as f:
@@ -62,10 +62,14 @@ def test_run_tiny_suite_end_to_end(cli, write_suite, tmp_path):
     assert raw.startswith(TIMM_HEADER + "\r\n")
     body = raw.splitlines()[1:]
     assert len(body) == 4 and {line.split(",")[0] for line in body} == {"test_vit", "vitbench/test_vit"}
-    assert json.loads((out / "env.json").read_text())["versions"]["torch"]
+    env = json.loads((out / "env.json").read_text())
+    assert env["versions"]["torch"] and env["worker_allocator"].startswith("glibc mmap threshold 32 MiB")
+    # every worker forked with a memory layout of its own (a random heap and mapped offset), as a spawned one has
+    layouts = [ln for f in (out / "logs").glob("timing-*.log") for ln in f.read_text().splitlines() if "layout:" in ln]
+    assert len(layouts) == 12 and len({ln.split("layout: ")[1] for ln in layouts}) == 12
     lat = [json.loads(line) for line in (out / "latencies.jsonl").read_text().splitlines()]
-    assert len(lat) == 4 and all(len(x["latencies_ms"]) >= 3 and len(x["blocks"]) == 6 for x in lat)
-    assert all(sorted({b["process"] for b in x["blocks"]}) == [0, 1] for x in lat)  # 3 rounds in each process
+    assert len(lat) == 4 and all(len(x["latencies_ms"]) >= 3 and len(x["blocks"]) == 12 for x in lat)
+    assert all(sorted({b["process"] for b in x["blocks"]}) == list(range(6)) for x in lat)  # 2 rounds in each
     assert not (out / "artifacts").exists()
     assert "vitbench summary" in res.output
 
@@ -337,9 +341,13 @@ def port_weights(model, sd):
 
 def test_keras_import_side_and_compiled_modes_checked_against_eager(cli, write_suite, tmp_path):
     """A Keras model of one's own by import path, ported by its module's port_weights; a graph/XLA output far from
-    eager fails its row (as torch.compile's does); without the hook the port fails naming what is missing."""
+    eager fails its row (as torch.compile's does); without the hook the weights are aligned automatically
+    (port_method auto), and a model with a layer the reference lacks is port_failed naming what is left over."""
     (tmp_path / "kmods.py").write_text(KERAS_GRAPH_BUG)
     (tmp_path / "nohook.py").write_text(KERAS_GRAPH_BUG.split("def port_weights")[0])
+    (tmp_path / "extra.py").write_text(KERAS_GRAPH_BUG.split("def port_weights")[0].replace(
+        "self.fc.build((None, 3))", "self.fc.build((None, 3))\n        self.extra = layers.Dense(10)\n"
+        "        self.extra.build((None, 10))"))
     (tmp_path / "tref.py").write_text(textwrap.dedent("""
         from torch import nn
 
@@ -361,6 +369,7 @@ def test_keras_import_side_and_compiled_modes_checked_against_eager(cli, write_s
         candidates:
           - {provider: keras_import, model: "kmods:GraphOnlyBug", compile: [eager, graph, xla]}
           - {provider: keras_import, model: "nohook:GraphOnlyBug", label: nohook}
+          - {provider: keras_import, model: "extra:GraphOnlyBug", label: extra}
     """)
     assert cli("validate", suite).exit_code == 0
     assert "defines no 'Nope'" in cli("validate", write_suite(suite.read_text().replace(
@@ -374,5 +383,8 @@ def test_keras_import_side_and_compiled_modes_checked_against_eager(cli, write_s
         r = got["keras_import/kmods:GraphOnlyBug", mode]
         assert r["status"] == "error" and f"max|{mode} - eager| = 0.5" in r["error"], r
     nohook = got["nohook", "eager"]
-    assert nohook["numerics_status"] == "port_failed" and "dense/kernel" in nohook["numerics_error"]
+    assert nohook["numerics_status"] == "ok" and nohook["port_method"] == "auto" and nohook["port_tensors"] == "2"
+    extra = got["extra", "eager"]
+    assert extra["numerics_status"] == "port_failed" and "vitbench port" in extra["numerics_error"], extra
+    assert "dense_1/kernel" in extra["numerics_error"], extra["numerics_error"]
     assert res.exit_code == 2, res.output  # failed cases

@@ -13,7 +13,7 @@ os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 import keras
 import keras_hub  # noqa: F401  (a dev dependency: a broken install fails, never skips)
 
-from vitbench.models.keras.port import PortError  # noqa: E402
+from vitbench.port import PortError  # noqa: E402
 from vitbench.providers import get_provider  # noqa: E402
 
 VIT = dict(embed_dim=32, depth=2, num_heads=2, patch_size=8, num_classes=10)
@@ -98,3 +98,25 @@ def test_keras_hub_names_and_kwargs_are_checked():
         provider.build("swin_tiny_patch4_window7_224", {"qkv_bias": False}, 224)
     with pytest.raises(ValueError, match="smaller than the window"):  # 128 / 4 = 32 -> 4x4 in the last stage
         provider.build("swin_tiny_patch4_window7_224", {}, 128)
+
+
+@pytest.mark.parametrize("fam", list(CASES))
+def test_keras_hub_hands_its_weights_back_under_timm_names(fam):
+    """As a reference, keras-hub's weights go to the candidates under timm's names: its port table read backwards
+    gives timm's state_dict again; SAM's folded normalisation does not invert (its variable paths are used)."""
+    name, kw, img, _ = CASES[fam]
+    provider = get_provider("keras_hub")
+    state = _state(_timm(name, kw, img))
+    model, _ = provider.build(name, kw, img)
+    provider.port(model, state)
+    if fam == "sam":
+        with pytest.raises(PortError, match="no inverse"):
+            provider.export_state(model)
+        return
+    back = provider.export_state(model)
+    assert set(back) == set(state)
+    assert all(np.array_equal(back[k], state[k]) for k in state)
+    ours = get_provider("vitbench_keras")  # our Keras twin reads its table backwards too
+    twin, _ = ours.build(name, kw, img)
+    ours.port(twin, back)
+    assert all(np.array_equal(v, state[k]) for k, v in ours.export_state(twin).items())

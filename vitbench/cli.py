@@ -14,6 +14,7 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 
+from . import cli_options as o
 from .errors import VitbenchError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
@@ -21,20 +22,6 @@ app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_
 console = Console(highlight=False, width=None if sys.stdout.isatty() else 160)
 err_console = Console(stderr=True, highlight=False)
 _state = {"debug": False}
-
-SuiteArg = Annotated[Path | None, typer.Argument(help="Suite YAML (default: the embedded suites/quick.yaml).",
-                                                 show_default=False)]
-DeviceOpt = Annotated[str, typer.Option("--device", "-d", help="cpu, cuda or cuda:N.")]
-RunDeviceOpt = Annotated[str | None, typer.Option("--device", "-d", help="cpu, cuda or cuda:N [default: cpu]")]
-OutOpt = Annotated[Path | None, typer.Option("--out", "-o", help="Output directory (default results/<suite>-<time>).")]
-OnlyOpt = Annotated[str | None, typer.Option("--only", help="Run only pairs whose name matches this glob.")]
-BatchOpt = Annotated[str | None, typer.Option("--batch-sizes", "-b", help="Comma-separated, overrides the suite.")]
-ResumeOpt = Annotated[Path | None, typer.Option("--resume", help="Continue the run in DIR, skipping done cases.")]
-ExecutorOpt = Annotated[str, typer.Option("--executor", help="local (this machine) or ray (a Ray cluster).")]
-AddressOpt = Annotated[str | None, typer.Option("--address", help="Ray: auto, HOST:PORT or ray://HOST:PORT "
-                                                "(default: start a local Ray).")]
-RayCpusOpt = Annotated[int | None, typer.Option("--ray-cpus", min=1, help="Ray: CPUs a task reserves (default: a "
-                                                "whole node for CPU cases, its share of a GPU node for CUDA).")]
 
 
 @contextlib.contextmanager
@@ -74,15 +61,13 @@ def _load_for_run(suite: Path | None, resume: Path | None, default: str) -> tupl
 
 
 @app.command()
-def validate(suite: Annotated[Path, typer.Argument(help="Suite YAML (or an embedded suite's name).")]) -> None:
-    """Check a suite file: schema, and that every model exists (import sides: the module imports and names a
-    callable)."""
+def validate(suite: o.SuitePath) -> None:
+    """Check a suite file: schema, and that every model exists (import sides: the module and the name)."""
     from .suite import expand
 
     with _errors():
         path, s = _load_for_run(suite, None, "quick")
-        n = len(expand(s, "cpu"))
-        console.print(escape(f"{path}: ok ({len(s.pairs)} pairs, {n} cases per device)"))
+        console.print(escape(f"{path}: ok ({len(s.pairs)} pairs, {len(expand(s, 'cpu'))} cases per device)"))
         if s.finetune is not None:
             from .finetune.plan import describe
 
@@ -108,15 +93,15 @@ def env(as_json: Annotated[bool, typer.Option("--json", help="Print JSON.", meta
 
 @app.command()
 def run(
-    suite: SuiteArg = None,
-    device: RunDeviceOpt = None,
-    out: OutOpt = None,
-    only: OnlyOpt = None,
-    batch_sizes: BatchOpt = None,
-    resume: ResumeOpt = None,
-    executor: ExecutorOpt = "local",
-    address: AddressOpt = None,
-    ray_cpus: RayCpusOpt = None,
+    suite: o.SuiteArg = None,
+    device: o.RunDeviceOpt = None,
+    out: o.OutOpt = None,
+    only: o.OnlyOpt = None,
+    batch_sizes: o.BatchOpt = None,
+    resume: o.ResumeOpt = None,
+    executor: o.ExecutorOpt = "local",
+    address: o.AddressOpt = None,
+    ray_cpus: o.RayCpusOpt = None,
 ) -> None:
     """Run a suite: each case set up in its own process, each pair timed in paired rounds; writes cases.csv,
     pairs.csv, timm-format tables, plots and env.json."""
@@ -155,13 +140,13 @@ def finetune(
     = None,
     steps: Annotated[int | None, typer.Option("--steps", help="Optimizer steps per model.", min=1)] = None,
     batch_size: Annotated[int | None, typer.Option("--batch-size", "-b", help="Training batch size.", min=1)] = None,
-    device: DeviceOpt = "cpu",
-    out: OutOpt = None,
-    only: OnlyOpt = None,
-    resume: ResumeOpt = None,
-    executor: ExecutorOpt = "local",
-    address: AddressOpt = None,
-    ray_cpus: RayCpusOpt = None,
+    device: o.DeviceOpt = "cpu",
+    out: o.OutOpt = None,
+    only: o.OnlyOpt = None,
+    resume: o.ResumeOpt = None,
+    executor: o.ExecutorOpt = "local",
+    address: o.AddressOpt = None,
+    ray_cpus: o.RayCpusOpt = None,
 ) -> None:
     """Fine-tune every PyTorch side of a suite's pairs on one dataset: top-k accuracy, loss curve, training
     samples/s, peak memory, FLOPs, params; TensorBoard events, weights and sample grids per model."""
@@ -193,7 +178,7 @@ def finetune(
 
 @app.command()
 def calibrate(
-    device: DeviceOpt = "cpu",
+    device: o.DeviceOpt = "cpu",
     model: Annotated[str, typer.Option("--model", "-m", help="timm model timed against itself.")]
     = "vit_small_patch16_224",
     batch_size: Annotated[int, typer.Option("--batch-size", "-b", help="Batch size.", min=1)] = 1,
@@ -202,7 +187,7 @@ def calibrate(
     processes: Annotated[int | None, typer.Option("--processes", help="Timing processes.", min=1)] = None,
     seconds: Annotated[float | None, typer.Option("--seconds", help="Timing seconds per side.", min=0)] = None,
     cross: Annotated[bool, typer.Option("--cross-process", help="Each instance in its own timing process.")] = False,
-    out: OutOpt = None,
+    out: o.OutOpt = None,
 ) -> None:
     """The machine's noise floor: an A/A pair (a model against itself) timed as run times a pair; prints the
     smallest speed difference this machine resolves in that time (rounds, processes, seconds: run's defaults
@@ -219,6 +204,21 @@ def calibrate(
         for line in [*summary_lines(cal), f"results: {cal.out_dir}"]:
             console.print(escape(line), soft_wrap=True)
     raise typer.Exit(0 if cal.ok else 1)
+
+
+@app.command()
+def port(suite: o.SuitePath, only: o.OnlyOpt = None,
+         write: Annotated[Path | None, typer.Option("--write", help="Write the port function to this file.")] = None
+         ) -> None:
+    """How each candidate's weights come from its reference (a table per candidate) and the port function that does
+    it (checkpoint_filter_fn / port_weights). Exit 0: every mapping complete; 1: not; 2: bad input."""
+    from .port_assist import port_reports
+    from .report.show import print_port_reports
+
+    with _errors():
+        _, s = _load_for_run(suite, None, "quick")
+        code = print_port_reports(console, port_reports(s, only), write)
+    raise typer.Exit(code)
 
 
 @app.command("diff")

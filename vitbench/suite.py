@@ -135,8 +135,8 @@ class Side(Settings):
     """One implementation: who builds it (provider), which model, constructor kwargs, and overrides (not those
     of the pair's timing as a whole, ``GROUP_SETTINGS``)."""
 
-    provider: Literal["timm", "vitbench", "import", "vitbench_keras", "keras", "keras_import", "keras_hub", "vit_keras",
-                      "vit_pytorch"]
+    provider: str = Field(min_length=1, description="timm | vitbench | import | vitbench_keras | keras | keras_import "
+                          "| keras_hub | vit_keras | vit_pytorch, or an installed plug-in's name")
     model: str
     kwargs: dict[str, Any] = Field(default_factory=dict)
     label: str | None = None
@@ -144,6 +144,15 @@ class Side(Settings):
     port: bool = Field(True, description="load the reference's weights into this candidate before comparing")
     output: Literal["forward", "features"] = Field(
         "forward", description="what is compared and timed: forward() or forward_features()")
+
+    @field_validator("provider")
+    @classmethod
+    def _known_provider(cls, v: str) -> str:
+        from .providers import known, unknown_provider
+
+        if v not in known():
+            raise ValueError(unknown_provider(v))
+        return v
 
     @field_validator(*GROUP_SETTINGS)
     @classmethod

@@ -3,6 +3,9 @@ row part the store writes (None = not measured: an empty cell). Timing columns c
 (executor/rounds), not from here."""
 from __future__ import annotations
 
+import contextlib
+import time
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -47,6 +50,9 @@ class Numerics(_Section):
     cosine_sim: float | None = None
     top1_agreement: float | None = None
     tolerance_max_abs: float | None = None
+    port_method: str | None = None  # strict (names line up) | hook (the module's port function) | auto (aligned)
+    port_tensors: int | None = None  # reference tensors ported
+    first_divergence: str | None = None  # the first block beyond the tolerance: 'blocks.3 (max|diff| 0.21)'
 
 
 @dataclass
@@ -99,6 +105,7 @@ class SetupResult:
     compile: Compile = field(default_factory=Compile)
     memory: Memory = field(default_factory=Memory)
     first_call_s: float | None = None
+    phase_s: dict[str, float] = field(default_factory=dict)  # wall seconds of each phase: build, numerics, ...
 
     def columns(self) -> dict[str, Any]:
         out: dict[str, Any] = {}
@@ -106,4 +113,14 @@ class SetupResult:
             out.update(part.columns())
         if self.first_call_s is not None:
             out["first_call_s"] = self.first_call_s
+        out.update({f"phase_{k}_s": v for k, v in self.phase_s.items()})
         return out
+
+    @contextlib.contextmanager
+    def phase(self, name: str) -> Iterator[None]:
+        """Add the wall time of the block to phase ``name`` (build, flops_memory, numerics, compile, warmup)."""
+        t0 = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.phase_s[name] = self.phase_s.get(name, 0.0) + time.perf_counter() - t0

@@ -1,8 +1,19 @@
 """Providers build the model of a suite side. Every provider implements ``Provider``; the registry maps a suite's
 ``provider:`` name to its module, imported lazily so ``--help`` and suite validation stay fast (a provider imports
-its framework only inside ``build``/``port``/``count_macs``)."""
+its framework only inside ``build``/``port``/``count_macs``).
+
+Plug-ins: an installed package adds providers through the entry-point group ``vitbench.providers`` (name -> an
+object implementing ``Provider``, or a class making one), e.g. in its pyproject.toml::
+
+    [project.entry-points."vitbench.providers"]
+    mylab = "mylab_zoo.vitbench:PROVIDER"
+
+A plug-in that fails to import fails its sides (and ``validate``) in one line naming its package; the other
+providers still work. A plug-in cannot take a built-in's name.
+"""
 from __future__ import annotations
 
+import functools
 import importlib
 from typing import Any, Protocol
 
@@ -27,6 +38,8 @@ class Provider(Protocol):
     - ``check(model)``: None, or one line saying what is wrong with the name (validation, in the parent);
     - ``build(model, kwargs, img_size)``: ``(model, img_size)``, the size the model was built for (None: tokens);
     - ``port(model, state)``: load a reference's state_dict (numpy arrays, timm's keys); raise naming the keys;
+      may return how it ported (``strict``: names line up, the default; ``hook``: the user's port function;
+      ``auto``: an alignment of the two models, ``vitbench.align``);
     - ``count_macs(model, x)``: ``(macs, activations, method)`` per image for input ``x``, or None if not counted;
     - ``preprocessing(model)``: the model's mean/std/interpolation/crop (its ``pretrained_cfg``), or None;
     - ``list_names()``: what ``vitbench models`` shows;
@@ -40,7 +53,7 @@ class Provider(Protocol):
 
     def build(self, model: str, kwargs: dict[str, Any], img_size: int | None) -> tuple[Any, int | None]: ...
 
-    def port(self, model: Any, state: dict[str, np.ndarray]) -> None: ...
+    def port(self, model: Any, state: dict[str, np.ndarray]) -> str | None: ...
 
     def count_macs(self, model: Any, x: Any) -> tuple[float, float, str] | None: ...
 
@@ -49,10 +62,66 @@ class Provider(Protocol):
     def list_names(self) -> list[str]: ...
 
 
+ENTRY_POINT_GROUP = "vitbench.providers"
+
+
+@functools.lru_cache(maxsize=1)
+def plugins() -> dict[str, Any]:
+    """Installed provider plug-ins: name -> entry point (not loaded). Built-in names cannot be taken."""
+    from importlib.metadata import entry_points
+
+    return {ep.name: ep for ep in entry_points(group=ENTRY_POINT_GROUP) if ep.name not in PROVIDERS}
+
+
+def plugin_package(name: str) -> str:
+    """'package version' of the distribution that installed plug-in ``name``."""
+    dist = getattr(plugins()[name], "dist", None)
+    return f"{dist.name} {dist.version}" if dist is not None else "unknown package"
+
+
+def known() -> list[str]:
+    return [*PROVIDERS, *plugins()]
+
+
+def unknown_provider(name: str) -> str:
+    more = f"; plug-ins: {', '.join(plugins())}" if plugins() else " (no plug-ins installed)"
+    return f"unknown provider '{name}' (built-in: {', '.join(PROVIDERS)}{more})"
+
+
+class PluginError(KeyError):
+    """A provider plug-in that could not be loaded; its one-line message names the package."""
+
+    def __str__(self) -> str:
+        return str(self.args[0])
+
+
+@functools.cache
+def _load_plugin(name: str) -> Any:
+    try:
+        obj = plugins()[name].load()
+        provider = obj() if isinstance(obj, type) else obj
+    except Exception as e:  # noqa: BLE001  (a broken plug-in: one line, the others work)
+        raise PluginError(f"provider plug-in '{name}' ({plugin_package(name)}) failed to load: {type(e).__name__}: "
+                          f"{str(e).splitlines()[0][:200] if str(e) else ''}") from None
+    missing = [a for a in ("framework", "check", "build", "port") if not hasattr(provider, a)]
+    if missing:
+        raise PluginError(f"provider plug-in '{name}' ({plugin_package(name)}) does not implement the Provider "
+                          f"protocol: no {', '.join(missing)}")
+    return provider
+
+
+def reset_plugins() -> None:
+    """Forget the plug-ins found and loaded so far (after installing one in a running process)."""
+    plugins.cache_clear()
+    _load_plugin.cache_clear()
+
+
 def get_provider(name: str) -> Provider:
-    if name not in PROVIDERS:
-        raise KeyError(f"unknown provider '{name}' (known: {', '.join(PROVIDERS)})")
-    return importlib.import_module(PROVIDERS[name]).PROVIDER  # type: ignore[no-any-return]
+    if name in PROVIDERS:
+        return importlib.import_module(PROVIDERS[name]).PROVIDER  # type: ignore[no-any-return]
+    if name in plugins():
+        return _load_plugin(name)  # type: ignore[no-any-return]
+    raise KeyError(unknown_provider(name))
 
 
 def framework_of(provider: str) -> str:

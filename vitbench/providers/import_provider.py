@@ -14,7 +14,7 @@ import weakref
 from pathlib import Path
 from typing import Any
 
-from .torch_common import TorchProvider, build_with_img_size, default_img_size, load_numpy_state
+from .torch_common import PortError, TorchProvider, build_with_img_size, default_img_size, load_numpy_state
 
 
 def add_import_paths(*dirs: str | Path) -> None:
@@ -89,8 +89,27 @@ class ImportProvider(TorchProvider):
     check = staticmethod(check)
     build = staticmethod(build)
 
-    def port(self, model: Any, state: dict[str, Any]) -> None:
-        load_numpy_state(model, state, port_function(model, "checkpoint_filter_fn"))
+    def port(self, model: Any, state: dict[str, Any]) -> str:
+        """The module's checkpoint_filter_fn ('hook'); else the reference's names as they are ('strict'); else the
+        alignment of the two models' tensors when it is complete ('auto': ``vitbench.align``); else PortError
+        with the alignment's summary."""
+        hook = port_function(model, "checkpoint_filter_fn")
+        if hook is not None:
+            load_numpy_state(model, state, hook)
+            return "hook"
+        try:
+            load_numpy_state(model, state)
+            return "strict"
+        except PortError as strict:
+            from ..align import align, ported_state, reference_tensors, torch_tensors
+
+            a = align(reference_tensors(state), torch_tensors(model), "torch")
+            if not a.complete:
+                raise PortError.of_keys(strict.missing, strict.unexpected, hint=f"automatic port: {a.summary()}; "
+                                        "`vitbench port SUITE --only PAIR` shows the table and writes a port "
+                                        "function") from None
+            load_numpy_state(model, ported_state(a, state))
+            return "auto"
 
     def list_names(self) -> list[str]:
         return ["<package.module:Name>"]

@@ -33,7 +33,6 @@ import numpy as np
 
 from .keras_common import KERAS_MACS_METHOD, KerasProvider
 from .torch_common import needs_reference_package, unknown_model
-from .vit_keras_provider import _Split
 
 VIT = ("vit_tiny_patch16_224", "vit_small_patch16_224", "vit_base_patch16_224", "vit_base_patch32_224",
        "vit_large_patch16_224")
@@ -127,9 +126,16 @@ class KerasHubProvider(KerasProvider):
         return m, size
 
     def port(self, model: Any, state: dict[str, np.ndarray]) -> None:
-        from vitbench.models.keras.port import assign_strict
+        from vitbench.port import assign_strict
 
         assign_strict(model, port_table(model, state), state)
+
+    def export_state(self, model: Any) -> dict[str, np.ndarray]:
+        """The weights under timm's names (the port table read backwards; SAM's folded normalisation does not
+        invert, so a keras-hub SAM reference hands out its variable paths)."""
+        from vitbench.port import export_state
+
+        return export_state(port_table(model, {}))
 
     def differences(self, model: Any) -> str | None:
         """One line on where keras-hub's model is not timm's and what the port does about it (None: identical)."""
@@ -159,26 +165,11 @@ def port_table(model: Any, state: dict[str, np.ndarray]) -> list[tuple[Any, str,
     return {"vit": vit_port_table, "swin": swin_port_table, "sam": sam_port_table}[fam](model, state)
 
 
-class _Reshaped:
-    """``fn`` then reshape to ``shape`` (a Dense kernel (C, C) to MultiHeadAttention's (C, heads, head_dim))."""
-
-    def __init__(self, shape: tuple[int, ...], fn: Any) -> None:
-        self.shape, self.fn = shape, fn
-
-    def __call__(self, w: np.ndarray) -> np.ndarray:
-        return self.fn(w).reshape(self.shape)
-
-
-def _first(w: np.ndarray) -> np.ndarray:
-    """(1, N, C) -> (N, C): timm's pos_embed as keras-hub's Embedding table."""
-    return w[0]
-
-
 def vit_port_table(model: Any, state: dict[str, np.ndarray]) -> list[tuple[Any, str, Any]]:
     """(keras-hub ViT variable, timm key, transform): timm's fused qkv (3C, C) is split by row blocks into the
     MultiHeadAttention's query/key/value EinsumDense kernels (C, heads, head_dim) and biases (heads, head_dim);
     its output kernel is (heads, head_dim, C); the position table drops timm's batch axis."""
-    from vitbench.models.keras.port import conv, dense_rows, linear, ln_rows, same
+    from vitbench.port import Reshaped, conv, dense_rows, first, linear, ln_rows, qkv_part, same
 
     bb = model.backbone
     emb, enc = bb.get_layer("vit_patching_and_embedding"), bb.get_layer("vit_encoder")
@@ -187,15 +178,15 @@ def vit_port_table(model: Any, state: dict[str, np.ndarray]) -> list[tuple[Any, 
         (emb.patch_embedding.kernel, "patch_embed.proj.weight", conv),
         (emb.patch_embedding.bias, "patch_embed.proj.bias", same),
         (emb.class_token, "cls_token", same),
-        (emb.position_embedding.embeddings, "pos_embed", _first),
+        (emb.position_embedding.embeddings, "pos_embed", first),
     ]
     for i, blk in enumerate(enc.encoder_layers):
         p, mha = f"blocks.{i}.", blk.mha
         rows += ln_rows(blk.layer_norm_1, p + "norm1")
         for part, dense in enumerate((mha.query_dense, mha.key_dense, mha.value_dense)):
-            rows += [(dense.kernel, p + "attn.qkv.weight", _Split(part, _Reshaped((C, H, C // H), linear))),
-                     (dense.bias, p + "attn.qkv.bias", _Split(part, _Reshaped((H, C // H), same)))]
-        rows += [(mha.output_dense.kernel, p + "attn.proj.weight", _Reshaped((H, C // H, C), linear)),
+            rows += [(dense.kernel, p + "attn.qkv.weight", qkv_part(part, Reshaped((C, H, C // H), linear, (C, C)))),
+                     (dense.bias, p + "attn.qkv.bias", qkv_part(part, Reshaped((H, C // H), same, (C,))))]
+        rows += [(mha.output_dense.kernel, p + "attn.proj.weight", Reshaped((H, C // H, C), linear, (C, C))),
                  (mha.output_dense.bias, p + "attn.proj.bias", same)]
         rows += ln_rows(blk.layer_norm_2, p + "norm2")
         rows += dense_rows(blk.mlp.dense_1, p + "mlp.fc1") + dense_rows(blk.mlp.dense_2, p + "mlp.fc2")
@@ -208,7 +199,7 @@ def swin_port_table(model: Any, state: dict[str, np.ndarray]) -> list[tuple[Any,
     does at the start of stage i+1 (``layers.{i+1}.downsample``); both concatenate the 2x2 neighbours in the order
     (0,0), (1,0), (0,1), (1,1) and build the same relative-position index, so the reduction and the bias tables
     are taken as they are."""
-    from vitbench.models.keras.port import conv, dense_rows, ln_rows, same
+    from vitbench.port import conv, dense_rows, ln_rows, same
 
     bb = model.backbone
     rows: list[tuple[Any, str, Any]] = [
@@ -245,7 +236,7 @@ class _ScaleIn:
     """The patch conv OIHW -> HWIO, times the std of its input channel: keras-hub feeds it (x - mean) / std."""
 
     def __call__(self, w: np.ndarray) -> np.ndarray:
-        from vitbench.models.keras.port import conv
+        from vitbench.port import conv
 
         return conv(w) * np.asarray(IMAGENET_STD, w.dtype)[None, None, :, None]
 
@@ -266,7 +257,7 @@ def sam_port_table(model: Any, state: dict[str, np.ndarray]) -> list[tuple[Any, 
     the patch embedding (``_ScaleIn``, ``_ShiftBias``); the fused qkv is one Dense as in timm (same (3, heads,
     head_dim) split); rel_pos_h/w and pos_embed (1, h, w, C) are taken as they are; the neck is Conv2D (1x1),
     LayerNormalization, Conv2D (3x3, same), LayerNormalization, as timm's Conv2d/LayerNorm2d."""
-    from vitbench.models.keras.port import conv, dense_rows, ln_rows, same
+    from vitbench.port import conv, dense_rows, ln_rows, same
 
     proj = _sam_layer(model, "ViTDetPatchingAndEmbedding").projection
     rows: list[tuple[Any, str, Any]] = [

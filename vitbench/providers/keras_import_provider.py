@@ -19,6 +19,7 @@ from typing import Any
 
 import numpy as np
 
+from ..port import PortError
 from .import_provider import BUILT_FROM, import_target, port_function, split_target
 from .keras_common import KerasProvider
 
@@ -81,8 +82,6 @@ def _input_size(model: Any) -> int | None:
 def port_by_name(model: Any, state: dict[str, np.ndarray]) -> None:
     """The port without a hook: the reference's names are the model's variable paths, shapes equal; anything else
     raises naming the missing and unexpected names."""
-    from ..models.keras.port import PortError
-
     variables = {v.path: v for v in model.weights}
     missing = sorted(set(variables) - set(state))
     unexpected = sorted(set(state) - set(variables))
@@ -112,8 +111,29 @@ class KerasImportProvider(KerasProvider):
         BUILT_FROM[m] = module
         return m, img_size or _input_size(m)
 
-    def port(self, model: Any, state: dict[str, np.ndarray]) -> None:
-        (port_function(model, "port_weights") or port_by_name)(model, state)
+    def port(self, model: Any, state: dict[str, np.ndarray]) -> str:
+        """The module's port_weights ('hook'); else the variable paths as the reference's names ('strict'); else
+        the alignment of the two models' tensors when it is complete ('auto'); else PortError naming what is
+        missing."""
+        hook = port_function(model, "port_weights")
+        if hook is not None:
+            hook(model, state)
+            return "hook"
+        try:
+            port_by_name(model, state)
+            return "strict"
+        except PortError as strict:
+            from ..align import align, keras_tensors, ported_state, reference_tensors
+
+            a = align(reference_tensors(state), keras_tensors(model), "keras")
+            if not a.complete:
+                raise PortError(str(strict), strict.missing, strict.unexpected, hint=f"automatic port: {a.summary()}; "
+                                "`vitbench port SUITE --only PAIR` shows the table and writes a port function") \
+                    from None
+            values = ported_state(a, state)
+            for v in model.weights:
+                v.assign(np.asarray(values[v.path]))
+            return "auto"
 
     def list_names(self) -> list[str]:
         return ["<package.module:Name> (a Keras Layer or Model; optional port_weights(model, state_dict))"]

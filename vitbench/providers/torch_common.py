@@ -7,14 +7,7 @@ from typing import Any
 
 import numpy as np
 
-
-class PortError(ValueError):
-    """The reference's state_dict does not fit the candidate: keys missing or unexpected (names kept)."""
-
-    def __init__(self, missing: list[str], unexpected: list[str]) -> None:
-        self.missing, self.unexpected = missing, unexpected
-        super().__init__(f"weight port: {len(missing)} missing keys (e.g. {missing[:3]}), "
-                         f"{len(unexpected)} unexpected (e.g. {unexpected[:3]})")
+from ..port import PortError
 
 
 def unknown_model(kind: str, name: str, known: list[str]) -> str:
@@ -52,7 +45,7 @@ def load_numpy_state(model, state: dict[str, np.ndarray], filter_fn=None) -> Non
     missing = sorted(set(own) - set(sd))
     unexpected = sorted(set(sd) - set(own))
     if missing or unexpected:
-        raise PortError(missing, unexpected)
+        raise PortError.of_keys(missing, unexpected)
     bad = [k for k in own if own[k].shape != sd[k].shape]
     if bad:
         raise ValueError(f"weight port: shape mismatch at {bad[0]}: ours {tuple(own[bad[0]].shape)} "
@@ -78,11 +71,12 @@ class TorchProvider:
     name = ""
     framework = "torch"
 
-    def port(self, model: Any, state: dict[str, np.ndarray]) -> None:
+    def port(self, model: Any, state: dict[str, np.ndarray]) -> str:
         import importlib
 
         family = importlib.import_module(type(model).__module__)
         load_numpy_state(model, state, getattr(family, "checkpoint_filter_fn", None))
+        return "strict"
 
     def count_macs(self, model: Any, x: Any) -> tuple[float, float, str] | None:
         from ..measure import flops

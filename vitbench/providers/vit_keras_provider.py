@@ -57,9 +57,15 @@ class VitKerasProvider(KerasProvider):
         return m, cfg["img_size"]
 
     def port(self, model: Any, state: dict[str, np.ndarray]) -> None:
-        from vitbench.models.keras.port import assign_strict
+        from vitbench.port import assign_strict
 
         assign_strict(model, port_table(model, state), state)
+
+    def export_state(self, model: Any) -> dict[str, np.ndarray]:
+        """The weights under timm's names (the port table read backwards)."""
+        from vitbench.port import export_state
+
+        return export_state(port_table(model, {}))
 
     def count_macs(self, model: Any, x: Any) -> tuple[float, float, str] | None:
         return None  # not counted: vit-keras has no config object to count from (ours counts the same network)
@@ -71,8 +77,8 @@ class VitKerasProvider(KerasProvider):
 def port_table(model: Any, state: dict[str, np.ndarray]) -> list[tuple[Any, str, Any]]:
     """(vit-keras variable, timm key, transform): the fused qkv (3C, C) is split by row blocks into query, key and
     value; Dense kernels are transposed, the patch conv goes OIHW -> HWIO. Rows reading one timm key several times
-    (qkv) carry a ``#part`` suffix that ``_Split`` resolves."""
-    from vitbench.models.keras.port import conv, linear, same
+    (qkv) take their part of it (``qkv_part``)."""
+    from vitbench.port import conv, linear, qkv_part, same
 
     rows: list[tuple[Any, str, Any]] = [
         (model.get_layer("embedding").kernel, "patch_embed.proj.weight", conv),
@@ -86,8 +92,8 @@ def port_table(model: Any, state: dict[str, np.ndarray]) -> list[tuple[Any, str,
         att, mlp = blk.att, blk.mlpblock.layers
         rows += [(blk.layernorm1.gamma, p + "norm1.weight", same), (blk.layernorm1.beta, p + "norm1.bias", same)]
         for part, dense in enumerate((att.query_dense, att.key_dense, att.value_dense)):
-            rows += [(dense.kernel, p + "attn.qkv.weight", _Split(part, linear)),
-                     (dense.bias, p + "attn.qkv.bias", _Split(part, same))]
+            rows += [(dense.kernel, p + "attn.qkv.weight", qkv_part(part, linear)),
+                     (dense.bias, p + "attn.qkv.bias", qkv_part(part, same))]
         rows += [(att.combine_heads.kernel, p + "attn.proj.weight", linear),
                  (att.combine_heads.bias, p + "attn.proj.bias", same),
                  (blk.layernorm2.gamma, p + "norm2.weight", same), (blk.layernorm2.beta, p + "norm2.bias", same),
@@ -99,17 +105,6 @@ def port_table(model: Any, state: dict[str, np.ndarray]) -> list[tuple[Any, str,
         head = model.get_layer("head")
         rows += [(head.kernel, "head.weight", linear), (head.bias, "head.bias", same)]
     return rows
-
-
-class _Split:
-    """Take the ``part``-th third of a fused qkv weight (along its first axis), then ``fn``."""
-
-    def __init__(self, part: int, fn: Any) -> None:
-        self.part, self.fn = part, fn
-
-    def __call__(self, w: np.ndarray) -> np.ndarray:
-        n = w.shape[0] // 3
-        return self.fn(w[self.part * n:(self.part + 1) * n])
 
 
 PROVIDER = VitKerasProvider()

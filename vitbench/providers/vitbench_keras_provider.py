@@ -42,6 +42,14 @@ class VitbenchKerasProvider(KerasProvider):
         else:
             ours.load_timm_state_dict(model, state)
 
+    def export_state(self, model: Any) -> dict:
+        """The model's weights under timm's names (its family's port table read backwards)."""
+        import importlib
+
+        from vitbench.port import export_state
+
+        return export_state(importlib.import_module(type(model).__module__).port_table(model))
+
     def list_names(self) -> list[str]:
         return _names()
 

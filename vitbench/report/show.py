@@ -140,6 +140,16 @@ def print_run_summary(console: Console, rows: list[dict[str, Any]], written: lis
                   str(r["batch_size"]), status, fmt(r.get("samples_per_sec")), fmt(r.get("latency_ms_p50")),
                   fmt(r.get("latency_ms_p99")), ratio, fmt(r.get("max_abs_diff")), fmt(r.get("gmacs")))
     console.print(t)
+    from .outputs import time_by_phase
+
+    t = time_by_phase(rows)
+    if t["wall"]:
+        names = {"startup": "worker start-up", "build": "build", "flops_memory": "FLOPs and memory",
+                 "numerics": "numerics", "compile": "compile", "warmup": "warm-up",
+                 "sessions": "timing processes' set-up", "rounds": "paired rounds"}
+        parts = ", ".join(f"{name} {t[k]:.0f} s" for k, name in names.items() if t[k] >= 0.5)
+        console.print(f"wall time {t['wall']:.0f} s: {parts}; timed calls {t['timed_calls']:.0f} s "
+                      f"({100 * t['timed_share']:.0f}% of the wall time)", soft_wrap=True)
     for p in pairs or []:
         where = escape(f"{p['pair']}: {p['label']} {p['compile_mode']} {p['precision']} bs{p['batch_size']}")
         if p.get("comparison") == "control":
@@ -154,7 +164,10 @@ def print_run_summary(console: Console, rows: list[dict[str, Any]], written: lis
         if ns == "port_failed":
             console.print(f"[red]port failed:[/] {where}: " + escape(str(r.get("numerics_error"))), soft_wrap=True)
         elif ns in ("fail", "error"):
-            console.print(f"[red]numerics {ns}:[/] {where}: " + escape(str(r.get("numerics_error") or "")),
+            first = r.get("first_divergence")
+            where_from = (f"; fails from {first}: the blocks before it agree (numerics/{r['case_id']}.csv)"
+                          if first else "")
+            console.print(f"[red]numerics {ns}:[/] {where}: " + escape(str(r.get("numerics_error") or "") + where_from),
                           soft_wrap=True)
         if r.get("speed_verdict") == "contended" or str(r.get("timing_contended")) == "True":
             console.print(f"[yellow]contended:[/] {where}: the machine was busy during most rounds ("
@@ -218,14 +231,61 @@ def print_scan(console: Console, res: Any, top: int, previous: str | None, csv_o
         console.print(escape(f"suite with {emitted} timm references: {emit}"))
 
 
+def print_port_reports(console: Console, reports: list[Any], write: Any = None) -> int:
+    """``vitbench port``: per candidate, how each reference tensor reaches it (matched by name only counted), what
+    is left, and its port function (printed, or written to ``write``). Exit code: 0 all complete, 1 not, 2 none."""
+    if not reports:
+        console.print("[red]error:[/] no candidate that ports (port: true) in the pairs chosen")
+        return 2
+    for r in reports:
+        head = f"{r.pair}: {r.label} ({r.framework})"
+        o = r.outcome
+        if "error" in o:
+            console.print(f"[red]{escape(head)}: {escape(o['error'])}[/]", soft_wrap=True)
+            continue
+        now = "its module's port function" if o["hook"] else "the names as they are" if o["names_fit"] else "nothing"
+        colour = "green" if o["complete"] else "red"
+        console.print(f"[bold]{escape(head)}[/]: [{colour}]{escape(o['summary'])}[/] (today it ports by {now})",
+                      soft_wrap=True)
+        t = Table(show_header=True)
+        for col in ("reference", "candidate", "transform", "how"):
+            t.add_column(col)
+        for m in o["matches"]:
+            if m["how"] != "name":
+                t.add_row(escape(m["reference"]), escape(m["candidate"]), m["transform"], m["how"])
+        if t.row_count:
+            console.print(t)
+        for what in ("missing", "unexpected", "ambiguous"):
+            for name in o[what][:20]:
+                console.print(f"[red]{what}:[/] {escape(name)}", soft_wrap=True)
+    done = [r for r in reports if r.complete]
+    if write is not None:
+        if len(reports) != 1 or not done:
+            console.print("[red]error:[/] --write needs exactly one candidate with a complete mapping (use --only)")
+            return 2
+        Path(write).write_text(done[0].outcome["source"])
+        console.print(escape(f"wrote {write}: paste it into the candidate's module (or import it there)"))
+    elif len(done) == 1 and len(reports) == 1:
+        console.print(escape(done[0].outcome["source"]), soft_wrap=True)
+    return 0 if len(done) == len(reports) else 1
+
+
 def print_list(console: Console) -> None:
     """``vitbench list``: embedded suites, then each provider with the models it names."""
-    from ..providers import PROVIDERS, get_provider
+    from ..providers import PROVIDERS, get_provider, plugin_package, plugins
     from ..runner.run_dir import embedded_suites
 
     console.print(f"[bold]embedded suites[/] (vitbench run NAME): {', '.join(embedded_suites())}", soft_wrap=True)
     for name in PROVIDERS:
         console.print(f"[bold]{name}[/]: " + escape(", ".join(get_provider(name).list_names())), soft_wrap=True)
+    for name in plugins():
+        try:
+            p = get_provider(name)
+            names = ", ".join(p.list_names()) if hasattr(p, "list_names") else "(names not listed)"
+            console.print(f"[bold]{escape(name)}[/] (plug-in, {escape(plugin_package(name))}): " + escape(names),
+                          soft_wrap=True)
+        except KeyError as e:
+            console.print(f"[bold]{escape(name)}[/] (plug-in): [red]{escape(str(e))}[/]", soft_wrap=True)
 
 
 def print_env(console: Console, info: dict[str, Any], as_json: bool) -> None:

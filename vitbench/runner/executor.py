@@ -98,6 +98,8 @@ class Runner:
                 warm = run_job(case, self.out, "warm", case.settings.timeout_s, log, _cache_env(cache_dir),
                                max_memory_gb=_memory_limit(case))
                 if warm.status == "ok":
+                    warm.result["phase_startup_s"] = (float(out.result.get("phase_startup_s") or 0)
+                                                      + float(warm.result.get("phase_startup_s") or 0))
                     out.result.update(warm.result)
                 else:
                     out.error = f"warm compile: {warm.error}"
@@ -174,10 +176,14 @@ class Runner:
         total: RoundsResult | None = None
         sessions: list[tuple[Session, list[int]]] = []
         after: dict[int, list[dict[str, Any]]] = {i: [] for i in range(len(live))}  # sessions' finish columns
+        spent = {"sessions": 0.0, "rounds": 0.0}  # wall: timing processes' start-up and set-up; their rounds
         try:
             for p in range(st.processes):
                 sessions = []
+                t_open = time.perf_counter()
                 sides = self._open_sessions(live, dead, env, p, sessions)
+                t_rounds = time.perf_counter()
+                spent["sessions"] += t_rounds - t_open
                 if not iters:
                     iters = [block_iters_for(s.iter_s, st.rounds, s.case.settings.min_iters,
                                              s.case.settings.min_seconds, s.case.settings.max_iters) for s in sides]
@@ -188,6 +194,7 @@ class Runner:
                 res = run_rounds([s.timeable for s in sides], iters, per_process, limits, seed=st.seed + p,
                                  on_round=self._round_progress(c0, p, per_process), failed=dead,
                                  watch=lambda: Contention(cpus), process=p)
+                spent["rounds"] += time.perf_counter() - t_rounds
                 for x, idx in sessions:
                     out = x.finish()
                     for k, i in enumerate(idx):
@@ -214,6 +221,7 @@ class Runner:
             s.row["contention_cpus"], s.row["gpu_contention"] = cpus.count, total.gpu_contention()
             s.row["_blocks"] = [b.to_dict() | {"clean": c, "process": q} for b, c, q in blocks]
             s.row.update(_timing_columns(s.row, after[i]))
+            s.row["group_sessions_s"], s.row["group_rounds_s"] = spent["sessions"], spent["rounds"]
             if i in dead and s.row.get("status") == "ok":
                 s.row.update(status=dead[i].status, error=f"timing: {dead[i].error}")
         return total

@@ -14,17 +14,25 @@ from ..measure import memory
 from ..measure.sections import Compile, Numerics, Provenance, SetupResult, Size
 from ..modes import KERAS_DEFAULT_BACKEND, KERAS_JIT
 from ..suite import Case
+from .artifacts import artifact_path, save_npz
 from .worker import Timed, compare_candidate
 
 
-def _setup(case: Case) -> str:
-    backend = case.backend or KERAS_DEFAULT_BACKEND
+def _setup(case: Case, backend: str | None = None) -> str:
+    backend = backend or case.backend or KERAS_DEFAULT_BACKEND
     os.environ["KERAS_BACKEND"] = backend
     dev = case.device
     # one device per worker: hide the others (and every GPU for a cpu case)
     os.environ["CUDA_VISIBLE_DEVICES"] = "" if dev == "cpu" else (dev.partition(":")[2] or "0")
     if dev != "cpu" and backend == "tensorflow":
         raise RuntimeError("the tensorflow backend runs on cpu here; use backend: jax or torch for cuda")
+    return backend
+
+
+def prepare(case: Case) -> str:
+    """Before Keras is imported: the case's backend and device fixed, then TF32 off. Returns the backend."""
+    backend = _setup(case)
+    tf32_off(backend)
     return backend
 
 
@@ -47,7 +55,7 @@ def tf32_off(backend: str) -> None:
 
 
 def _input(case: Case, batch: int, img: int | None) -> np.ndarray:
-    """Same values as the torch worker's seeded input, in Keras' channels-last layout."""
+    """A seeded input in Keras' channels-last layout (numerics use the reference's saved input, whatever made it)."""
     st = case.settings
     rng = np.random.default_rng(st.seed + 1)
     if st.tokens:
@@ -68,12 +76,54 @@ def output_array(y: Any) -> np.ndarray:
 
 def _numerics(case: Case, forward: Any, port: Any, run_dir: str) -> Numerics:
     if case.role == "reference":
-        return Numerics("reference", "a Keras reference writes no artifacts yet")
+        from ..providers import get_provider
 
-    def nhwc(x: np.ndarray) -> np.ndarray:
-        return x.transpose(0, 2, 3, 1) if x.ndim == 4 else x  # NCHW (torch reference) -> NHWC
-
+        path = artifact_path(run_dir, case.pair, case.device)
+        if not path.exists():
+            _write_artifact(path, case, model_of(forward), forward, get_provider(case.provider))
+        return Numerics("reference")
     return compare_candidate(case, run_dir, port, lambda x: output_array(forward(nhwc(x))))
+
+
+def nhwc(x: np.ndarray) -> np.ndarray:
+    return x.transpose(0, 2, 3, 1) if x.ndim == 4 else x  # NCHW (the artifacts' torch layout) -> NHWC
+
+
+def model_of(forward: Any) -> Any:
+    return getattr(forward, "__self__", forward)  # forward_features is a bound method of the model
+
+
+def _write_artifact(path: Any, case: Case, model: Any, forward: Any, provider: Any) -> None:
+    """A Keras reference's artifacts, as a torch reference writes them: the input and output in the torch layout
+    (NCHW images), and the weights under timm's names where the provider can read its port table backwards
+    (``export_state``: then every port from timm works against it), else under the model's variable paths (a
+    candidate's port_weights / checkpoint_filter_fn maps them)."""
+    st = case.settings
+    img = getattr(model, "img_size", None) or st.img_size
+    x = _input(case, st.numerics_batch, img)
+    y = output_array(forward(x))
+    export = getattr(provider, "export_state", None)
+    weights = None
+    if export is not None:
+        try:
+            weights = export(model)
+        except Exception as e:  # noqa: BLE001  (some tables do not invert, e.g. a folded normalisation)
+            print(f"weights under variable paths: {type(e).__name__}: {e}", flush=True)
+    if weights is None:
+        weights = {v.path: np.asarray(v.numpy() if hasattr(v, "numpy") else v) for v in model.weights}
+    nchw = x.transpose(0, 3, 1, 2) if x.ndim == 4 else x
+    save_npz(path, {k: np.asarray(v, np.float32) for k, v in weights.items()}, x=nchw, y=y.astype(np.float32))
+
+
+def _perturb(model: Any, case: Case) -> None:
+    """``perturb_std``: seeded N(0, std) added to the reference's weights (as the torch worker does), so zero-
+    initialised tables take part in the comparison."""
+    std = case.settings.perturb_std
+    if not std:
+        return
+    rng = np.random.default_rng(case.settings.seed + 2)
+    for v in model.trainable_weights:
+        v.assign(np.asarray(v.numpy()) + rng.standard_normal(tuple(v.shape)).astype(np.float32) * std)
 
 
 def setup(case: Case, run_dir: str, timing_only: bool = False) -> tuple[SetupResult, Timed]:
@@ -89,24 +139,31 @@ def setup(case: Case, run_dir: str, timing_only: bool = False) -> tuple[SetupRes
     if case.precision != "fp32":
         raise ValueError(f"precision {case.precision} is not supported for Keras cases yet (fp32 only)")
     provider = get_provider(case.provider)
+    t0 = time.perf_counter()
     model, img = provider.build(case.model, dict(case.kwargs), case.settings.img_size)
+    if case.role == "reference":
+        _perturb(model, case)
     forward = model.forward_features if case.output == "features" else model
     x = _input(case, case.batch_size, img)
     forward(x[:1])
+    build_s = time.perf_counter() - t0
     res = SetupResult(
+        phase_s={"build": build_s},
         provenance=Provenance(device_name=cpu_name() if case.device == "cpu" else case.device,
                               threads=os.cpu_count(), tf32=False, keras_version=keras.__version__,
                               tf_version=pkg_version("tensorflow"),
                               torch_version=pkg_version("torch") if backend == "torch" else None),
         size=Size(img_size=img, param_count_m=sum(int(np.prod(w.shape)) for w in model.weights) / 1e6))
     if not timing_only:
-        res.numerics = _numerics(case, forward, lambda state: provider.port(model, state), run_dir)
+        with res.phase("numerics"):
+            res.numerics = _numerics(case, forward, lambda state: provider.port(model, state), run_dir)
         # a provider's note on where its model is not the reference's architecture (and what the port does about it)
         differences = getattr(provider, "differences", None)
         note = differences(model) if differences and res.numerics.numerics_status in ("ok", "fail") else None
         if note:
             res.numerics.numerics_error = "; ".join(filter(None, (res.numerics.numerics_error, note)))
-        counted = provider.count_macs(model, x[:1])
+        with res.phase("flops_memory"):
+            counted = provider.count_macs(model, x[:1])
         if counted is None:
             res.size.flops_method = f"not counted for {type(model).__name__}"
         else:
@@ -117,6 +174,7 @@ def setup(case: Case, run_dir: str, timing_only: bool = False) -> tuple[SetupRes
 
     mode = case.compile_mode
     runner = eager
+    t_compile = time.perf_counter()
     if mode != "eager":
         t0 = time.perf_counter()
         y_eager = eager()
@@ -140,6 +198,7 @@ def setup(case: Case, run_dir: str, timing_only: bool = False) -> tuple[SetupRes
             raise ValueError(f"{mode} changed the output: max|{mode} - eager| = {sec.compiled_max_abs_diff:.3g} > "
                              f"{limit:.3g} (10x the suite's max_abs)")
         res.compile = sec
+    res.phase_s["compile"] = time.perf_counter() - t_compile
     t0 = time.perf_counter()
     runner()
     res.first_call_s = time.perf_counter() - t0
@@ -148,6 +207,7 @@ def setup(case: Case, run_dir: str, timing_only: bool = False) -> tuple[SetupRes
     for _ in range(n):
         runner()
     iter_s = (time.perf_counter() - t0) / n if n else res.first_call_s
+    res.phase_s["warmup"] = time.perf_counter() - t0 + (res.first_call_s or 0)
     return res, Timed(step=runner, sync=lambda: None, iter_s=iter_s,
                       finish=lambda: {"peak_rss_mb": memory.peak_rss_mb()})
 
@@ -169,4 +229,22 @@ def _as_model(layer: Any, case: Case) -> Any:
 
 
 def write_reference(case: Case, run_dir: str) -> dict[str, Any]:
-    raise NotImplementedError("a Keras reference cannot write artifacts yet: use a torch reference")
+    """Job 'reference': build the pair's (Keras) reference and save its weights, input and output for a candidate
+    whose reference is not in this run."""
+    import dataclasses
+
+    from ..providers import get_provider
+
+    ref = case.reference
+    _setup(case, ref.backend)
+    import keras
+
+    tf32_off(ref.backend or KERAS_DEFAULT_BACKEND)
+    keras.utils.set_random_seed(case.settings.seed)
+    provider = get_provider(ref.provider)
+    model, img = provider.build(ref.model, dict(ref.kwargs), case.settings.img_size)
+    as_ref = dataclasses.replace(case, role="reference", side=ref, reference=None)
+    _perturb(model, as_ref)
+    forward = model.forward_features if ref.output == "features" else model
+    _write_artifact(artifact_path(run_dir, case.pair, case.device), as_ref, model, forward, provider)
+    return {"img_size": img}

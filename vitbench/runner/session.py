@@ -100,7 +100,9 @@ class Session:
         self.timeout_s, self.log_path = timeout_s, log_path
         self.max_memory_gb = max_memory_gb
         self.started = False
+        self.startup_s: float | None = None  # from start to "started" (fork, or interpreter and imports)
         self.failed: JobOutcome | None = None  # how the session ended, if it failed
+        self._t0 = time.perf_counter()
         self.proc.start()
         child.close()
 
@@ -122,6 +124,7 @@ class Session:
             if kind != "started":
                 break
             self.started = True
+            self.startup_s = time.perf_counter() - self._t0
         if kind == "failed":
             self.stop()
             return payload
@@ -179,7 +182,10 @@ def run_job(case: Any, run_dir: Path, job: str, timeout_s: float, log_path: Path
     """Run one worker job in a fresh process. Never raises for what happens inside the worker."""
     s = Session(case, run_dir, job, timeout_s, log_path, env, max_memory_gb)
     try:
-        return s.receive("ok")
+        out = s.receive("ok")
+        if s.startup_s is not None and out.status == "ok":
+            out.result["phase_startup_s"] = s.startup_s + float(out.result.get("phase_startup_s") or 0)
+        return out
     finally:
         s.stop()
 

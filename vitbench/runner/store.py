@@ -31,9 +31,12 @@ CASE_COLUMNS = [
     "train_rss_delta_mb", "weights_path", "events_dir", "sample_grid",
     "param_count_m", "gmacs", "macts_m", "flops_method",
     "numerics_status", "numerics_error", "max_abs_diff", "mean_abs_diff", "rel_err", "cosine_sim",
-    "top1_agreement", "tolerance_max_abs",
+    "top1_agreement", "tolerance_max_abs", "port_method", "port_tensors", "first_divergence",
     "peak_rss_mb", "forward_rss_delta_mb", "cuda_peak_allocated_mb", "cuda_peak_reserved_mb", "cuda_forward_peak_mb",
     "nvml_used_mb",
+    # where the wall time went: the case's set-up jobs by phase, its timing group's processes (shared by its sides)
+    "phase_startup_s", "phase_build_s", "phase_flops_memory_s", "phase_numerics_s", "phase_compile_s",
+    "phase_warmup_s", "group_sessions_s", "group_rounds_s",
     "threads", "tf32", "seed", "torch_version", "timm_version", "keras_version", "tf_version",
     "vitbench_version", "git_sha", "started_at", "duration_s",
 ]

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import contextlib
+import csv
 import time
 from pathlib import Path
 from typing import Any
@@ -51,11 +52,20 @@ def _input(case: Case, batch: int, img: int | None, dev: torch.device) -> torch.
 
 
 def _write_artifact(path: Path, model: Any, img: int | None, case: Case, dev: torch.device) -> None:
+    """The reference's weights, input and output, and its block outputs and attention maps (``b/``, ``a/``) for
+    the candidates' per-block comparison."""
+    from ..measure import divergence
+
     x = _input(case, case.settings.numerics_batch, img, dev)
     with torch.inference_mode():
         y = output_tensor(model(x))
     weights = {k: v.detach().float().cpu().numpy() for k, v in model.state_dict().items()}
-    save_npz(path, weights, x=x.cpu().numpy(), y=y.float().cpu().numpy())
+    try:
+        blocks = divergence.record(model, x)
+    except Exception as e:  # noqa: BLE001  (no per-block table then; the output comparison stands)
+        print(f"per-block outputs not recorded: {type(e).__name__}: {e}", flush=True)
+        blocks = {}
+    save_npz(path, weights, x=x.cpu().numpy(), y=y.float().cpu().numpy(), **blocks)
 
 
 def write_reference(case: Case, run_dir: str) -> dict[str, Any]:
@@ -87,7 +97,43 @@ def _numerics(case: Case, model: Any, run_dir: str, dev: torch.device, img: int 
             return Numerics("error", one_line(e))
         return judged(case, res, whose="the reference's own output")
 
-    return compare_candidate(case, run_dir, lambda state: get_provider(case.provider).port(model, state), run)
+    res = compare_candidate(case, run_dir, lambda state: get_provider(case.provider).port(model, state), run)
+    if res.numerics_status in ("ok", "fail"):
+        try:
+            res.first_divergence = _per_block(case, model, run_dir, dev)
+        except Exception as e:  # noqa: BLE001  (the table is a diagnosis: its failure is logged, not the row's)
+            print(f"per-block comparison failed: {type(e).__name__}: {e}", flush=True)
+    return res
+
+
+def _per_block(case: Case, model: Any, run_dir: str, dev: torch.device) -> str | None:
+    """The candidate's block outputs (and attention maps) against the reference's, in order: the table goes to
+    ``DIR/numerics/<case_id>.csv``; returns the first block beyond the tolerance (None: all within)."""
+    from ..align import align, reference_tensors, torch_tensors
+    from ..measure import divergence
+
+    art = load_arrays(artifact_path(run_dir, case.pair, case.device))
+    ref = {k: art[k] for k in art.files if k.startswith(("b/", "a/"))}
+    ref_names = [k[2:] for k in art.files if k.startswith("b/")]
+    if not ref_names:
+        return None
+    pairs = None
+    if any(n not in dict(model.named_modules()) for n in ref_names):
+        state = {k[2:]: art[k] for k in art.files if k.startswith("w/")}
+        pairs = [(m.reference, m.candidate) for m in align(reference_tensors(state), torch_tensors(model)).matches]
+    names = divergence.candidate_names(ref_names, model, pairs)
+    x = torch.from_numpy(art["x"]).to(dev)
+    cand = divergence.record(model, x, list(names.values()),
+                             run=lambda t: _at_precision(model, t, case.precision, dev))
+    rows, first = divergence.compare_blocks(ref, cand, names, lambda r: judged(case, r).numerics_status == "ok")
+    out = Path(run_dir) / "numerics" / f"{case.case_id}.csv"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with out.open("w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=["block", "candidate_module", "max_abs_diff", "mean_abs_diff", "rel_err",
+                                          "cosine_sim", "attn_max_abs_diff", "problem"])
+        w.writeheader()
+        w.writerows(rows)
+    return first
 
 
 def _at_precision(model: Any, x: torch.Tensor, precision: str, dev: torch.device) -> torch.Tensor:
@@ -130,8 +176,9 @@ def setup(case: Case, run_dir: str, timing_only: bool = False) -> tuple[SetupRes
     ``timing_only`` (a timing session): build (a candidate with the reference's weights where they port), precision,
     compile and warm-up only. Returns the sections measured so far and what to time."""
     dev = setup_device(case)
-    model, img = build(case, dev)
     res = SetupResult()
+    with res.phase("build"):
+        model, img = build(case, dev)
     if timing_only:
         _port_quietly(case, model, run_dir)
         return res, _timed(case, model, img, dev, res, fresh=False)
@@ -144,13 +191,15 @@ def setup(case: Case, run_dir: str, timing_only: bool = False) -> tuple[SetupRes
         # memory first, before any other phase has allocated: freed memory that the C allocator keeps would
         # otherwise hide what a forward pass needs (eager, fp32, the case's batch size)
         x0 = _input(case, case.batch_size, img, dev)
-        with torch.inference_mode(), memory.RssSampler(0.002) as rss:
+        with res.phase("flops_memory"), torch.inference_mode(), memory.RssSampler(0.002) as rss:
             model(x0)
         res.memory.forward_rss_delta_mb = rss.peak_delta_mb
         del x0
-    res.numerics = _numerics(case, model, run_dir, dev, img)
+    with res.phase("numerics"):
+        res.numerics = _numerics(case, model, run_dir, dev, img)
     try:
-        counted = provider.count_macs(model, _input(case, 1, img, dev))
+        with res.phase("flops_memory"):
+            counted = provider.count_macs(model, _input(case, 1, img, dev))
         if counted is None:
             res.size.flops_method = f"not counted for {type(model).__name__}"
         else:
@@ -176,7 +225,8 @@ def _timed(case: Case, model: Any, img: int | None, dev: torch.device, res: Setu
 
     from ..measure import compile as compile_mod
 
-    runner, res.compile = compile_mod.apply_compile(model, case, x, autocast, fresh)
+    with res.phase("compile"):
+        runner, res.compile = compile_mod.apply_compile(model, case, x, autocast, fresh)
     frames_after_first_call = res.compile.frames_after_first_call
     sync = (lambda: torch.cuda.synchronize(dev)) if dev.type == "cuda" else (lambda: None)
 
@@ -190,7 +240,7 @@ def _timed(case: Case, model: Any, img: int | None, dev: torch.device, res: Setu
         return runner(x)
 
     n = case.settings.warmup_iters
-    with context():  # the first call (compiled: after compile) timed apart, then the warm-up
+    with res.phase("warmup"), context():  # the first call (compiled: after compile) timed apart, then the warm-up
         sync()
         t0 = time.perf_counter()
         step()

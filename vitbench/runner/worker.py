@@ -118,15 +118,18 @@ def compare_candidate(case: Any, run_dir: str | Path, port: Callable[[dict[str, 
     if not path.exists():
         return Numerics("error", "no reference artifacts (did the reference fail?)")
     art = load_arrays(path)
+    state = load_weights(path)
     try:
-        port(load_weights(path))
+        method = port(state)
     except Exception as e:  # noqa: BLE001
         return Numerics("port_failed", f"weight port failed: {port_problem(e)}")
     try:
         res = numerics.compare(art["y"], run(art["x"]))
     except Exception as e:  # noqa: BLE001
         return Numerics("error", one_line(e))
-    return judged(case, res)
+    out = judged(case, res)
+    out.port_method, out.port_tensors = method or "strict", len(state)
+    return out
 
 
 def judged(case: Any, res: dict[str, Any], whose: str = "") -> Numerics:
@@ -146,8 +149,9 @@ def port_problem(e: BaseException) -> str:
     missing, unexpected = getattr(e, "missing", None), getattr(e, "unexpected", None)
     if missing is None and unexpected is None:
         return one_line(e)
+    hint = getattr(e, "hint", "")
     return (f"{len(missing or [])} missing keys (e.g. {', '.join(missing[:3]) or '-'}), {len(unexpected or [])} "
-            f"unexpected keys (e.g. {', '.join(unexpected[:3]) or '-'})")
+            f"unexpected keys (e.g. {', '.join(unexpected[:3]) or '-'})" + (f"; {hint}" if hint else ""))
 
 
 def _preload(cases: list[Any]) -> None:

@@ -1,0 +1,146 @@
+"""Where two models part: the outputs of every block (and the patch embedding) of a reference and a candidate on
+the same input, compared in order, and the attention maps where both can give them.
+
+The reference records, on the numerics input, the output of each *block*: a module whose name ends in a whole
+number (``blocks.3``, ``layers.1.blocks.2``: the children of a ModuleList/Sequential), and of ``patch_embed`` when
+it has one; for blocks with a timm-style attention (``attn`` with ``qkv`` and ``num_heads``), the attention map of
+the first sample, softmax(q k^T * scale), recomputed from the attention's input as vit-pytorch's Recorder does.
+The candidate records the same at its own names (the same names, or the ones the weight alignment pairs with
+them), and each pair is compared: ``first_divergence`` is the first block beyond the tolerance.
+"""
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+import torch
+
+BLOCK = re.compile(r"(^|\.)\d+$")
+
+
+def block_names(model: torch.nn.Module) -> list[str]:
+    """The modules compared block by block, in registration order: ``patch_embed``, then the children of every
+    ModuleList/Sequential whose children are two or more of one class (stages, and the blocks inside them)."""
+    stacks = set()
+    for name, m in model.named_modules():
+        kids = list(m.children())
+        if isinstance(m, (torch.nn.ModuleList, torch.nn.Sequential)) and len(kids) >= 2 \
+                and len({type(k) for k in kids}) == 1:
+            stacks.add(name)
+    return [n for n, _ in model.named_modules()
+            if n == "patch_embed" or (BLOCK.search(n) and n.rpartition(".")[0] in stacks)]
+
+
+def _attn_map(attn: torch.nn.Module, x: torch.Tensor) -> torch.Tensor | None:
+    """softmax(q k^T * scale) of the first sample, from the attention module's input (timm's Attention layout:
+    fused ``qkv``, ``num_heads``, optional ``q_norm``/``k_norm``); None where the module is not of that kind."""
+    qkv, heads = getattr(attn, "qkv", None), getattr(attn, "num_heads", None)
+    if not isinstance(qkv, torch.nn.Linear) or not heads or x.dim() != 3:
+        return None
+    b, n, c = x[:1].shape
+    q, k, _ = qkv(x[:1]).reshape(1, n, 3, heads, -1).permute(2, 0, 3, 1, 4)
+    q = getattr(attn, "q_norm", torch.nn.Identity())(q)
+    k = getattr(attn, "k_norm", torch.nn.Identity())(k)
+    scale = getattr(attn, "scale", q.shape[-1] ** -0.5)
+    return (q @ k.transpose(-2, -1) * scale).softmax(-1)[0]
+
+
+def record(model: torch.nn.Module, x: torch.Tensor, names: list[str] | None = None,
+           run: Callable[[torch.Tensor], Any] | None = None) -> dict[str, np.ndarray]:
+    """The outputs of ``names`` (default: ``block_names``) for input ``x`` as ``b/<name>``, and attention maps of
+    the blocks that have a timm-style ``attn`` as ``a/<name>`` (float32 numpy)."""
+    from .compile import output_tensor
+
+    names = block_names(model) if names is None else names
+    mods = dict(model.named_modules())
+    out: dict[str, np.ndarray] = {}
+    handles = []
+
+    def keep(name: str) -> Callable[..., None]:
+        def hook(mod: Any, inp: Any, res: Any) -> None:
+            try:
+                out[f"b/{name}"] = output_tensor(res).detach().float().cpu().numpy()
+            except TypeError:
+                pass
+        return hook
+
+    def keep_attn(name: str, attn: torch.nn.Module) -> Callable[..., None]:
+        def hook(mod: Any, inp: Any) -> None:
+            a = _attn_map(attn, inp[0]) if inp and isinstance(inp[0], torch.Tensor) else None
+            if a is not None:
+                out[f"a/{name}"] = a.detach().float().cpu().numpy()
+        return hook
+
+    for name in names:
+        m = mods.get(name)
+        if m is None:
+            continue
+        handles.append(m.register_forward_hook(keep(name)))
+        attn = getattr(m, "attn", None)
+        if isinstance(attn, torch.nn.Module):
+            handles.append(attn.register_forward_pre_hook(keep_attn(name, attn)))
+    try:
+        with torch.inference_mode():
+            (run or model)(x)
+    finally:
+        for h in handles:
+            h.remove()
+    return out
+
+
+def candidate_names(ref_names: list[str], cand: torch.nn.Module, pairs: list[tuple[str, str]] | None) -> dict[str, str]:
+    """For each of the reference's block names, the candidate's module: the same name where the candidate has it,
+    else the one the weight alignment's ``pairs`` (reference tensor, candidate tensor) put in its place."""
+    mods = dict(cand.named_modules())
+    out = {}
+    for rn in ref_names:
+        if rn in mods:
+            out[rn] = rn
+            continue
+        if not pairs:
+            continue
+        heads = {_prefix_like(cn, rn) for r, c in pairs if r.startswith(rn + ".") for cn in (c,)}
+        heads.discard(None)
+        if len(heads) == 1:
+            (h,) = heads
+            if h in mods:
+                out[rn] = h
+    return out
+
+
+def _prefix_like(cand_tensor: str, ref_module: str) -> str | None:
+    """The prefix of ``cand_tensor`` with as many numbered parts as ``ref_module`` (``units.3`` of
+    ``units.3.to_q.weight`` for ``blocks.3``)."""
+    want = sum(p.isdigit() for p in ref_module.split("."))
+    parts, seen = [], 0
+    for p in cand_tensor.split("."):
+        parts.append(p)
+        seen += p.isdigit()
+        if seen == want and p.isdigit():
+            return ".".join(parts)
+    return None
+
+
+def compare_blocks(ref: dict[str, np.ndarray], cand: dict[str, np.ndarray], names: dict[str, str],
+                   judge: Callable[[dict[str, Any]], bool]) -> tuple[list[dict[str, Any]], str | None]:
+    """Rows of the per-block table (reference order) and the first divergence, ``'blocks.3 (max|diff| 0.21)'``:
+    the first block ``judge(comparison)`` says is beyond the tolerance."""
+    from .numerics import compare
+
+    rows, first = [], None
+    for rn, cn in names.items():
+        if f"b/{rn}" not in ref or f"b/{cn}" not in cand or ref[f"b/{rn}"].shape != cand[f"b/{cn}"].shape:
+            continue
+        res = compare(ref[f"b/{rn}"], cand[f"b/{cn}"])
+        row = {"block": rn, "candidate_module": cn, **{k: res.get(k) for k in (
+            "max_abs_diff", "mean_abs_diff", "rel_err", "cosine_sim")}, "attn_max_abs_diff": None,
+            "problem": res.get("problem")}
+        if f"a/{rn}" in ref and f"a/{cn}" in cand and ref[f"a/{rn}"].shape == cand[f"a/{cn}"].shape:
+            row["attn_max_abs_diff"] = float(np.abs(ref[f"a/{rn}"] - cand[f"a/{cn}"]).max())
+        rows.append(row)
+        if first is None and not judge(res):
+            diff = res.get("max_abs_diff")
+            first = f"{rn} ({res['problem']})" if res.get("problem") else f"{rn} (max|diff| {diff:.3g})"
+    return rows, first
