@@ -11,8 +11,10 @@ import torch  # noqa: E402
 
 os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 import keras
+from keras_backends import BACKENDS  # noqa: E402  (tests/models is on sys.path)
 
 from vitbench.models import keras as kours  # noqa: E402
+from vitbench.port import keras as kport  # noqa: E402
 from vitbench.providers.keras_provider import port_mha  # noqa: E402
 
 
@@ -66,8 +68,8 @@ def test_layers_build_weights_and_config_round_trip():
     assert _roundtrip(block, x).shape == (2, 5, 16)
     assert block.ls1.gamma.path.endswith("ls1/gamma") and block.ls2.gamma.path.endswith("ls2/gamma")
     img = np.zeros((1, 32, 32, 3), "float32")
-    assert _roundtrip(kours.PatchEmbed(32, 16, 8), img).shape == (1, 4, 8)
-    assert _roundtrip(kours.PatchEmbed(32, 16, 8, in_chans=4), np.zeros((1, 32, 32, 4), "float32")).shape == (1, 4, 8)
+    assert _roundtrip(kours.PatchEmbed(32, 16, embed_dim=8), img).shape == (1, 4, 8)
+    assert _roundtrip(kours.PatchEmbed(32, 16, 4, 8), np.zeros((1, 32, 32, 4), "float32")).shape == (1, 4, 8)
     fused, manual = kours.Attention(16, 2, True, fused_attn=True), kours.Attention(16, 2, True, fused_attn=False)
     fused(x), manual(x)
     for a, b in zip(manual.weights, fused.weights, strict=True):
@@ -81,7 +83,7 @@ def test_attention_port_matches_timm_and_keras_mha():
     state = {k: v.numpy() for k, v in ref.state_dict().items()}
     ours = kours.Attention(64, num_heads=4, qkv_bias=True)
     ours.build((1, 1, 64))
-    kours.load_timm_attention(ours, state)
+    kport.load_timm_attention(ours, state)
     mha = keras.layers.MultiHeadAttention(num_heads=4, key_dim=16)
     port_mha(mha, state)
     x = torch.randn(2, 50, 64)
@@ -94,7 +96,7 @@ def test_attention_port_matches_timm_and_keras_mha():
     assert np.abs(a - want).max() <= 1e-5 and np.abs(b - want).max() <= 1e-5 and np.abs(a - b).max() <= 1e-5
 
 
-@pytest.mark.parametrize("backend", ["tensorflow", "jax", "torch"])
+@pytest.mark.parametrize("backend", BACKENDS)
 def test_boolean_mask_gives_exactly_zero_weight_on_every_backend(backend):
     """A boolean mask is a mask, not 0/1 added to the logits (on Keras' torch backend it was added)."""
     from keras_backends import run_on_backend

@@ -13,7 +13,9 @@ from keras_backends import BACKENDS, run_on_backend  # tests/models is on sys.pa
 os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 import keras
 
+from vitbench.measure import keras_macs  # noqa: E402
 from vitbench.models.keras import hiera as khiera  # noqa: E402
+from vitbench.port import keras as kport  # noqa: E402
 
 # 64 px -> maps 16, 8, 4, 2. Block 0: 4x4 windows; block 1: q-pooled 4x4 windows (-> 2x2) at stage 2;
 # block 2: q-pooled 4x4 windows on the 8x8 map; block 3 global; block 4: 3x3 windows on the 4x4 map (padded to
@@ -47,11 +49,11 @@ def _ours() -> khiera.HieraDet:
 def test_keras_hiera_matches_timm(backend):
     run_on_backend(backend, f"""
         from vitbench.models.keras import hiera as khiera
-        from vitbench.models.keras._registry import create_model
+        from vitbench.models.keras._registry import create_model, load_timm_state_dict
         KW = {TINY!r}
         ref = perturbed(timm.create_model("sam2_hiera_tiny", **KW))
         ours = create_model("sam2_hiera_tiny", img_size={IMG}, **KW)
-        khiera.load_timm_state_dict(ours, state_of(ref))
+        load_timm_state_dict(ours, state_of(ref))
         x = torch.randn(2, 3, {IMG}, {IMG})
         with torch.no_grad():
             want, feats = ref(x), ref.forward_features(x)
@@ -70,7 +72,7 @@ def test_keras_hiera_matches_timm(backend):
 
 def test_config_and_keras_file_round_trip(tmp_path):
     model = _ours()
-    khiera.load_timm_state_dict(model, _state(_timm_tiny()))
+    kport.load_timm_state_dict(model, _state(_timm_tiny()))
     x = np.random.default_rng(0).standard_normal((2, IMG, IMG, 3)).astype("float32")
     y = keras.ops.convert_to_numpy(model(x))
     clone = khiera.HieraDet.from_config(model.get_config())
@@ -93,7 +95,7 @@ def test_port_is_strict_and_swapped_biases_change_the_output():
     ref = _timm_tiny()
     state = _state(ref)
     model = _ours()
-    khiera.load_timm_state_dict(model, state)
+    kport.load_timm_state_dict(model, state)
     x = torch.randn(1, 3, IMG, IMG)
     with torch.no_grad():
         want = ref(x).numpy()
@@ -102,18 +104,18 @@ def test_port_is_strict_and_swapped_biases_change_the_output():
 
     dropped = {k: v for k, v in state.items() if k != "blocks.2.proj.bias"}
     with pytest.raises(ValueError, match="1 missing") as err:
-        khiera.load_timm_state_dict(_ours(), dropped)
+        kport.load_timm_state_dict(_ours(), dropped)
     assert err.value.missing == ["blocks.2.proj.bias"] and err.value.unexpected == []
     with pytest.raises(ValueError, match="1 unexpected") as err:
-        khiera.load_timm_state_dict(_ours(), {**state, "blocks.0.attn.relative_position_index": np.zeros(3)})
+        kport.load_timm_state_dict(_ours(), {**state, "blocks.0.attn.relative_position_index": np.zeros(3)})
     assert err.value.unexpected == ["blocks.0.attn.relative_position_index"] and err.value.missing == []
     with pytest.raises(ValueError, match="does not fit"):
-        khiera.load_timm_state_dict(_ours(), {**state, "pos_embed": np.zeros((1, 16, 7, 7), "float32")})
+        kport.load_timm_state_dict(_ours(), {**state, "pos_embed": np.zeros((1, 16, 7, 7), "float32")})
 
     a, b = "blocks.0.attn.proj.bias", "blocks.0.mlp.fc2.bias"  # same shape: only the output can tell
     swapped = {**state, a: state[b], b: state[a]}
     model = _ours()
-    khiera.load_timm_state_dict(model, swapped)
+    kport.load_timm_state_dict(model, swapped)
     diff = np.abs(keras.ops.convert_to_numpy(model(xk)) - want).max()
     assert diff > 1e-2, f"swapped biases went unnoticed (max abs diff {diff:.2e})"
 
@@ -122,12 +124,13 @@ def test_macs_formula_matches_the_torch_counter():
     from vitbench.measure.flops import count_macs_acts
     from vitbench.models import torch as tours
 
-    macs, acts = khiera.count_macs_acts(_ours())
+    macs, acts = keras_macs.count_macs_acts(_ours())
     twin = tours.create_model("sam2_hiera_tiny", img_size=IMG, **TINY).eval()
     t_macs, t_acts = count_macs_acts(twin, torch.randn(1, 3, IMG, IMG))
     assert (macs, acts) == (int(t_macs), t_acts)
 
 
+@pytest.mark.slow
 def test_tiny_hiera_trains_on_tensorflow():
     """compile(adam, sparse CE from logits) + fit on one fixed batch repeated: the loss falls."""
     run_on_backend("tensorflow", f"""

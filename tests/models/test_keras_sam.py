@@ -17,6 +17,7 @@ import keras
 
 from vitbench.models.keras import sam as ksam  # noqa: E402
 from vitbench.models.torch import sam as tsam  # noqa: E402
+from vitbench.port import keras as kport  # noqa: E402
 
 # 96 / 16 = 6x6 map, 4x4 windows: the windowed blocks (0, 2) pad to 8x8; block 1 is global (11-long rel-pos tables)
 TINY = dict(img_size=96, embed_dim=32, depth=3, num_heads=2, window_size=4, global_attn_indexes=(1,), neck_chans=16,
@@ -90,7 +91,7 @@ def test_config_and_keras_file_round_trip(tmp_path):
     for model in (ksam.VisionTransformerSAM(**TINY), ksam.RSBuildingBackbone(**kw, out_indices=(1, 2),
                                                                                frozen_stages=1)):
         model.build((None, 96, 96, 3))
-        ksam.load_timm_state_dict(model, state)
+        kport.load_timm_state_dict(model, state)
         y = keras.tree.map_structure(_np, model(x))
         clone = type(model).from_config(model.get_config())
         clone.build((None, 96, 96, 3))
@@ -114,7 +115,7 @@ def test_port_is_strict_and_a_swapped_port_fails():
 
     def run(st):
         model = ksam.VisionTransformerSAM(**TINY)
-        ksam.load_timm_state_dict(model, st)
+        kport.load_timm_state_dict(model, st)
         return float(np.abs(_np(model(x)) - want).max())
 
     assert run(state) <= 1e-5
@@ -140,13 +141,13 @@ def test_port_resizes_pos_embed_as_the_torch_twin():
     # timm's 8x8 pos_embed -> our 6x6 grid; windowed blocks only: a global block's rel-pos tables follow the grid,
     # and neither twin resizes those on import (the torch twin's strict load_state_dict fails, so does our port)
     with pytest.raises(ValueError, match="rel_pos_h"):
-        ksam.load_timm_state_dict(ksam.VisionTransformerSAM(**TINY), _tiny_pair(img_size=128)[1])
+        kport.load_timm_state_dict(ksam.VisionTransformerSAM(**TINY), _tiny_pair(img_size=128)[1])
     ref, state = _tiny_pair(img_size=128, global_attn_indexes=())
     kw = {k: v for k, v in TINY.items() if k != "num_classes"} | {"global_attn_indexes": ()}
     twin = tsam.RSBuildingBackbone(**kw, out_indices=(2,)).eval()
     twin.load_state_dict(tsam.checkpoint_filter_fn(ref.state_dict(), twin))
     ours = ksam.RSBuildingBackbone(**kw, out_indices=(2,))
-    ksam.load_timm_state_dict(ours, state)
+    kport.load_timm_state_dict(ours, state)
     np.testing.assert_allclose(_np(ours.pos_embed.value), twin.pos_embed.detach().numpy(), atol=1e-6)
     x = _x()
     with torch.no_grad():

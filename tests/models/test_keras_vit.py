@@ -14,10 +14,12 @@ from keras_backends import BACKENDS, run_on_backend  # tests/models is on sys.pa
 os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 import keras
 
+from vitbench.measure import keras_macs  # noqa: E402
 from vitbench.models import torch as tours  # noqa: E402
 from vitbench.models.keras import vit as kvit  # noqa: E402
 from vitbench.models.keras._registry import create_model  # noqa: E402
 from vitbench.port import PortError  # noqa: E402
+from vitbench.port import keras as kport  # noqa: E402
 
 NAME = "vit_tiny_patch16_224"
 KW = dict(img_size=32, patch_size=8, embed_dim=32, depth=2, num_heads=2, num_classes=10)  # 16 patches, 2 heads
@@ -60,7 +62,7 @@ def test_keras_vit_matches_timm(backend):
     run_on_backend(backend, f"""
         from vitbench.models import torch as tours
         from vitbench.models.keras import vit as kvit
-        from vitbench.models.keras._registry import create_model
+        from vitbench.models.keras._registry import create_model, load_timm_state_dict
         KW, CONFIGS = {KW!r}, {CONFIGS!r}
         for tag, extra in CONFIGS.items():
             kw = {{**KW, **extra}}
@@ -72,7 +74,7 @@ def test_keras_vit_matches_timm(backend):
             xk = nhwc(x)
             for fused in (True, False):
                 ours = create_model("{NAME}", **kw, fused_attn=fused)
-                kvit.load_timm_state_dict(ours, state_of(ref))
+                load_timm_state_dict(ours, state_of(ref))
                 name = f"{{tag}} fused_attn={{fused}}"
                 f = ours.forward_features(xk)
                 check(f"{{name}} forward_features", keras.ops.convert_to_numpy(f), feats)
@@ -101,7 +103,7 @@ def test_registered_test_vit_ports_from_timm(kwargs):
         for p in ref.parameters():
             p.add_(torch.randn_like(p) * 0.05)
     ours = create_model("test_vit", **kwargs)
-    kvit.load_timm_state_dict(ours, _state(ref))
+    kport.load_timm_state_dict(ours, _state(ref))
     x = torch.randn(2, 3, 160, 160)
     with torch.no_grad():
         want = ref(x).numpy()
@@ -138,7 +140,7 @@ def test_in_chans_builds_the_patch_conv_and_checks_the_input():
 def test_config_and_keras_file_round_trip(tmp_path):
     extra = CONFIGS["qk_norm+ls"]
     model = _ours(extra)
-    kvit.load_timm_state_dict(model, _state(_timm(extra)))
+    kport.load_timm_state_dict(model, _state(_timm(extra)))
     x = _x(extra).permute(0, 2, 3, 1).numpy()
     y = _np(model(x))
     config = model.get_config()
@@ -192,8 +194,8 @@ def test_port_is_strict_and_swapped_biases_change_the_output():
     ref = _timm(extra)
     state = _state(ref)
     model = _ours(extra)
-    assert sorted(k for _, k, _ in kvit.port_table(model)) == sorted(state)
-    kvit.load_timm_state_dict(model, state)
+    assert sorted(k for _, k, _ in kport.port_table(model)) == sorted(state)
+    kport.load_timm_state_dict(model, state)
     x = _x(extra, 1)
     with torch.no_grad():
         want = ref(x).numpy()
@@ -202,15 +204,15 @@ def test_port_is_strict_and_swapped_biases_change_the_output():
 
     for key in ("blocks.1.attn.q_norm.bias", "blocks.0.ls2.gamma"):
         with pytest.raises(PortError, match="1 missing") as err:
-            kvit.load_timm_state_dict(_ours(extra), {k: v for k, v in state.items() if k != key})
+            kport.load_timm_state_dict(_ours(extra), {k: v for k, v in state.items() if k != key})
         assert err.value.missing == [key] and err.value.unexpected == []
     with pytest.raises(PortError, match="1 unexpected") as err:
-        kvit.load_timm_state_dict(_ours(extra), {**state, "fc_norm.weight": np.ones(32, "float32")})
+        kport.load_timm_state_dict(_ours(extra), {**state, "fc_norm.weight": np.ones(32, "float32")})
     assert err.value.unexpected == ["fc_norm.weight"] and err.value.missing == []
     with pytest.raises(PortError, match="does not fit"):
-        kvit.load_timm_state_dict(_ours(extra), {**state, "pos_embed": np.zeros((1, 16, 32), "float32")})
+        kport.load_timm_state_dict(_ours(extra), {**state, "pos_embed": np.zeros((1, 16, 32), "float32")})
     with pytest.raises(PortError) as err:  # a state_dict of the other head: norm.* vs fc_norm.*
-        kvit.load_timm_state_dict(_ours(CONFIGS["no_cls+avg+4ch"]), _state(_timm({})))
+        kport.load_timm_state_dict(_ours(CONFIGS["no_cls+avg+4ch"]), _state(_timm({})))
     assert "norm.weight" in err.value.unexpected and "fc_norm.weight" in err.value.missing
 
     # same shapes: only the output can tell. LayerScale 1e-2 damps the branches, hence the smaller bound on the
@@ -219,7 +221,7 @@ def test_port_is_strict_and_swapped_biases_change_the_output():
                         ("blocks.0.ls1.gamma", "blocks.0.ls2.gamma", 1e-2),
                         ("blocks.1.attn.k_norm.weight", "blocks.1.attn.k_norm.bias", 1e-3)]:
         model = _ours(extra)
-        kvit.load_timm_state_dict(model, {**state, a: state[b], b: state[a]})
+        kport.load_timm_state_dict(model, {**state, a: state[b], b: state[a]})
         diff = np.abs(_np(model(xk)) - want).max()
         print(f"swapped {a} <-> {b}: max abs diff {diff:.2e}")
         assert diff > bound, f"swapping {a} and {b} went unnoticed (max abs diff {diff:.2e})"
@@ -240,12 +242,12 @@ def test_attention_port_with_qk_norm_matches_torch_on_both_paths():
         want = ref(x).numpy()
     for fused in (True, False):
         ours = kvit.Attention(32, num_heads=4, qkv_bias=True, qk_norm=True, fused_attn=fused)
-        kvit.load_timm_attention(ours, state)
+        kport.load_timm_attention(ours, state)
         diff = np.abs(_np(ours(x.numpy())) - want).max()
         print(f"Attention qk_norm fused_attn={fused} vs torch: max abs diff {diff:.2e}")
         assert diff <= 1e-5
     with pytest.raises(PortError) as err:
-        kvit.load_timm_attention(kvit.Attention(32, num_heads=4, qkv_bias=True), state)
+        kport.load_timm_attention(kvit.Attention(32, num_heads=4, qkv_bias=True), state)
     assert sorted(err.value.unexpected) == ["k_norm.bias", "k_norm.weight", "q_norm.bias", "q_norm.weight"]
 
 
@@ -256,7 +258,7 @@ def test_attention_port_with_qk_norm_matches_torch_on_both_paths():
 def test_macs_formula_matches_the_torch_counter(name, kwargs):
     from vitbench.measure.flops import count_macs_acts
 
-    macs, acts = kvit.count_macs_acts(create_model(name, **kwargs))
+    macs, acts = keras_macs.count_macs_acts(create_model(name, **kwargs))
     twin = tours.create_model(name, **kwargs).eval()
     size = twin.img_size
     t_macs, t_acts = count_macs_acts(twin, torch.randn(1, kwargs.get("in_chans", 3), size, size))

@@ -13,12 +13,15 @@ class KerasProvider:
     framework = "keras"
 
     def count_macs(self, model: Any, x: Any) -> tuple[float, float, str] | None:
-        """The family module's ``count_macs_acts(model)`` (per image), or None where a family has none."""
+        """Our families' analytic counts (``measure.keras_macs``), else the model module's own
+        ``count_macs_acts(model)`` (per image), else None."""
+        from ..measure.keras_macs import count_macs_acts
+
+        counted = count_macs_acts(model)
         fn = getattr(importlib.import_module(type(model).__module__), "count_macs_acts", None)
-        if fn is None:
-            return None
-        macs, acts = fn(model)
-        return macs, acts, KERAS_MACS_METHOD
+        if counted is None and fn is not None:
+            counted = fn(model)
+        return None if counted is None else (*counted, KERAS_MACS_METHOD)
 
     def preprocessing(self, model: Any) -> dict[str, Any] | None:
         return dict(getattr(model, "pretrained_cfg", None) or {}) or None

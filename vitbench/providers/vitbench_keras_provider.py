@@ -33,9 +33,10 @@ class VitbenchKerasProvider(KerasProvider):
 
     def port(self, model: Any, state: dict) -> None:
         from vitbench.models import keras as ours
+        from vitbench.port.keras import load_timm_attention
 
         if isinstance(model, ours.Attention):
-            ours.load_timm_attention(model, state)
+            load_timm_attention(model, state)
         elif isinstance(model, ours.SDPA):
             if state:
                 raise ValueError("SDPA has no weights to port")
@@ -44,11 +45,10 @@ class VitbenchKerasProvider(KerasProvider):
 
     def export_state(self, model: Any) -> dict:
         """The model's weights under timm's names (its family's port table read backwards)."""
-        import importlib
-
         from vitbench.port import export_state
+        from vitbench.port.keras import port_table
 
-        return export_state(importlib.import_module(type(model).__module__).port_table(model))
+        return export_state(port_table(model))
 
     def list_names(self) -> list[str]:
         return _names()

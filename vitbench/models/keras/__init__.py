@@ -7,9 +7,9 @@ from .layers import SDPA, Attention, Mlp, PatchEmbed, sdpa
 from .sam import RSBuildingBackbone, VisionTransformerSAM
 from .swin import SwinTransformer
 from .swinv2_cr import SwinTransformerV2Cr
-from .vit import Block, VisionTransformer, count_macs_acts, load_timm_attention, port_table
+from .vit import Block, VisionTransformer
 
 __all__ = ["Attention", "Block", "HieraDet", "Mlp", "PatchEmbed", "RSBuildingBackbone", "SDPA", "SwinTransformer",
            "SwinTransformerV2Cr", "VisionTransformer",
-           "VisionTransformerSAM", "count_macs_acts", "create_model", "list_models", "load_timm_attention",
-           "load_timm_state_dict", "model_entry", "port_table", "register_configs", "sdpa"]
+           "VisionTransformerSAM", "create_model", "list_models", "load_timm_state_dict", "model_entry",
+           "register_configs", "sdpa"]

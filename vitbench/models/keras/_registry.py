@@ -1,21 +1,17 @@
-"""Name -> (class, config, weight port) registry for our Keras models (names match their timm twins).
-
-Each family module registers its configs with the function that ports a timm state_dict into that class, so
-``create_model`` and ``load_timm_state_dict`` work for every family by name or by instance."""
+"""Name -> (class, config) registry for our Keras models (names match their timm twins): each family module
+registers its configs, so ``create_model`` works for every family by name. ``load_timm_state_dict`` ports a timm
+state_dict into any of them through their port tables (``vitbench.port.keras``)."""
 from __future__ import annotations
 
 import fnmatch
-from collections.abc import Callable
 from typing import Any
 
 _MODELS: dict[str, tuple[type, dict]] = {}
-_PORTS: dict[type, Callable[[Any, dict], None]] = {}
 
 
-def register_configs(configs: dict[str, dict], cls: type, port: Callable[[Any, dict], None]) -> None:
+def register_configs(configs: dict[str, dict], cls: type) -> None:
     for name, cfg in configs.items():
         _MODELS[name] = (cls, cfg)
-    _PORTS[cls] = port
 
 
 def list_models(pattern: str = "*") -> list[str]:
@@ -38,9 +34,7 @@ def create_model(name: str, **kwargs: Any) -> Any:
 
 
 def load_timm_state_dict(model: Any, state: dict) -> None:
-    """Port a timm (or our torch twin's) state_dict, as numpy arrays, into any registered model."""
-    for cls in type(model).__mro__:
-        if cls in _PORTS:
-            _PORTS[cls](model, state)
-            return
-    raise ValueError(f"no weight port for {type(model).__name__}")
+    """Port a timm (or our torch twin's) state_dict, as numpy arrays, into any registered model, strictly."""
+    from ...port.keras import load_timm_state_dict as load  # the port tables import the families
+
+    load(model, state)

@@ -12,7 +12,7 @@ of stages 2-4 the query and the shortcut are max-pooled 2x2 (dim x2, heads x2). 
 stage still uses the previous stage's window size. The head averages over (H, W), LayerNorms, then ``fc``.
 timm's model API as the torch twin has it (``forward_intermediates`` with ``coarse``: stage ends or blocks).
 
-``port_table`` / ``load_timm_state_dict`` bring a timm (or our torch) HieraDet state_dict in: Dense kernels are
+The port tables (``vitbench.port.keras``) bring a timm (or our torch) HieraDet state_dict in: Dense kernels are
 transposed, the patch conv goes OIHW -> HWIO, the two position tables go NCHW -> NHWC. Hiera has no buffers, so
 the port is strict both ways with nothing skipped. Spatial sizes must be static (known when ``call`` traces).
 """
@@ -20,18 +20,16 @@ from __future__ import annotations
 
 import functools
 import math
-from collections.abc import Callable
 
 import keras
 import numpy as np
 from keras import ops
 
-from ...port import assign_strict, conv, linear, nhwc, same
 from ..configs import HIERA_CONFIGS
 from ..features import check_output_fmt, feature_take_indices
 from ._registry import register_configs
-from .layers import PACKAGE, Mlp
-from .swin import check_global_pool, classes_changed, family_pretrained_cfg, replace_sublayer, to_output_fmt
+from .layers import PACKAGE, Mlp, replace_sublayer
+from .swin import check_global_pool, classes_changed, family_pretrained_cfg, to_output_fmt
 from .vit import LN_EPS
 
 
@@ -56,7 +54,7 @@ def window_unpartition(windows, ws: tuple[int, int], hw: tuple[int, int]):
     return ops.reshape(x, (-1, H, W, C))
 
 
-def _padded(H: int, W: int, ws: tuple[int, int]) -> tuple[int, int, int, int]:
+def padded(H: int, W: int, ws: tuple[int, int]) -> tuple[int, int, int, int]:
     ph, pw = (-H) % ws[0], (-W) % ws[1]
     return H + ph, W + pw, ph, pw
 
@@ -180,13 +178,13 @@ class MultiScaleBlock(keras.layers.Layer):
         windowed = ws[0] > 0
         Hp, Wp = H, W
         if windowed:
-            Hp, Wp, ph, pw = _padded(H, W, ws)
+            Hp, Wp, ph, pw = padded(H, W, ws)
             x = window_partition(ops.pad(x, ((0, 0), (0, ph), (0, pw), (0, 0))), ws)  # (B * nW, ws, ws, dim)
         x = self.attn(x)
         if self.q_stride is not None:
             ws = (ws[0] // self.q_stride[0], ws[1] // self.q_stride[1])
             H, W = shortcut.shape[1], shortcut.shape[2]
-            Hp, Wp, _, _ = _padded(H, W, ws)
+            Hp, Wp, _, _ = padded(H, W, ws)
         if windowed:
             x = window_unpartition(x, ws, (Hp, Wp))[:, :H, :W, :]
         x = shortcut + x
@@ -336,71 +334,4 @@ class HieraDet(keras.Model):
         return cls(**config)
 
 
-# --- weight port: timm / our torch state_dict -> this model ------------------------------------------------------
-
-def port_table(model: HieraDet) -> list[tuple[keras.Variable, str, Callable[[np.ndarray], np.ndarray]]]:
-    """(our variable, timm key, transform) for every weight, in a reviewable table."""
-    rows = [
-        (model.patch_embed.proj.kernel, "patch_embed.proj.weight", conv),
-        (model.patch_embed.proj.bias, "patch_embed.proj.bias", same),
-        (model.pos_embed, "pos_embed", nhwc),
-        (model.pos_embed_window, "pos_embed_window", nhwc),
-    ]
-    for i, b in enumerate(model.blocks):
-        p = f"blocks.{i}."
-        rows += [
-            (b.norm1.gamma, p + "norm1.weight", same), (b.norm1.beta, p + "norm1.bias", same),
-            (b.attn.qkv.kernel, p + "attn.qkv.weight", linear), (b.attn.qkv.bias, p + "attn.qkv.bias", same),
-            (b.attn.proj.kernel, p + "attn.proj.weight", linear), (b.attn.proj.bias, p + "attn.proj.bias", same),
-            (b.norm2.gamma, p + "norm2.weight", same), (b.norm2.beta, p + "norm2.bias", same),
-            (b.mlp.fc1.kernel, p + "mlp.fc1.weight", linear), (b.mlp.fc1.bias, p + "mlp.fc1.bias", same),
-            (b.mlp.fc2.kernel, p + "mlp.fc2.weight", linear), (b.mlp.fc2.bias, p + "mlp.fc2.bias", same),
-        ]
-        if b.proj is not None:  # shortcut projection at a stage change
-            rows += [(b.proj.kernel, p + "proj.weight", linear), (b.proj.bias, p + "proj.bias", same)]
-    rows += [(model.head.norm.gamma, "head.norm.weight", same), (model.head.norm.beta, "head.norm.bias", same)]
-    if model.head.fc is not None:
-        rows += [(model.head.fc.kernel, "head.fc.weight", linear), (model.head.fc.bias, "head.fc.bias", same)]
-    return rows
-
-
-def load_timm_state_dict(model: HieraDet, state: dict[str, np.ndarray]) -> None:
-    """Assign every weight from a timm HieraDet state_dict (numpy arrays), strictly (Hiera has no buffers)."""
-    if not model.built:
-        model.build((1, model.img_size, model.img_size, model.in_chans))
-    assign_strict(model, port_table(model), state)
-
-
-def count_macs_acts(model: HieraDet) -> tuple[int, int]:
-    """MACs and activations per image of ``img_size`` from the config, counted as the torch counter counts our
-    torch twin (patch conv, qkv, q@k^T, attn@v, proj, shortcut proj, MLP, head fc; activations = outputs of those
-    ops; windows counted with their zero padding, as they are computed)."""
-    c = model.cfg
-    h = w = (c["img_size"] + 2 * 3 - 7) // 4 + 1
-    C = c["embed_dim"]
-    macs, acts = h * w * C * c["in_chans"] * 49, h * w * C
-    for b in model.blocks:
-        d, do, heads = b.dim, b.dim_out, b.num_heads
-        ws = b.window_size[0]
-        hp, wp = (_padded(h, w, b.window_size)[:2] if ws else (h, w))
-        n_win, n_k = (hp // ws) * (wp // ws) if ws else 1, (ws * ws if ws else h * w)
-        s = b.q_stride or (1, 1)
-        qh, qw = (ws or h) // s[0], (ws or w) // s[1]
-        n_q = qh * qw
-        oh, ow = h // s[0], w // s[1]
-        tok, tok_out = h * w, oh * ow
-        qkv_tok = hp * wp if ws else tok
-        macs += qkv_tok * d * 3 * do + n_win * (2 * n_q * n_k * do) + n_win * n_q * do * do
-        acts += qkv_tok * 3 * do + n_win * (heads * n_q * n_k + n_q * do) + n_win * n_q * do
-        if b.proj is not None:
-            macs, acts = macs + tok * d * do, acts + tok * do
-        hidden = b.mlp.hidden
-        macs += 2 * tok_out * do * hidden
-        acts += tok_out * (hidden + do)
-        h, w = oh, ow
-    if model.head.fc is not None:
-        macs, acts = macs + model.num_features * model.num_classes, acts + model.num_classes
-    return macs, acts
-
-
-register_configs(HIERA_CONFIGS, HieraDet, load_timm_state_dict)
+register_configs(HIERA_CONFIGS, HieraDet)

@@ -157,9 +157,10 @@ class LayerScale(keras.layers.Layer):
 @keras.saving.register_keras_serializable(package=PACKAGE)
 class PatchEmbed(keras.layers.Layer):
     """(B, img_size, img_size, in_chans) -> (B, N, embed_dim) by a strided convolution. ``in_chans=None`` takes the
-    channels from the shape ``build`` is given; a number fixes them (a differing input shape is an error)."""
+    channels from the shape ``build`` is given; a number fixes them (a differing input shape is an error).
+    Arguments in the torch twin's order (img_size, patch_size, in_chans, embed_dim)."""
 
-    def __init__(self, img_size: int, patch_size: int, embed_dim: int, in_chans: int | None = None, **kwargs):
+    def __init__(self, img_size: int, patch_size: int, in_chans: int | None = None, embed_dim: int = 768, **kwargs):
         super().__init__(**kwargs)
         if img_size % patch_size:
             raise ValueError(f"PatchEmbed: img_size {img_size} is not a multiple of patch_size {patch_size}")
@@ -212,3 +213,32 @@ class SDPA(keras.layers.Layer):
 
     def get_config(self):
         return {**super().get_config(), "num_heads": self.num_heads, "impl": self.impl, "scale": self.scale}
+
+
+def replace_sublayer(owner: keras.layers.Layer, attr: str, new: keras.layers.Layer | None, input_shape) -> None:
+    """``owner.<attr> = new`` (built for ``input_shape``; None removes it) on an ``owner`` that may be built, as
+    ``reset_classifier`` needs. Keras locks a built layer's state, so the lock is lifted meanwhile (as Keras' own
+    ``quantize`` does; no public API swaps a sub-layer) and the old sub-layer untracked: its weights leave
+    ``weights``, so a strict port still covers every variable. The new weights get the paths the old ones had
+    (built under ``owner``'s path). Traced predict/train/test functions of ``owner`` are dropped (they hold the old
+    layer); on Keras' torch backend the owner's parameter list is rebuilt."""
+    if new is not None:
+        parent, _, name = (owner.path or owner.name).rpartition("/")
+        with keras.name_scope(name, override_parent=parent):
+            new.build(input_shape)
+    tracker = owner._tracker
+    locked = tracker.locked
+    tracker.unlock()
+    try:
+        old = getattr(owner, attr, None)
+        if old is not None:
+            tracker.untrack(old)
+        setattr(owner, attr, new)
+    finally:
+        if locked:
+            tracker.lock()
+    if hasattr(owner, "_torch_params"):
+        owner._track_variables()
+    for fn in ("train_function", "test_function", "predict_function"):
+        if getattr(owner, fn, None) is not None:
+            setattr(owner, fn, None)

@@ -19,18 +19,14 @@ of ``layers.py`` / ``vit.py`` in Keras' registry.
 """
 from __future__ import annotations
 
-from collections.abc import Callable
-
 import keras
 import numpy as np
 from keras import ops
 
-from ...port import PortError, assign_strict, conv, linear, same  # noqa: F401  (PortError: raised here)
 from ..configs import PREPROCESSING, SAM_CONFIGS, pretrained_cfg
 from ..features import check_output_fmt, feature_take_indices
 from ._registry import register_configs
-from .layers import PACKAGE, Mlp, PatchEmbed
-from .vit import replace_sublayer
+from .layers import PACKAGE, Mlp, PatchEmbed, replace_sublayer
 
 SAM_PACKAGE = f"{PACKAGE}.sam"  # see the module docstring: keeps SAM's Attention/Block apart from ViT's
 
@@ -230,7 +226,7 @@ class VisionTransformerSAM(keras.Model):
         grid = (img_size // patch_size, img_size // patch_size)
         self.grid_size = grid
         # built for img_size; _embed calls its conv directly, so any multiple of patch_size gives a (h, w) map
-        self.patch_embed = PatchEmbed(img_size, patch_size, embed_dim, name="patch_embed")
+        self.patch_embed = PatchEmbed(img_size, patch_size, in_chans, embed_dim, name="patch_embed")
         self.blocks = [Block(embed_dim, num_heads, mlp_ratio, qkv_bias, use_rel_pos,
                              0 if i in global_attn_indexes else window_size, grid, ln_eps, name=f"blocks_{i}")
                        for i in range(depth)]
@@ -363,63 +359,5 @@ class RSBuildingBackbone(VisionTransformerSAM):
         return outs
 
 
-def checkpoint_filter_fn(state_dict: dict[str, np.ndarray], model: VisionTransformerSAM) -> dict[str, np.ndarray]:
-    """timm SAM ViT state_dict -> the keys our port reads (as the torch twin's): ``_orig_mod.`` prefixes dropped;
-    ``head.*`` dropped when ours has no classifier; ``pos_embed`` resized (bicubic, antialiased) to our grid."""
-    out = {}
-    for k, v in state_dict.items():
-        k = k.replace("_orig_mod.", "")
-        if k.startswith("head.") and model.head is None:
-            continue  # a backbone without a classifier takes no head weights
-        if k == "pos_embed" and tuple(v.shape[1:3]) != tuple(model.grid_size):
-            v = ops.convert_to_numpy(resize_pos_embed(np.asarray(v, np.float32), model.grid_size))
-        out[k] = v
-    return out
-
-
-# --- weight port: timm / our torch state_dict -> this model ------------------------------------------------------
-
-def port_table(model: VisionTransformerSAM) -> list[tuple[keras.Variable, str, Callable[[np.ndarray], np.ndarray]]]:
-    """(our variable, timm key, transform) for every weight, in a reviewable table. SAM has no derived buffers
-    (no relative_position_index / attn_mask): every timm key is a parameter."""
-    rows = [
-        (model.patch_embed.proj.kernel, "patch_embed.proj.weight", conv),
-        (model.patch_embed.proj.bias, "patch_embed.proj.bias", same),
-        (model.pos_embed, "pos_embed", same),
-    ]
-    for i, b in enumerate(model.blocks):
-        p = f"blocks.{i}."
-        rows += [
-            (b.norm1.gamma, p + "norm1.weight", same), (b.norm1.beta, p + "norm1.bias", same),
-            (b.attn.qkv.kernel, p + "attn.qkv.weight", linear),
-            (b.attn.proj.kernel, p + "attn.proj.weight", linear), (b.attn.proj.bias, p + "attn.proj.bias", same),
-            (b.norm2.gamma, p + "norm2.weight", same), (b.norm2.beta, p + "norm2.bias", same),
-            (b.mlp.fc1.kernel, p + "mlp.fc1.weight", linear), (b.mlp.fc1.bias, p + "mlp.fc1.bias", same),
-            (b.mlp.fc2.kernel, p + "mlp.fc2.weight", linear), (b.mlp.fc2.bias, p + "mlp.fc2.bias", same),
-        ]
-        if b.attn.qkv_bias:
-            rows.append((b.attn.qkv.bias, p + "attn.qkv.bias", same))
-        if b.attn.use_rel_pos:
-            rows += [(b.attn.rel_pos_h, p + "attn.rel_pos_h", same), (b.attn.rel_pos_w, p + "attn.rel_pos_w", same)]
-    n0, n1, n2, n3 = model.neck
-    rows += [
-        (n0.kernel, "neck.0.weight", conv),
-        (n1.gamma, "neck.1.weight", same), (n1.beta, "neck.1.bias", same),
-        (n2.kernel, "neck.2.weight", conv),
-        (n3.gamma, "neck.3.weight", same), (n3.beta, "neck.3.bias", same),
-    ]
-    if model.head is not None:
-        rows += [(model.head.kernel, "head.fc.weight", linear), (model.head.bias, "head.fc.bias", same)]
-    return rows
-
-
-def load_timm_state_dict(model: VisionTransformerSAM, state: dict[str, np.ndarray]) -> None:
-    """Assign every weight from a timm SAM ViT state_dict (numpy arrays), after ``checkpoint_filter_fn`` (head keys
-    dropped for a model without a classifier, ``pos_embed`` resized to our grid). Strict otherwise."""
-    if not model.built:
-        model.build((None, model.img_size, model.img_size, model.in_chans))
-    assign_strict(model, port_table(model), checkpoint_filter_fn(state, model))
-
-
-register_configs(SAM_CONFIGS, VisionTransformerSAM, load_timm_state_dict)
-register_configs({"rsbuilding_vit_base": SAM_CONFIGS["samvit_base_patch16"]}, RSBuildingBackbone, load_timm_state_dict)
+register_configs(SAM_CONFIGS, VisionTransformerSAM)
+register_configs({"rsbuilding_vit_base": SAM_CONFIGS["samvit_base_patch16"]}, RSBuildingBackbone)

@@ -13,20 +13,18 @@ timm's model API as the torch twin has it: ``forward_intermediates`` (stage outp
 ``forward_features`` / ``forward_head``, ``get_classifier`` / ``reset_classifier`` and ``pretrained_cfg`` (its
 helpers, after ClassifierHead, serve the SwinV2-cr and Hiera twins too).
 
-``port_table`` / ``load_timm_state_dict`` bring a timm (or our torch) Swin state_dict in: Dense kernels are
+The port tables (``vitbench.port.keras``) bring a timm (or our torch) Swin state_dict in: Dense kernels are
 transposed, the patch conv goes OIHW -> HWIO, the bias tables are taken as they are. Strict both ways.
 """
 from __future__ import annotations
 
 import keras
-import numpy as np
 from keras import ops
 
-from ...port import Row, assign_strict, conv, dense_rows, ln_rows, same
 from ..configs import SWIN_CONFIGS, pretrained_cfg
 from ..features import check_output_fmt, feature_take_indices
 from ._registry import register_configs
-from .layers import Mlp
+from .layers import Mlp, replace_sublayer
 from .windows import (
     add_window_mask,
     block_windows,
@@ -34,7 +32,6 @@ from .windows import (
     relative_position_index,
     shift_window_mask,
     shifted_window_attention,
-    window_attention_macs,
 )
 
 PACKAGE = "vitbench.swin"  # class names are the torch twin's; a package of their own keeps Keras' registry unique
@@ -236,28 +233,6 @@ def check_global_pool(global_pool: str | None) -> None:
         raise ValueError(f"reset_classifier: global_pool {global_pool!r} is not supported (only 'avg')")
 
 
-def replace_sublayer(owner: keras.layers.Layer, attr: str, new: keras.layers.Layer | None, input_shape) -> None:
-    """``owner.<attr> = new`` (built for ``input_shape``; None removes it) on an ``owner`` that is already built.
-    Keras locks a built layer's state, so the lock is lifted meanwhile (as Keras' own ``quantize`` does) and the old
-    sub-layer untracked: its weights leave ``weights``, so a strict port still covers every variable. The new
-    weights get the paths the old ones had (built under ``owner``'s path)."""
-    if new is not None:
-        parent, _, name = (owner.path or owner.name).rpartition("/")
-        with keras.name_scope(name, override_parent=parent):
-            new.build(input_shape)
-    tracker = owner._tracker
-    locked = tracker.locked
-    tracker.unlock()
-    try:
-        old = getattr(owner, attr)
-        if old is not None:
-            tracker.untrack(old)
-        setattr(owner, attr, new)
-    finally:
-        if locked:
-            tracker.lock()
-
-
 def classes_changed(model: keras.Model, num_classes: int) -> None:
     """Bookkeeping after ``reset_classifier``: ``num_classes`` and the config follow (``get_config`` rebuilds the new
     head); traced predict/train/test functions hold the old head, so they are dropped (retraced on the next call).
@@ -362,67 +337,4 @@ class SwinTransformer(keras.Model):
         return cls(**config)
 
 
-# --- weight port: timm / our torch state_dict -> this model ------------------------------------------------------
-
-def stem_rows(model) -> list[Row]:
-    """Patch embedding (conv + norm), shared by Swin and SwinV2-cr."""
-    pe = model.patch_embed
-    return [(pe.proj.kernel, "patch_embed.proj.weight", conv), (pe.proj.bias, "patch_embed.proj.bias", same),
-            *ln_rows(pe.norm, "patch_embed.norm")]
-
-
-def merge_rows(merge: PatchMerging | None, key: str) -> list[Row]:
-    if merge is None:
-        return []
-    return [*ln_rows(merge.norm, key + ".norm"), *dense_rows(merge.reduction, key + ".reduction")]
-
-
-def port_table(model: SwinTransformer) -> list[Row]:
-    """(our variable, timm key, transform) for every weight, in a reviewable table."""
-    rows = stem_rows(model)
-    for i, stage in enumerate(model.layers_):
-        rows += merge_rows(stage.downsample, f"layers.{i}.downsample")
-        for j, b in enumerate(stage.blocks):
-            p = f"layers.{i}.blocks.{j}."
-            rows += [*ln_rows(b.norm1, p + "norm1"),
-                     (b.attn.relative_position_bias_table, p + "attn.relative_position_bias_table", same),
-                     *dense_rows(b.attn.qkv, p + "attn.qkv"), *dense_rows(b.attn.proj, p + "attn.proj"),
-                     *ln_rows(b.norm2, p + "norm2"),
-                     *dense_rows(b.mlp.fc1, p + "mlp.fc1"), *dense_rows(b.mlp.fc2, p + "mlp.fc2")]
-    rows += ln_rows(model.norm, "norm")
-    if model.head.fc is not None:
-        rows += dense_rows(model.head.fc, "head.fc")
-    return rows
-
-
-def load_timm_state_dict(model: SwinTransformer, state: dict[str, np.ndarray]) -> None:
-    """Assign every weight from a timm Swin state_dict (numpy arrays), strictly both ways."""
-    if not model.built:
-        model.build((None, model.img_size, model.img_size, model.in_chans))
-    assign_strict(model, port_table(model), state)
-
-
-def count_macs_acts(model: SwinTransformer) -> tuple[int, int]:
-    """MACs and activations per image of ``img_size``, counted as the torch counter counts our torch twin (patch
-    conv, merging reduction, windowed attention over the padded map, MLP, head fc)."""
-    c = model.cfg
-    h = w = c["img_size"] // c["patch_size"]
-    C = c["embed_dim"]
-    macs, acts = h * w * C * c["in_chans"] * c["patch_size"] ** 2, h * w * C
-    for stage in model.layers_:
-        if stage.downsample is not None:
-            d = stage.cfg["dim"]
-            h, w = (h + 1) // 2, (w + 1) // 2
-            macs, acts = macs + h * w * 4 * d * stage.cfg["out_dim"], acts + h * w * stage.cfg["out_dim"]
-        for b in stage.blocks:
-            (wh, ww), d = b.window_size, b.dim
-            tp = (-(-h // wh) * wh) * (-(-w // ww) * ww)
-            m, a = window_attention_macs(tp, wh * ww, d, b.num_heads)
-            hidden = b.mlp.hidden
-            macs, acts = macs + m + 2 * h * w * d * hidden, acts + a + h * w * (hidden + d)
-    if model.head.fc is not None:
-        macs, acts = macs + model.num_features * model.num_classes, acts + model.num_classes
-    return macs, acts
-
-
-register_configs(SWIN_CONFIGS, SwinTransformer, load_timm_state_dict)
+register_configs(SWIN_CONFIGS, SwinTransformer)

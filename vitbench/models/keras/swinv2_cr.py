@@ -12,7 +12,7 @@ timm's model API as the torch twin has it (``forward_intermediates``: stage outp
 difference kept from ``forward_features``: the final features are channels-last here (timm's are NCHW), so that
 ``forward_head`` takes them as they come.
 
-``port_table`` / ``load_timm_state_dict`` bring a timm (or our torch) SwinV2-cr state_dict in, strictly both ways.
+The port tables (``vitbench.port.keras``) bring a timm (or our torch) SwinV2-cr state_dict in, strictly both ways.
 """
 from __future__ import annotations
 
@@ -22,7 +22,6 @@ import keras
 import numpy as np
 from keras import ops
 
-from ...port import Row, assign_strict, dense_rows, ln_rows, same
 from ..configs import SWINV2_CR_CONFIGS
 from ..features import check_output_fmt, feature_take_indices
 from ._registry import register_configs
@@ -35,8 +34,6 @@ from .swin import (
     dense,
     family_pretrained_cfg,
     layer_norm,
-    merge_rows,
-    stem_rows,
     to_output_fmt,
 )
 from .windows import (
@@ -45,7 +42,6 @@ from .windows import (
     pair,
     shift_window_mask,
     shifted_window_attention,
-    window_attention_macs,
 )
 
 PACKAGE = "vitbench.swinv2_cr"
@@ -287,59 +283,4 @@ class SwinTransformerV2Cr(keras.Model):
         return cls(**config)
 
 
-# --- weight port: timm / our torch state_dict -> this model ------------------------------------------------------
-
-def port_table(model: SwinTransformerV2Cr) -> list[Row]:
-    """(our variable, timm key, transform) for every weight, in a reviewable table."""
-    rows = stem_rows(model)
-    for i, stage in enumerate(model.stages):
-        rows += merge_rows(stage.downsample, f"stages.{i}.downsample")
-        for j, b in enumerate(stage.blocks):
-            p = f"stages.{i}.blocks.{j}."
-            rows += [(b.attn.logit_scale, p + "attn.logit_scale", same),
-                     *dense_rows(b.attn.qkv, p + "attn.qkv"), *dense_rows(b.attn.proj, p + "attn.proj"),
-                     *dense_rows(b.attn.meta_mlp.fc1, p + "attn.meta_mlp.fc1"),
-                     *dense_rows(b.attn.meta_mlp.fc2, p + "attn.meta_mlp.fc2"),
-                     *ln_rows(b.norm1, p + "norm1"),
-                     *dense_rows(b.mlp.fc1, p + "mlp.fc1"), *dense_rows(b.mlp.fc2, p + "mlp.fc2"),
-                     *ln_rows(b.norm2, p + "norm2")]
-            if b.norm3 is not None:
-                rows += ln_rows(b.norm3, p + "norm3")
-    if model.head.fc is not None:
-        rows += dense_rows(model.head.fc, "head.fc")
-    return rows
-
-
-def load_timm_state_dict(model: SwinTransformerV2Cr, state: dict[str, np.ndarray]) -> None:
-    """Assign every weight from a timm SwinV2-cr state_dict (numpy arrays), strictly both ways."""
-    if not model.built:
-        model.build((None, model.img_size, model.img_size, model.in_chans))
-    assign_strict(model, port_table(model), state)
-
-
-def count_macs_acts(model: SwinTransformerV2Cr) -> tuple[int, int]:
-    """MACs and activations per image, counted as the torch counter counts our torch twin: as Swin's, plus each
-    block's meta MLP over the N*N offsets (recomputed every call)."""
-    c = model.cfg
-    h = w = c["img_size"] // c["patch_size"]
-    C = c["embed_dim"]
-    macs, acts = h * w * C * c["in_chans"] * c["patch_size"] ** 2, h * w * C
-    for stage in model.stages:
-        if stage.downsample is not None:
-            d = stage.cfg["dim"]
-            h, w = (h + 1) // 2, (w + 1) // 2
-            macs, acts = macs + h * w * 4 * d * 2 * d, acts + h * w * 2 * d
-        for b in stage.blocks:
-            (wh, ww), d = b.window_size, b.dim
-            n = wh * ww
-            tp = (-(-h // wh) * wh) * (-(-w // ww) * ww)
-            m, a = window_attention_macs(tp, n, d, b.num_heads)
-            hid, mh = b.mlp.hidden, b.attn.meta_hidden_dim
-            macs += m + 2 * h * w * d * hid + n * n * (2 * mh + mh * b.num_heads)
-            acts += a + h * w * (hid + d) + n * n * (mh + b.num_heads)
-    if model.head.fc is not None:
-        macs, acts = macs + model.num_features * model.num_classes, acts + model.num_classes
-    return macs, acts
-
-
-register_configs(SWINV2_CR_CONFIGS, SwinTransformerV2Cr, load_timm_state_dict)
+register_configs(SWINV2_CR_CONFIGS, SwinTransformerV2Cr)

@@ -1,53 +1,25 @@
 """Keras 3 Vision Transformer, the twin of ``vitbench.models.torch.vit`` (same configs, same argument and weight
 names, the same ``norm`` / ``fc_norm`` split and init).
 
-Input (B, H, W, in_chans) channels-last; logits (B, num_classes). ``port_table`` / ``load_timm_state_dict`` bring a
+Input (B, H, W, in_chans) channels-last; logits (B, num_classes). The port tables (``vitbench.port.keras``) bring a
 timm (or our torch) ViT state_dict in, strictly both ways: Dense kernels are transposed, the patch conv goes
 OIHW -> HWIO, LayerNorm eps is 1e-6 as in timm (Keras' default is 1e-3), GELU is the exact erf form.
 """
 from __future__ import annotations
 
 import keras
-import numpy as np
 from keras import ops
 
-from ...port import Row, assign_strict, conv, dense_rows, ln_rows, same
 from ..configs import PREPROCESSING, VIT_CONFIGS, pretrained_cfg
 from ..features import check_output_fmt, feature_take_indices
 from ._registry import register_configs
-from .layers import PACKAGE, Attention, LayerScale, Mlp, PatchEmbed
+from .layers import PACKAGE, Attention, LayerScale, Mlp, PatchEmbed, replace_sublayer
 
 LN_EPS = 1e-6  # timm's ViT LayerNorm eps
 
 
 def _ln(name: str) -> keras.layers.LayerNormalization:
     return keras.layers.LayerNormalization(epsilon=LN_EPS, name=name)
-
-
-def replace_sublayer(model: keras.Layer, attr: str, layer: keras.Layer | None, input_shape: tuple) -> None:
-    """``model.<attr> = layer`` (a new head, or None) on a model that may be built: Keras locks a built layer's state
-    against new sublayers, so the lock is lifted for the swap; the old layer is untracked (its weights leave
-    ``model.weights``) and the new one built in the model's name scope (the same weight paths). Compiled step
-    functions are dropped: they traced the old layer."""
-    tracker = model._tracker  # no public Keras API swaps a sublayer of a built model
-    locked = tracker.locked
-    tracker.unlock()
-    try:
-        old = getattr(model, attr, None)
-        if old is not None:
-            tracker.untrack(old)
-        setattr(model, attr, layer)
-        if layer is not None and model.built:
-            with keras.name_scope(model.name, caller=model):
-                layer.build(input_shape)
-    finally:
-        if locked:
-            tracker.lock()
-    if hasattr(model, "_torch_params"):  # Keras' torch backend: the model's ParameterDict still holds the old head
-        model._track_variables()
-    for fn in ("train_function", "test_function", "predict_function"):
-        if getattr(model, fn, None) is not None:
-            setattr(model, fn, None)
 
 
 def _trunc_normal() -> keras.initializers.Initializer:
@@ -130,7 +102,7 @@ class VisionTransformer(keras.Model):
         self.num_classes = num_classes
         self.class_token = class_token
         self.num_prefix_tokens = 1 if class_token else 0
-        self.patch_embed = PatchEmbed(img_size, patch_size, embed_dim, in_chans=in_chans, name="patch_embed")
+        self.patch_embed = PatchEmbed(img_size, patch_size, in_chans, embed_dim, name="patch_embed")
         init = keras.initializers.serialize(_trunc_normal())
         self.blocks = [Block(embed_dim, num_heads, mlp_ratio=mlp_ratio, qkv_bias=qkv_bias, qk_norm=qk_norm,
                              init_values=init_values, fused_attn=fused_attn, kernel_initializer=init,
@@ -257,67 +229,4 @@ class VisionTransformer(keras.Model):
         return cls(**config)
 
 
-# --- weight port: timm / our torch state_dict -> this model ------------------------------------------------------
-
-def attention_rows(layer: Attention, prefix: str = "") -> list[Row]:
-    """An Attention's rows from timm's ``{prefix}qkv``, ``q_norm``, ``k_norm``, ``proj``."""
-    rows = dense_rows(layer.qkv, prefix + "qkv")
-    if layer.qk_norm:
-        rows += ln_rows(layer.q_norm, prefix + "q_norm") + ln_rows(layer.k_norm, prefix + "k_norm")
-    return rows + dense_rows(layer.proj, prefix + "proj")
-
-
-def port_table(model: VisionTransformer) -> list[Row]:
-    """(our variable, timm key, transform) for every weight, in a reviewable table."""
-    rows = [(model.patch_embed.proj.kernel, "patch_embed.proj.weight", conv),
-            (model.patch_embed.proj.bias, "patch_embed.proj.bias", same)]
-    if model.cls_token is not None:
-        rows.append((model.cls_token, "cls_token", same))
-    rows.append((model.pos_embed, "pos_embed", same))
-    for i, b in enumerate(model.blocks):
-        p = f"blocks.{i}."
-        rows += ln_rows(b.norm1, p + "norm1") + attention_rows(b.attn, p + "attn.")
-        rows += ln_rows(b.norm2, p + "norm2") + dense_rows(b.mlp.fc1, p + "mlp.fc1")
-        rows += dense_rows(b.mlp.fc2, p + "mlp.fc2")
-        for name in ("ls1", "ls2"):
-            if getattr(b, name) is not None:
-                rows.append((getattr(b, name).gamma, p + name + ".gamma", same))
-    for name in ("norm", "fc_norm"):
-        if getattr(model, name) is not None:
-            rows += ln_rows(getattr(model, name), name)
-    if model.head is not None:
-        rows += dense_rows(model.head, "head")
-    return rows
-
-
-def load_timm_state_dict(model: VisionTransformer, state: dict[str, np.ndarray]) -> None:
-    """Assign every weight from a timm ViT state_dict (numpy arrays), strictly both ways (``PortError``)."""
-    if not model.built:
-        model.build((1, model.img_size, model.img_size, model.in_chans))
-    assign_strict(model, port_table(model), state)
-
-
-def load_timm_attention(layer: Attention, state: dict[str, np.ndarray]) -> None:
-    """timm ``Attention`` state_dict (qkv, q_norm/k_norm, proj) -> our Keras Attention, strictly."""
-    if not layer.built:
-        layer.build((1, 1, layer.dim))
-    assign_strict(layer, attention_rows(layer), state)
-
-
-def count_macs_acts(model: VisionTransformer) -> tuple[int, int]:
-    """MACs and activations per image from the config, counted as the torch counter counts our torch twin
-    (patch conv, qkv, q@k^T, attn@v, proj, MLP, head; activations = outputs of those ops; norms, LayerScale and
-    pooling are not counted)."""
-    c = model.cfg
-    C, H = c["embed_dim"], c["num_heads"]
-    P = (c["img_size"] // c["patch_size"]) ** 2
-    N, hidden = P + model.num_prefix_tokens, int(C * c["mlp_ratio"])
-    classes = max(c["num_classes"], 0)
-    macs = P * C * c["in_chans"] * c["patch_size"] ** 2 + C * classes
-    acts = P * C + classes
-    macs += c["depth"] * (N * C * 3 * C + 2 * N * N * C + N * C * C + 2 * N * C * hidden)
-    acts += c["depth"] * (3 * N * C + H * N * N + N * C + N * C + N * hidden + N * C)
-    return macs, acts
-
-
-register_configs(VIT_CONFIGS, VisionTransformer, load_timm_state_dict)
+register_configs(VIT_CONFIGS, VisionTransformer)
