@@ -175,3 +175,53 @@ def test_automatic_port_port_command_and_first_divergence(cli, write_suite, tmp_
     with open(tmp_path / "o2" / "cases.csv", newline="") as f:
         (cand,) = [r for r in csv.DictReader(f) if r["role"] == "candidate"]
     assert cand["port_method"] == "hook" and cand["numerics_status"] == "ok"
+
+
+KERAS_NUDGED = '''
+from vitbench.models.keras import create_model
+from vitbench.port.keras import load_timm_state_dict
+
+
+def nudged_vit(**kw):
+    return create_model("vit_tiny_patch16_224", **kw)
+
+
+def port_weights(model, state):
+    load_timm_state_dict(model, state)
+    bias = model.blocks[2].mlp.fc2.bias
+    b = bias.numpy()
+    b[0] += 0.5  # block 2 computes something else (one channel: a shift of every channel the norms would undo)
+    bias.assign(b)
+'''
+
+
+def test_keras_sides_are_compared_block_by_block_through_forward_intermediates(cli, write_suite, tmp_path):
+    """A Keras candidate's forward_intermediates against the torch reference's: our Keras ViT agrees at every block,
+    one nudged at block 2 fails from intermediates.2 with blocks 0-1 within tolerance."""
+    (tmp_path / "kn.py").write_text(KERAS_NUDGED)
+    suite = write_suite("""
+    name: kblocks
+    defaults: {img_size: 32, batch_sizes: [1], min_seconds: 0, rounds: 2, processes: 1, warmup_iters: 1,
+               min_iters: 2, tolerance: {max_abs: 1.0e-4}}
+    pairs:
+      - name: k
+        reference: {provider: timm, model: vit_tiny_patch16_224, kwargs: {depth: 4}}
+        candidates:
+          - {provider: vitbench_keras, model: vit_tiny_patch16_224, kwargs: {depth: 4}}
+          - {provider: keras_import, model: "kn:nudged_vit", kwargs: {depth: 4}, label: nudged}
+    """)
+    cli("run", suite, "--device", "cpu", "--out", tmp_path / "o")
+    with open(tmp_path / "o" / "cases.csv", newline="") as f:
+        c = {r["label"]: r for r in csv.DictReader(f) if r["role"] == "candidate"}
+
+    def table(row: dict[str, str]) -> list[dict[str, str]]:
+        with open(tmp_path / "o" / "numerics" / f"{row['case_id']}.csv", newline="") as f:
+            return list(csv.DictReader(f))
+
+    ours = c["vitbench_keras/vit_tiny_patch16_224"]
+    assert ours["numerics_status"] == "ok" and ours["first_divergence"] == ""
+    assert [r["block"] for r in table(ours)] == [f"intermediates.{i}" for i in range(4)]
+    assert all(float(r["max_abs_diff"]) < 1e-4 for r in table(ours))
+    nudged = c["nudged"]
+    assert nudged["numerics_status"] == "fail" and nudged["first_divergence"].startswith("intermediates.2 ("), nudged
+    assert all(float(r["max_abs_diff"]) < 1e-4 for r in table(nudged)[:2])

@@ -7,15 +7,24 @@ it has one; for blocks with a timm-style attention (``attn`` with ``qkv`` and ``
 the first sample, softmax(q k^T * scale), recomputed from the attention's input as vit-pytorch's Recorder does.
 The candidate records the same at its own names (the same names, or the ones the weight alignment pairs with
 them), and each pair is compared: ``first_divergence`` is the first block beyond the tolerance.
+
+Where names cannot pair the two (a Keras side, or a reference of the other framework), the outputs of timm's
+``forward_intermediates(x, intermediates_only=True)`` (NCHW maps, timm's default) are compared instead, by index
+(``intermediates.<k>``), when both sides have it and give as many. This module imports torch only where a torch
+model is recorded.
 """
 from __future__ import annotations
 
+import csv
 import re
 from collections.abc import Callable
-from typing import Any
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import torch
+
+if TYPE_CHECKING:
+    import torch
 
 BLOCK = re.compile(r"(^|\.)\d+$")
 
@@ -23,6 +32,8 @@ BLOCK = re.compile(r"(^|\.)\d+$")
 def block_names(model: torch.nn.Module) -> list[str]:
     """The modules compared block by block, in registration order: ``patch_embed``, then the children of every
     ModuleList/Sequential whose children are two or more of one class (stages, and the blocks inside them)."""
+    import torch
+
     stacks = set()
     for name, m in model.named_modules():
         kids = list(m.children())
@@ -36,6 +47,8 @@ def block_names(model: torch.nn.Module) -> list[str]:
 def _attn_map(attn: torch.nn.Module, x: torch.Tensor) -> torch.Tensor | None:
     """softmax(q k^T * scale) of the first sample, from the attention module's input (timm's Attention layout:
     fused ``qkv``, ``num_heads``, optional ``q_norm``/``k_norm``); None where the module is not of that kind."""
+    import torch
+
     qkv, heads = getattr(attn, "qkv", None), getattr(attn, "num_heads", None)
     if not isinstance(qkv, torch.nn.Linear) or not heads or x.dim() != 3:
         return None
@@ -51,6 +64,8 @@ def record(model: torch.nn.Module, x: torch.Tensor, names: list[str] | None = No
            run: Callable[[torch.Tensor], Any] | None = None) -> dict[str, np.ndarray]:
     """The outputs of ``names`` (default: ``block_names``) for input ``x`` as ``b/<name>``, and attention maps of
     the blocks that have a timm-style ``attn`` as ``a/<name>`` (float32 numpy)."""
+    import torch
+
     from .compile import output_tensor
 
     names = block_names(model) if names is None else names
@@ -144,3 +159,39 @@ def compare_blocks(ref: dict[str, np.ndarray], cand: dict[str, np.ndarray], name
             diff = res.get("max_abs_diff")
             first = f"{rn} ({res['problem']})" if res.get("problem") else f"{rn} (max|diff| {diff:.3g})"
     return rows, first
+
+
+def intermediates(values: Any, to_numpy: Callable[[Any], np.ndarray]) -> dict[str, np.ndarray]:
+    """``i/<k>``: the maps a timm-style ``forward_intermediates(x, intermediates_only=True)`` returned, float32
+    numpy; empty when it returned something else (tuples of prefix tokens, a dict)."""
+    if not isinstance(values, (list, tuple)) or any(isinstance(v, (list, tuple, dict)) for v in values):
+        return {}
+    return {f"i/{k}": np.asarray(to_numpy(v), np.float32) for k, v in enumerate(values)}
+
+
+def compare_intermediates(ref: dict[str, np.ndarray], cand: dict[str, np.ndarray],
+                          judge: Callable[[dict[str, Any]], bool]) -> tuple[list[dict[str, Any]], str | None]:
+    """``compare_blocks`` over the two sides' ``i/<k>`` maps, labelled ``intermediates.<k>``; nothing when one side
+    has none or the counts differ (then they are not the same blocks)."""
+    def maps(d: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        return {f"b/intermediates.{k[2:]}": v for k, v in d.items() if k.startswith("i/")}
+
+    r, c = maps(ref), maps(cand)
+    if not r or len(r) != len(c):
+        return [], None
+    names = {k[2:]: k[2:] for k in sorted(r, key=lambda k: int(k.rpartition(".")[2]))}
+    return compare_blocks(r, c, names, judge)
+
+
+TABLE = ["block", "candidate_module", "max_abs_diff", "mean_abs_diff", "rel_err", "cosine_sim", "attn_max_abs_diff",
+         "problem"]
+
+
+def write_table(run_dir: str | Path, case_id: str, rows: list[dict[str, Any]]) -> None:
+    """``DIR/numerics/<case_id>.csv``: the per-block table."""
+    out = Path(run_dir) / "numerics" / f"{case_id}.csv"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with out.open("w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=TABLE)
+        w.writeheader()
+        w.writerows(rows)

@@ -14,8 +14,8 @@ from ..measure import memory
 from ..measure.sections import Compile, Numerics, Provenance, SetupResult, Size
 from ..modes import KERAS_DEFAULT_BACKEND, KERAS_JIT
 from ..suite import Case
-from .artifacts import artifact_path, save_npz
-from .worker import Timed, compare_candidate
+from .artifacts import artifact_path, load_arrays, save_npz
+from .worker import Timed, compare_candidate, judged
 
 
 def _setup(case: Case, backend: str | None = None) -> str:
@@ -82,7 +82,41 @@ def _numerics(case: Case, forward: Any, port: Any, run_dir: str) -> Numerics:
         if not path.exists():
             _write_artifact(path, case, model_of(forward), forward, get_provider(case.provider))
         return Numerics("reference")
-    return compare_candidate(case, run_dir, port, lambda x: output_array(forward(nhwc(x))))
+    res = compare_candidate(case, run_dir, port, lambda x: output_array(forward(nhwc(x))))
+    if res.numerics_status in ("ok", "fail"):
+        try:
+            res.first_divergence = _per_block(case, model_of(forward), run_dir)
+        except Exception as e:  # noqa: BLE001  (the table is a diagnosis: its failure is logged, not the row's)
+            print(f"per-block comparison failed: {type(e).__name__}: {e}", flush=True)
+    return res
+
+
+def _intermediates(model: Any, x: np.ndarray) -> dict[str, np.ndarray]:
+    """``i/<k>``: the model's timm-style ``forward_intermediates`` (NCHW maps) for an NHWC input, where it has it."""
+    import keras
+
+    from ..measure import divergence
+
+    if not hasattr(model, "forward_intermediates"):
+        return {}
+    values = model.forward_intermediates(x, intermediates_only=True)
+    return divergence.intermediates(values, keras.ops.convert_to_numpy)
+
+
+def _per_block(case: Case, model: Any, run_dir: str) -> str | None:
+    """The candidate's forward_intermediates against the reference's, in order (``DIR/numerics/<case_id>.csv``);
+    the first beyond the tolerance, None when all agree or there is nothing to compare."""
+    from ..measure import divergence
+
+    art = load_arrays(artifact_path(run_dir, case.pair, case.device))
+    ref = {k: art[k] for k in art.files if k.startswith("i/")}
+    if not ref:
+        return None
+    rows, first = divergence.compare_intermediates(ref, _intermediates(model, nhwc(art["x"])),
+                                                   lambda r: judged(case, r).numerics_status == "ok")
+    if rows:
+        divergence.write_table(run_dir, case.case_id, rows)
+    return first
 
 
 def nhwc(x: np.ndarray) -> np.ndarray:
@@ -112,7 +146,13 @@ def _write_artifact(path: Any, case: Case, model: Any, forward: Any, provider: A
     if weights is None:
         weights = {v.path: np.asarray(v.numpy() if hasattr(v, "numpy") else v) for v in model.weights}
     nchw = x.transpose(0, 3, 1, 2) if x.ndim == 4 else x
-    save_npz(path, {k: np.asarray(v, np.float32) for k, v in weights.items()}, x=nchw, y=y.astype(np.float32))
+    try:
+        inter = _intermediates(model, x)
+    except Exception as e:  # noqa: BLE001  (no per-block table then; the output comparison stands)
+        print(f"forward_intermediates not recorded: {type(e).__name__}: {e}", flush=True)
+        inter = {}
+    save_npz(path, {k: np.asarray(v, np.float32) for k, v in weights.items()}, x=nchw, y=y.astype(np.float32),
+             **inter)
 
 
 def _perturb(model: Any, case: Case) -> None:

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import contextlib
-import csv
 import time
 from pathlib import Path
 from typing import Any
@@ -52,8 +51,8 @@ def _input(case: Case, batch: int, img: int | None, dev: torch.device) -> torch.
 
 
 def _write_artifact(path: Path, model: Any, img: int | None, case: Case, dev: torch.device) -> None:
-    """The reference's weights, input and output, and its block outputs and attention maps (``b/``, ``a/``) for
-    the candidates' per-block comparison."""
+    """The reference's weights, input and output, and its block outputs, attention maps and forward_intermediates
+    (``b/``, ``a/``, ``i/``) for the candidates' per-block comparison."""
     from ..measure import divergence
 
     x = _input(case, case.settings.numerics_batch, img, dev)
@@ -62,6 +61,10 @@ def _write_artifact(path: Path, model: Any, img: int | None, case: Case, dev: to
     weights = {k: v.detach().float().cpu().numpy() for k, v in model.state_dict().items()}
     try:
         blocks = divergence.record(model, x)
+        if hasattr(model, "forward_intermediates"):
+            with torch.inference_mode():
+                inter = model.forward_intermediates(x, intermediates_only=True)
+            blocks.update(divergence.intermediates(inter, lambda t: t.float().cpu().numpy()))
     except Exception as e:  # noqa: BLE001  (no per-block table then; the output comparison stands)
         print(f"per-block outputs not recorded: {type(e).__name__}: {e}", flush=True)
         blocks = {}
@@ -113,26 +116,27 @@ def _per_block(case: Case, model: Any, run_dir: str, dev: torch.device) -> str |
     from ..measure import divergence
 
     art = load_arrays(artifact_path(run_dir, case.pair, case.device))
-    ref = {k: art[k] for k in art.files if k.startswith(("b/", "a/"))}
+    ref = {k: art[k] for k in art.files if k.startswith(("b/", "a/", "i/"))}
     ref_names = [k[2:] for k in art.files if k.startswith("b/")]
-    if not ref_names:
-        return None
-    pairs = None
-    if any(n not in dict(model.named_modules()) for n in ref_names):
-        state = {k[2:]: art[k] for k in art.files if k.startswith("w/")}
-        pairs = [(m.reference, m.candidate) for m in align(reference_tensors(state), torch_tensors(model)).matches]
-    names = divergence.candidate_names(ref_names, model, pairs)
-    x = torch.from_numpy(art["x"]).to(dev)
-    cand = divergence.record(model, x, list(names.values()),
-                             run=lambda t: _at_precision(model, t, case.precision, dev))
-    rows, first = divergence.compare_blocks(ref, cand, names, lambda r: judged(case, r).numerics_status == "ok")
-    out = Path(run_dir) / "numerics" / f"{case.case_id}.csv"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    with out.open("w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=["block", "candidate_module", "max_abs_diff", "mean_abs_diff", "rel_err",
-                                          "cosine_sim", "attn_max_abs_diff", "problem"])
-        w.writeheader()
-        w.writerows(rows)
+    rows, first = [], None
+    ok = lambda r: judged(case, r).numerics_status == "ok"  # noqa: E731
+    if ref_names:
+        pairs = None
+        if any(n not in dict(model.named_modules()) for n in ref_names):
+            state = {k[2:]: art[k] for k in art.files if k.startswith("w/")}
+            pairs = [(m.reference, m.candidate) for m in align(reference_tensors(state), torch_tensors(model)).matches]
+        names = divergence.candidate_names(ref_names, model, pairs)
+        x = torch.from_numpy(art["x"]).to(dev)
+        cand = divergence.record(model, x, list(names.values()),
+                                 run=lambda t: _at_precision(model, t, case.precision, dev))
+        rows, first = divergence.compare_blocks(ref, cand, names, ok)
+    if not rows and hasattr(model, "forward_intermediates"):  # a Keras reference: its forward_intermediates
+        with torch.inference_mode():
+            inter = model.forward_intermediates(torch.from_numpy(art["x"]).to(dev), intermediates_only=True)
+        rows, first = divergence.compare_intermediates(
+            ref, divergence.intermediates(inter, lambda t: t.float().cpu().numpy()), ok)
+    if rows:
+        divergence.write_table(run_dir, case.case_id, rows)
     return first
 
 
