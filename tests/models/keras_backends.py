@@ -12,7 +12,11 @@ import subprocess
 import sys
 import textwrap
 
-BACKENDS = ("tensorflow", "jax", "torch")
+import pytest
+
+# TensorFlow in the default run; JAX and torch are the same code on other backends, each a child process that
+# imports its framework (20-40 s apiece): marked slow, run by .ci/run (python -m pytest -m slow)
+BACKENDS = ("tensorflow", pytest.param("jax", marks=pytest.mark.slow), pytest.param("torch", marks=pytest.mark.slow))
 
 PRELUDE = textwrap.dedent("""
     import numpy as np, torch, timm
