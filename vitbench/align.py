@@ -52,6 +52,10 @@ ROLES: dict[str, dict[str, set[str]]] = {
     },
 }
 
+KERAS_LAYOUT = ("automatic port: not tried: the reference's weights are a Keras model's own variables (its provider "
+                "cannot name them as timm's), in Keras layout; define port_weights (Keras) or checkpoint_filter_fn "
+                "(torch) in the candidate's module")
+
 
 @dataclass(frozen=True)
 class Tensor:

@@ -4,7 +4,8 @@ the same input, compared in order, and the attention maps where both can give th
 The reference records, on the numerics input, the output of each *block*: a module whose name ends in a whole
 number (``blocks.3``, ``layers.1.blocks.2``: the children of a ModuleList/Sequential), and of ``patch_embed`` when
 it has one; for blocks with a timm-style attention (``attn`` with ``qkv`` and ``num_heads``), the attention map of
-the first sample, softmax(q k^T * scale), recomputed from the attention's input as vit-pytorch's Recorder does.
+the first sample, softmax(q k^T * scale), from the output of its fused qkv in the same forward (as vit-pytorch's
+Recorder takes the map the model computed).
 The candidate records the same at its own names (the same names, or the ones the weight alignment pairs with
 them), and each pair is compared: ``first_divergence`` is the first block beyond the tolerance.
 
@@ -44,16 +45,17 @@ def block_names(model: torch.nn.Module) -> list[str]:
             if n == "patch_embed" or (BLOCK.search(n) and n.rpartition(".")[0] in stacks)]
 
 
-def _attn_map(attn: torch.nn.Module, x: torch.Tensor) -> torch.Tensor | None:
-    """softmax(q k^T * scale) of the first sample, from the attention module's input (timm's Attention layout:
-    fused ``qkv``, ``num_heads``, optional ``q_norm``/``k_norm``); None where the module is not of that kind."""
+def _attn_map(attn: torch.nn.Module, qkv_out: torch.Tensor) -> torch.Tensor | None:
+    """softmax(q k^T * scale) of the first sample, from the output of the attention's fused ``qkv`` Linear in the
+    forward being recorded (timm's Attention layout: ``num_heads``, optional ``q_norm``/``k_norm``): the map the
+    block computed, without computing qkv again; None where the module is not of that kind."""
     import torch
 
-    qkv, heads = getattr(attn, "qkv", None), getattr(attn, "num_heads", None)
-    if not isinstance(qkv, torch.nn.Linear) or not heads or x.dim() != 3:
+    heads = getattr(attn, "num_heads", None)
+    if not heads or qkv_out.dim() != 3:
         return None
-    b, n, c = x[:1].shape
-    q, k, _ = qkv(x[:1]).reshape(1, n, 3, heads, -1).permute(2, 0, 3, 1, 4)
+    n = qkv_out.shape[1]
+    q, k, _ = qkv_out[:1].reshape(1, n, 3, heads, -1).permute(2, 0, 3, 1, 4)
     q = getattr(attn, "q_norm", torch.nn.Identity())(q)
     k = getattr(attn, "k_norm", torch.nn.Identity())(k)
     scale = getattr(attn, "scale", q.shape[-1] ** -0.5)
@@ -64,6 +66,13 @@ def record(model: torch.nn.Module, x: torch.Tensor, names: list[str] | None = No
            run: Callable[[torch.Tensor], Any] | None = None) -> dict[str, np.ndarray]:
     """The outputs of ``names`` (default: ``block_names``) for input ``x`` as ``b/<name>``, and attention maps of
     the blocks that have a timm-style ``attn`` as ``a/<name>`` (float32 numpy)."""
+    return record_output(model, x, names, run)[0]
+
+
+def record_output(model: torch.nn.Module, x: torch.Tensor, names: list[str] | None = None,
+                  run: Callable[[torch.Tensor], Any] | None = None) -> tuple[dict[str, np.ndarray], Any]:
+    """``record``, and what the forward returned: the block outputs are taken in the forward whose output is
+    compared, not in one more."""
     import torch
 
     from .compile import output_tensor
@@ -82,8 +91,8 @@ def record(model: torch.nn.Module, x: torch.Tensor, names: list[str] | None = No
         return hook
 
     def keep_attn(name: str, attn: torch.nn.Module) -> Callable[..., None]:
-        def hook(mod: Any, inp: Any) -> None:
-            a = _attn_map(attn, inp[0]) if inp and isinstance(inp[0], torch.Tensor) else None
+        def hook(mod: Any, inp: Any, res: Any) -> None:  # on attn.qkv: its output is q, k, v
+            a = _attn_map(attn, res) if isinstance(res, torch.Tensor) else None
             if a is not None:
                 out[f"a/{name}"] = a.detach().float().cpu().numpy()
         return hook
@@ -94,15 +103,15 @@ def record(model: torch.nn.Module, x: torch.Tensor, names: list[str] | None = No
             continue
         handles.append(m.register_forward_hook(keep(name)))
         attn = getattr(m, "attn", None)
-        if isinstance(attn, torch.nn.Module):
-            handles.append(attn.register_forward_pre_hook(keep_attn(name, attn)))
+        if isinstance(attn, torch.nn.Module) and isinstance(getattr(attn, "qkv", None), torch.nn.Linear):
+            handles.append(attn.qkv.register_forward_hook(keep_attn(name, attn)))
     try:
         with torch.inference_mode():
-            (run or model)(x)
+            result = (run or model)(x)
     finally:
         for h in handles:
             h.remove()
-    return out
+    return out, result
 
 
 def candidate_names(ref_names: list[str], cand: torch.nn.Module, pairs: list[tuple[str, str]] | None) -> dict[str, str]:
@@ -146,7 +155,11 @@ def compare_blocks(ref: dict[str, np.ndarray], cand: dict[str, np.ndarray], name
 
     rows, first = [], None
     for rn, cn in names.items():
-        if f"b/{rn}" not in ref or f"b/{cn}" not in cand or ref[f"b/{rn}"].shape != cand[f"b/{cn}"].shape:
+        if f"b/{rn}" not in ref or f"b/{cn}" not in cand:
+            continue
+        if ref[f"b/{rn}"].shape != cand[f"b/{cn}"].shape:  # a row that says so, never a silent gap
+            rows.append({"block": rn, "candidate_module": cn, "problem": f"not compared: shape "
+                         f"{cand[f'b/{cn}'].shape} vs the reference's {ref[f'b/{rn}'].shape}"})
             continue
         res = compare(ref[f"b/{rn}"], cand[f"b/{cn}"])
         row = {"block": rn, "candidate_module": cn, **{k: res.get(k) for k in (
@@ -172,13 +185,15 @@ def intermediates(values: Any, to_numpy: Callable[[Any], np.ndarray]) -> dict[st
 def compare_intermediates(ref: dict[str, np.ndarray], cand: dict[str, np.ndarray],
                           judge: Callable[[dict[str, Any]], bool]) -> tuple[list[dict[str, Any]], str | None]:
     """``compare_blocks`` over the two sides' ``i/<k>`` maps, labelled ``intermediates.<k>``; nothing when one side
-    has none or the counts differ (then they are not the same blocks)."""
+    has none, one row saying so when the counts differ (then they are not the same blocks)."""
     def maps(d: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         return {f"b/intermediates.{k[2:]}": v for k, v in d.items() if k.startswith("i/")}
 
     r, c = maps(ref), maps(cand)
-    if not r or len(r) != len(c):
+    if not r or not c:
         return [], None
+    if len(r) != len(c):
+        return [{"block": "intermediates", "problem": f"not compared: {len(c)} maps vs the reference's {len(r)}"}], None
     names = {k[2:]: k[2:] for k in sorted(r, key=lambda k: int(k.rpartition(".")[2]))}
     return compare_blocks(r, c, names, judge)
 

@@ -123,8 +123,10 @@ class KerasImportProvider(KerasProvider):
             port_by_name(model, state)
             return "strict"
         except PortError as strict:
-            from ..align import align, keras_tensors, ported_state, reference_tensors
+            from ..align import KERAS_LAYOUT, align, keras_tensors, ported_state, reference_tensors
 
+            if any("/" in k for k in state):  # a Keras reference's own variables: Keras layout, not torch's
+                raise PortError(str(strict), strict.missing, strict.unexpected, hint=KERAS_LAYOUT) from None
             a = align(reference_tensors(state), keras_tensors(model), "keras")
             if not a.complete:
                 raise PortError(str(strict), strict.missing, strict.unexpected, hint=f"automatic port: {a.summary()}; "

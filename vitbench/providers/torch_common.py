@@ -48,8 +48,8 @@ def load_numpy_state(model, state: dict[str, np.ndarray], filter_fn=None) -> Non
         raise PortError.of_keys(missing, unexpected)
     bad = [k for k in own if own[k].shape != sd[k].shape]
     if bad:
-        raise ValueError(f"weight port: shape mismatch at {bad[0]}: ours {tuple(own[bad[0]].shape)} "
-                         f"vs reference {tuple(sd[bad[0]].shape)}")
+        raise PortError(f"weight port: shape mismatch at {bad[0]}: ours {tuple(own[bad[0]].shape)} "
+                        f"vs reference {tuple(sd[bad[0]].shape)}")
     model.load_state_dict({k: v.to(own[k].dtype) for k, v in sd.items()}, strict=True)
 
 

@@ -74,32 +74,34 @@ def output_array(y: Any) -> np.ndarray:
     return y.transpose(0, 3, 1, 2) if y.ndim == 4 else y
 
 
-def _numerics(case: Case, forward: Any, port: Any, run_dir: str) -> Numerics:
+def _numerics(case: Case, model: Any, forward: Any, port: Any, run_dir: str) -> Numerics:
+    """``model``: what the provider built (``forward`` may be its forward_features, or a function of it)."""
     if case.role == "reference":
         from ..providers import get_provider
 
         path = artifact_path(run_dir, case.pair, case.device)
         if not path.exists():
-            _write_artifact(path, case, model_of(forward), forward, get_provider(case.provider))
+            _write_artifact(path, case, model, forward, get_provider(case.provider))
         return Numerics("reference")
     res = compare_candidate(case, run_dir, port, lambda x: output_array(forward(nhwc(x))))
     if res.numerics_status in ("ok", "fail"):
         try:
-            res.first_divergence = _per_block(case, model_of(forward), run_dir)
+            res.first_divergence = _per_block(case, model, run_dir)
         except Exception as e:  # noqa: BLE001  (the table is a diagnosis: its failure is logged, not the row's)
             print(f"per-block comparison failed: {type(e).__name__}: {e}", flush=True)
     return res
 
 
 def _intermediates(model: Any, x: np.ndarray) -> dict[str, np.ndarray]:
-    """``i/<k>``: the model's timm-style ``forward_intermediates`` (NCHW maps) for an NHWC input, where it has it."""
+    """``i/<k>``: the model's timm-style ``forward_intermediates`` (NCHW maps) of the first sample of an NHWC input,
+    where it has it."""
     import keras
 
     from ..measure import divergence
 
     if not hasattr(model, "forward_intermediates"):
         return {}
-    values = model.forward_intermediates(x, intermediates_only=True)
+    values = model.forward_intermediates(x[:1], intermediates_only=True)  # first sample only, as the torch side
     return divergence.intermediates(values, keras.ops.convert_to_numpy)
 
 
@@ -121,10 +123,6 @@ def _per_block(case: Case, model: Any, run_dir: str) -> str | None:
 
 def nhwc(x: np.ndarray) -> np.ndarray:
     return x.transpose(0, 2, 3, 1) if x.ndim == 4 else x  # NCHW (the artifacts' torch layout) -> NHWC
-
-
-def model_of(forward: Any) -> Any:
-    return getattr(forward, "__self__", forward)  # forward_features is a bound method of the model
 
 
 def _write_artifact(path: Any, case: Case, model: Any, forward: Any, provider: Any) -> None:
@@ -196,7 +194,7 @@ def setup(case: Case, run_dir: str, timing_only: bool = False) -> tuple[SetupRes
         size=Size(img_size=img, param_count_m=sum(int(np.prod(w.shape)) for w in model.weights) / 1e6))
     if not timing_only:
         with res.phase("numerics"):
-            res.numerics = _numerics(case, forward, lambda state: provider.port(model, state), run_dir)
+            res.numerics = _numerics(case, model, forward, lambda state: provider.port(model, state), run_dir)
         # a provider's note on where its model is not the reference's architecture (and what the port does about it)
         differences = getattr(provider, "differences", None)
         note = differences(model) if differences and res.numerics.numerics_status in ("ok", "fail") else None

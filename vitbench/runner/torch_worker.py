@@ -10,7 +10,7 @@ import numpy as np
 import torch
 
 from ..env import device_name, pkg_version, torch_device
-from ..measure import memory, numerics
+from ..measure import divergence, memory, numerics
 from ..measure.compile import output_tensor
 from ..measure.sections import Memory, Numerics, Provenance, SetupResult, Size
 from ..providers import get_provider
@@ -53,21 +53,22 @@ def _input(case: Case, batch: int, img: int | None, dev: torch.device) -> torch.
 def _write_artifact(path: Path, model: Any, img: int | None, case: Case, dev: torch.device) -> None:
     """The reference's weights, input and output, and its block outputs, attention maps and forward_intermediates
     (``b/``, ``a/``, ``i/``) for the candidates' per-block comparison."""
-    from ..measure import divergence
-
     x = _input(case, case.settings.numerics_batch, img, dev)
-    with torch.inference_mode():
-        y = output_tensor(model(x))
-    weights = {k: v.detach().float().cpu().numpy() for k, v in model.state_dict().items()}
     try:
-        blocks = divergence.record(model, x)
-        if hasattr(model, "forward_intermediates"):
-            with torch.inference_mode():
-                inter = model.forward_intermediates(x, intermediates_only=True)
-            blocks.update(divergence.intermediates(inter, lambda t: t.float().cpu().numpy()))
+        blocks, y = divergence.record_output(model, x)  # the block outputs from the forward that gives y
     except Exception as e:  # noqa: BLE001  (no per-block table then; the output comparison stands)
         print(f"per-block outputs not recorded: {type(e).__name__}: {e}", flush=True)
-        blocks = {}
+        with torch.inference_mode():
+            blocks, y = {}, model(x)
+    y = output_tensor(y)
+    weights = {k: v.detach().float().cpu().numpy() for k, v in model.state_dict().items()}
+    try:
+        if hasattr(model, "forward_intermediates"):  # first sample only: a diagnosis, kept cheap
+            with torch.inference_mode():
+                inter = model.forward_intermediates(x[:1], intermediates_only=True)
+            blocks.update(divergence.intermediates(inter, lambda t: t.float().cpu().numpy()))
+    except Exception as e:  # noqa: BLE001  (no intermediates then; the blocks and the output stand)
+        print(f"forward_intermediates not recorded: {type(e).__name__}: {e}", flush=True)
     save_npz(path, weights, x=x.cpu().numpy(), y=y.float().cpu().numpy(), **blocks)
 
 
@@ -88,6 +89,20 @@ def _numerics(case: Case, model: Any, run_dir: str, dev: torch.device, img: int 
     def run(x: np.ndarray) -> np.ndarray:
         return _at_precision(model, torch.from_numpy(x).to(dev), case.precision, dev).cpu().numpy()
 
+    seen: dict[str, Any] = {}
+
+    def run_recording(x: np.ndarray) -> np.ndarray:
+        """The candidate's output, with its block outputs taken in the same forward (for ``_per_block``)."""
+        try:
+            seen["names"] = _block_pairs(case, model, run_dir)
+        except Exception as e:  # noqa: BLE001  (the table is a diagnosis: its failure is logged, not the row's)
+            print(f"per-block names not found: {type(e).__name__}: {e}", flush=True)
+            return run(x)
+        seen["blocks"], y = divergence.record_output(
+            model, torch.from_numpy(x).to(dev), list(seen["names"].values()),
+            run=lambda t: _at_precision(model, t, case.precision, dev))
+        return y.cpu().numpy()
+
     if case.role == "reference":
         if not path.exists():
             _write_artifact(path, model, img, case, dev)
@@ -100,39 +115,44 @@ def _numerics(case: Case, model: Any, run_dir: str, dev: torch.device, img: int 
             return Numerics("error", one_line(e))
         return judged(case, res, whose="the reference's own output")
 
-    res = compare_candidate(case, run_dir, lambda state: get_provider(case.provider).port(model, state), run)
+    res = compare_candidate(case, run_dir, lambda state: get_provider(case.provider).port(model, state),
+                            run_recording)
     if res.numerics_status in ("ok", "fail"):
         try:
-            res.first_divergence = _per_block(case, model, run_dir, dev)
+            res.first_divergence = _per_block(case, model, run_dir, dev, seen)
         except Exception as e:  # noqa: BLE001  (the table is a diagnosis: its failure is logged, not the row's)
             print(f"per-block comparison failed: {type(e).__name__}: {e}", flush=True)
     return res
 
 
-def _per_block(case: Case, model: Any, run_dir: str, dev: torch.device) -> str | None:
-    """The candidate's block outputs (and attention maps) against the reference's, in order: the table goes to
-    ``DIR/numerics/<case_id>.csv``; returns the first block beyond the tolerance (None: all within)."""
+def _block_pairs(case: Case, model: Any, run_dir: str) -> dict[str, str]:
+    """For each block the reference recorded, the candidate's module: the same name, or the one the weight
+    alignment puts in its place (only computed when the names differ)."""
     from ..align import align, reference_tensors, torch_tensors
-    from ..measure import divergence
+
+    art = load_arrays(artifact_path(run_dir, case.pair, case.device))
+    ref_names = [k[2:] for k in art.files if k.startswith("b/")]
+    pairs = None
+    if any(n not in dict(model.named_modules()) for n in ref_names):
+        state = {k[2:]: art[k] for k in art.files if k.startswith("w/")}
+        pairs = [(m.reference, m.candidate) for m in align(reference_tensors(state), torch_tensors(model)).matches]
+    return divergence.candidate_names(ref_names, model, pairs)
+
+
+def _per_block(case: Case, model: Any, run_dir: str, dev: torch.device, seen: dict[str, Any]) -> str | None:
+    """The candidate's block outputs (and attention maps), taken in its numerics forward (``seen``), against the
+    reference's, in order: the table goes to ``DIR/numerics/<case_id>.csv``; returns the first block beyond the
+    tolerance (None: all within). A Keras reference's blocks are its forward_intermediates."""
 
     art = load_arrays(artifact_path(run_dir, case.pair, case.device))
     ref = {k: art[k] for k in art.files if k.startswith(("b/", "a/", "i/"))}
-    ref_names = [k[2:] for k in art.files if k.startswith("b/")]
     rows, first = [], None
     ok = lambda r: judged(case, r).numerics_status == "ok"  # noqa: E731
-    if ref_names:
-        pairs = None
-        if any(n not in dict(model.named_modules()) for n in ref_names):
-            state = {k[2:]: art[k] for k in art.files if k.startswith("w/")}
-            pairs = [(m.reference, m.candidate) for m in align(reference_tensors(state), torch_tensors(model)).matches]
-        names = divergence.candidate_names(ref_names, model, pairs)
-        x = torch.from_numpy(art["x"]).to(dev)
-        cand = divergence.record(model, x, list(names.values()),
-                                 run=lambda t: _at_precision(model, t, case.precision, dev))
-        rows, first = divergence.compare_blocks(ref, cand, names, ok)
-    if not rows and hasattr(model, "forward_intermediates"):  # a Keras reference: its forward_intermediates
+    if seen.get("names"):
+        rows, first = divergence.compare_blocks(ref, seen["blocks"], seen["names"], ok)
+    if not rows and hasattr(model, "forward_intermediates") and any(k.startswith("i/") for k in ref):
         with torch.inference_mode():
-            inter = model.forward_intermediates(torch.from_numpy(art["x"]).to(dev), intermediates_only=True)
+            inter = model.forward_intermediates(torch.from_numpy(art["x"][:1]).to(dev), intermediates_only=True)
         rows, first = divergence.compare_intermediates(
             ref, divergence.intermediates(inter, lambda t: t.float().cpu().numpy()), ok)
     if rows:

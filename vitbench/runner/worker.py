@@ -147,7 +147,7 @@ def judged(case: Any, res: dict[str, Any], whose: str = "") -> Numerics:
 def port_problem(e: BaseException) -> str:
     """A port error as one line; the key counts and a few names when the error carries them."""
     missing, unexpected = getattr(e, "missing", None), getattr(e, "unexpected", None)
-    if missing is None and unexpected is None:
+    if not missing and not unexpected:  # a shape mismatch, or an error of the module's own port function
         return one_line(e)
     hint = getattr(e, "hint", "")
     return (f"{len(missing or [])} missing keys (e.g. {', '.join(missing[:3]) or '-'}), {len(unexpected or [])} "
