@@ -316,6 +316,23 @@ def ported_state(alignment: Alignment, state: dict) -> dict:
     return {m.candidate: _take(state[m.reference], m.transform) for m in alignment.matches}
 
 
+def auto_port(strict: Exception, state: dict, candidate: list[Tensor], framework: str) -> dict:
+    """The automatic port a provider falls back on when its strict port raised ``strict`` (a ``PortError``): the
+    candidate's state under its own names through a complete alignment; else ``strict`` again (its missing and
+    unexpected names kept) with the hint of what was tried. Not tried on a Keras reference's own variables (names
+    with '/': Keras layout, not the torch layout the alignment reads)."""
+    from .port import PortError
+
+    missing, unexpected = getattr(strict, "missing", []), getattr(strict, "unexpected", [])
+    if any("/" in k for k in state):
+        raise PortError(str(strict), missing, unexpected, hint=KERAS_LAYOUT) from None
+    a = align(reference_tensors(state), candidate, framework)
+    if not a.complete:
+        raise PortError(str(strict), missing, unexpected, hint=f"automatic port: {a.summary()}; `vitbench port "
+                        "SUITE --only PAIR` shows the table and writes a port function") from None
+    return ported_state(a, state)
+
+
 def torch_tensors(model) -> list[Tensor]:  # noqa: ANN001
     """A torch model's state_dict entries in registration order."""
     return [Tensor(k, tuple(v.shape), i) for i, (k, v) in enumerate(model.state_dict().items())]

@@ -101,16 +101,9 @@ class ImportProvider(TorchProvider):
             load_numpy_state(model, state)
             return "strict"
         except PortError as strict:
-            from ..align import KERAS_LAYOUT, align, ported_state, reference_tensors, torch_tensors
+            from ..align import auto_port, torch_tensors
 
-            if any("/" in k for k in state):  # a Keras reference's own variables: Keras layout, not torch's
-                raise PortError(str(strict), strict.missing, strict.unexpected, hint=KERAS_LAYOUT) from None
-            a = align(reference_tensors(state), torch_tensors(model), "torch")
-            if not a.complete:
-                raise PortError(str(strict), strict.missing, strict.unexpected, hint=f"automatic port: "
-                                f"{a.summary()}; `vitbench port SUITE --only PAIR` shows the table and writes a "
-                                "port function") from None
-            load_numpy_state(model, ported_state(a, state))
+            load_numpy_state(model, auto_port(strict, state, torch_tensors(model), "torch"))
             return "auto"
 
     def list_names(self) -> list[str]:

@@ -123,16 +123,9 @@ class KerasImportProvider(KerasProvider):
             port_by_name(model, state)
             return "strict"
         except PortError as strict:
-            from ..align import KERAS_LAYOUT, align, keras_tensors, ported_state, reference_tensors
+            from ..align import auto_port, keras_tensors
 
-            if any("/" in k for k in state):  # a Keras reference's own variables: Keras layout, not torch's
-                raise PortError(str(strict), strict.missing, strict.unexpected, hint=KERAS_LAYOUT) from None
-            a = align(reference_tensors(state), keras_tensors(model), "keras")
-            if not a.complete:
-                raise PortError(str(strict), strict.missing, strict.unexpected, hint=f"automatic port: {a.summary()}; "
-                                "`vitbench port SUITE --only PAIR` shows the table and writes a port function") \
-                    from None
-            values = ported_state(a, state)
+            values = auto_port(strict, state, keras_tensors(model), "keras")
             for v in model.weights:
                 v.assign(np.asarray(values[v.path]))
             return "auto"
