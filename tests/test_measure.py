@@ -111,6 +111,21 @@ def test_the_interval_over_processes_is_the_wilcoxon_signed_rank_one():
     assert np.isnan(lo) and np.isnan(hi) and cov == pytest.approx(1 - 2 / 32)
 
 
+def test_t_quantiles_and_planned_looks():
+    """Student's t quantiles in closed form match the tables; the looks spend 5% over 3, 6 and 10 processes and the
+    maximum (0.01 each early, the rest at the last) and one look at the maximum without sequential stopping."""
+    from vitbench.measure.stats import looks_for, t_quantile
+
+    for conf, df, table in ((0.95, 1, 12.706), (0.95, 2, 4.303), (0.95, 9, 2.262), (0.99, 2, 9.925),
+                            (0.99, 5, 4.032), (0.98, 15, 2.602), (0.97, 9, 2.574)):
+        assert t_quantile(conf, df) == pytest.approx(table, abs=2e-3)
+    assert [(lk.processes, round(lk.confidence, 4)) for lk in looks_for(16)] == [(3, 0.99), (6, 0.99), (10, 0.99),
+                                                                               (16, 0.98)]
+    assert [(lk.processes, round(lk.confidence, 4)) for lk in looks_for(8)] == [(3, 0.99), (6, 0.99), (8, 0.97)]
+    assert [(lk.processes, lk.confidence) for lk in looks_for(16, sequential=False)] == [(16, 0.95)]
+    assert [lk.processes for lk in looks_for(3)] == [3]
+
+
 def _by_process(rng, ratio, k, m, process_sd, heavy=True):
     """Per-round ratios of ``k`` timing processes x ``m`` rounds: the truth, times a per-process offset
     (log-normal, ``process_sd``: the instances' memory layout and thread placement) and per-round noise like this
@@ -166,22 +181,24 @@ def test_an_outlier_process_keeps_coverage_and_is_no_wider_than_a_t_interval():
 
 def test_the_old_pooled_interval_undercovers_with_a_process_effect():
     """What the issue found: the old default (3 processes x 17 rounds, every round pooled as if independent, the
-    median's order-statistic interval) misses the truth far more often than 5% once processes carry offsets. From
-    3 processes the interval over processes gives no interval at all (too few for 95%), never a false one; from
-    10 it covers."""
+    median's order-statistic interval) misses the truth far more often than 5% once processes carry offsets. The
+    interval over processes covers from the same 3 processes (Student's t over them: too few for Wilcoxon's) and
+    from 10 (Wilcoxon)."""
     from vitbench.measure.stats import median_ci, process_ratio_estimate
 
     rng = np.random.default_rng(3)
-    trials, pooled, ours = 2000, 0, 0
+    trials, pooled, three, ten = 2000, 0, 0, 0
     for _ in range(trials):
         groups = _by_process(rng, 1.0, 3, 17, 0.03)
         _, lo, hi, _ = median_ci([r for g in groups for r in g])
         pooled += lo <= 1.0 <= hi
         est = process_ratio_estimate(groups, 2.0)
-        assert np.isnan(est.low) and est.verdict == "inconclusive"
+        assert est.method == "t"
+        three += est.low <= 1.0 <= est.high
         est = process_ratio_estimate(_by_process(rng, 1.0, 10, 5, 0.03), 2.0)
-        ours += est.low <= 1.0 <= est.high
-    assert pooled / trials < 0.8 and ours / trials >= 0.93
+        assert est.method == "wilcoxon"
+        ten += est.low <= 1.0 <= est.high
+    assert pooled / trials < 0.8 and three / trials >= 0.93 and ten / trials >= 0.93
 
 
 def test_a_7_7_percent_slowdown_is_found_and_an_a_a_pair_rarely_gets_a_verdict():
@@ -207,9 +224,11 @@ def test_verdicts():
     assert process_ratio_estimate(noisy(1.0, 0.005), 2.0).verdict == "same"
     assert process_ratio_estimate(noisy(1.0, 0.3), 2.0).verdict == "inconclusive"  # too noisy to tell
     assert process_ratio_estimate(noisy(1.01, 0.001), 0.5).verdict == "faster"  # the threshold decides
-    few = process_ratio_estimate([[1.2] * 30] * 5, 2.0)  # 5 processes: no 95% interval, whatever their rounds say
-    assert few.verdict == "inconclusive" and few.processes == 5 and np.isnan(few.low)
-    assert "no interval: 5 timing processes" in few.text()
+    few = process_ratio_estimate([[1.2] * 30] * 2, 2.0)  # 2 processes: no interval, whatever their rounds say
+    assert few.verdict == "inconclusive" and few.processes == 2 and np.isnan(few.low) and few.method == "none"
+    assert "no interval: 2 timing processes" in few.text()
+    five = process_ratio_estimate(noisy(1.2, 0.02, k=5), 2.0)  # 5: Student's t over the processes
+    assert five.method == "t" and five.verdict == "faster"
     assert process_ratio_estimate(noisy(1.2, 0.02), 2.0, contended=True).verdict == "contended"
     est = process_ratio_estimate([[1.0, 1.01], [0.99, 1.0], [1.02, 0.98], [1.0, 1.0], [1.01], [0.995]], 2.0)
     assert est.text().startswith("1.00x [0.99, 1.01]")

@@ -56,7 +56,9 @@ class Calibration:
 
 def suite_text(model: str, batch_size: int, img_size: int | None, rounds: int | None, processes: int | None,
                min_seconds: float | None, cross_process: bool = False) -> str:
-    defaults: dict[str, Any] = {"batch_sizes": [batch_size], "precision": "fp32", "compile": ["eager"]}
+    # the noise at a fixed number of processes: an A/A pair stopped at its first settled look would say less
+    defaults: dict[str, Any] = {"batch_sizes": [batch_size], "precision": "fp32", "compile": ["eager"],
+                                "sequential": False}
     for k, v in (("img_size", img_size), ("rounds", rounds), ("processes", processes), ("min_seconds", min_seconds)):
         if v is not None:
             defaults[k] = v

@@ -87,6 +87,8 @@ class Settings(_Strict):
                                "in alternating order")
     processes: int | None = Field(None, ge=1, le=100, description="fresh timing processes the rounds are spread "
                                   "over; the speed ratio's interval is over processes (>= 2 for one)")
+    sequential: bool | None = Field(None, description="stop a pair once its verdicts are settled, at planned looks "
+                                    "(3, 6, 10 processes and the maximum); false: always the maximum")
     own_process: bool | None = Field(None, description="time this side in a timing process of its own (as a Keras "
                                      "side is against a torch one), not in the one its framework's sides share")
     control: bool | Literal["own_process"] | None = Field(
@@ -120,15 +122,15 @@ class Settings(_Strict):
 
 BUILTIN_DEFAULTS = Settings(
     batch_sizes=[1], precision=["fp32"], compile=["eager"], compile_options=CompileOptions(), warmup_iters=5,
-    min_iters=10, min_seconds=25.0, max_iters=100_000, timeout_s=600, rounds=60, processes=10, own_process=False,
-    control=False, max_steal_pct=5.0,
-    max_foreign_cpu_pct=10.0, speed_threshold_pct=2.0, timing_attempts=3,
+    min_iters=10, min_seconds=40.0, max_iters=100_000, timeout_s=600, rounds=96, processes=16, sequential=True,
+    own_process=False, control=False, max_steal_pct=5.0, max_foreign_cpu_pct=10.0, speed_threshold_pct=2.0,
+    timing_attempts=3,
     numerics_batch=2, tolerance=Tolerance(), seed=0,
 )
 
 
 # settings of a pair's timing as a whole: its sides are timed together, in the same rounds and processes
-GROUP_SETTINGS = ("rounds", "processes", "max_steal_pct", "max_foreign_cpu_pct", "control")
+GROUP_SETTINGS = ("rounds", "processes", "sequential", "max_steal_pct", "max_foreign_cpu_pct", "control")
 
 
 class Side(Settings):

@@ -89,6 +89,78 @@ def cluster_interval(values: list[float], confidence: float = CONFIDENCE) -> tup
     return estimate, walsh[c - 1], walsh[len(walsh) - c], 1 - 2 * cdf[c - 1]
 
 
+def _t_two_sided(t: float, df: int) -> float:
+    """P(|T| <= t) for Student's t with ``df`` (integer) degrees of freedom, in closed form (Abramowitz & Stegun
+    26.7.3-4)."""
+    theta = math.atan(t / math.sqrt(df))
+    c2, s = math.cos(theta) ** 2, math.sin(theta)
+    if df % 2:  # odd
+        if df == 1:
+            return 2 * theta / math.pi
+        term, acc = 1.0, 1.0
+        for k in range(1, (df - 1) // 2):
+            term *= c2 * (2 * k) / (2 * k + 1)
+            acc += term
+        return 2 / math.pi * (theta + s * math.cos(theta) * acc)
+    term, acc = 1.0, 1.0
+    for k in range(1, df // 2):
+        term *= c2 * (2 * k - 1) / (2 * k)
+        acc += term
+    return s * acc
+
+
+def t_quantile(confidence: float, df: int) -> float:
+    """The t such that P(|T| <= t) = ``confidence`` (two-sided), by bisection."""
+    lo, hi = 0.0, 1.0
+    while _t_two_sided(hi, df) < confidence:
+        hi *= 2
+    for _ in range(100):
+        mid = (lo + hi) / 2
+        lo, hi = (mid, hi) if _t_two_sided(mid, df) < confidence else (lo, mid)
+    return (lo + hi) / 2
+
+
+def wilcoxon_reaches(n: int, confidence: float) -> bool:
+    """Whether the signed-rank interval of ``n`` values can have ``confidence`` ([min, max] covers 1 - 2/2^n)."""
+    return n >= 1 and 1 - 2 / 2.0**n >= confidence - 1e-12
+
+
+def process_interval(values: list[float], confidence: float = CONFIDENCE) -> tuple[float, float, float, float, str]:
+    """(estimate, low, high, coverage, method) for the centre of per-process values: the Hodges-Lehmann estimate,
+    with the Wilcoxon signed-rank interval where ``len(values)`` can reach ``confidence`` (6 values for 95%, 8 for
+    99%), else Student's t interval over the values (from 3 of them), else no interval (NaN bounds)."""
+    n = len(values)
+    if wilcoxon_reaches(n, confidence):
+        est, lo, hi, cov = cluster_interval(values, confidence)
+        return est, lo, hi, cov, "wilcoxon"
+    est = cluster_interval(values, confidence)[0] if n else math.nan
+    if n < 3:
+        return est, math.nan, math.nan, 0.0, "none"
+    mean, sd = statistics.fmean(values), statistics.stdev(values)
+    h = t_quantile(confidence, n - 1) * sd / math.sqrt(n)
+    return est, mean - h, mean + h, confidence, "t"
+
+
+@dataclass(frozen=True)
+class Look:
+    """A planned look at a comparison: after ``processes`` timing processes, at ``confidence``."""
+
+    processes: int
+    confidence: float
+
+
+def looks_for(processes: int, sequential: bool = True, confidence: float = CONFIDENCE) -> list[Look]:
+    """Where a comparison may stop: after 3, 6 and 10 timing processes (those below the maximum) and at the maximum,
+    the error (1 - ``confidence``) spent across them, Bonferroni: 0.01 at each early look (for the default 0.05),
+    the rest at the last. Every look's interval then covers the truth at once with ``confidence``, so stopping at
+    whichever look settles the verdict keeps it (repeated confidence intervals; Jennison & Turnbull). Without
+    ``sequential`` one look at the maximum, at ``confidence``."""
+    alpha = 1 - confidence
+    early = [n for n in (3, 6, 10) if n < processes] if sequential else []
+    each = alpha / 5
+    return [Look(n, 1 - each) for n in early] + [Look(processes, 1 - (alpha - each * len(early)))]
+
+
 @dataclass(frozen=True)
 class RatioEstimate:
     """A paired speed ratio (candidate samples/s over reference samples/s; >1 = candidate faster) with its 95%
@@ -101,6 +173,7 @@ class RatioEstimate:
     coverage: float
     verdict: str
     processes: int = 0
+    method: str = "wilcoxon"  # the interval's: wilcoxon | t | none
 
     def text(self) -> str:
         if math.isnan(self.ratio):
@@ -127,20 +200,21 @@ def verdict(ratio: float, low: float, high: float, coverage: float, threshold_pc
     return "inconclusive"
 
 
-def process_ratio_estimate(by_process: list[list[float]], threshold_pct: float, contended: bool = False
-                           ) -> RatioEstimate:
+def process_ratio_estimate(by_process: list[list[float]], threshold_pct: float, contended: bool = False,
+                           confidence: float = CONFIDENCE) -> RatioEstimate:
     """The speed ratio from per-round ratios grouped by timing process: each process's median log ratio, then the
-    Hodges-Lehmann estimate and Wilcoxon interval over processes (``cluster_interval``). With fewer than 6
-    processes there is no 95% interval (the process-to-process spread is not measured well enough) and the verdict
-    is ``inconclusive``; ``contended``: too few rounds were clean (the estimate is still shown)."""
+    Hodges-Lehmann estimate over processes and an interval over them at ``confidence`` (``process_interval``:
+    Wilcoxon's where the processes are enough for it, Student's t from 3). With fewer than 3 processes there is no
+    interval (the process-to-process spread is not measured) and the verdict is ``inconclusive``; ``contended``:
+    too few rounds were clean (the estimate is still shown)."""
     logs = [[math.log(r) for r in g if r > 0 and math.isfinite(r)] for g in by_process]
     per_process = [statistics.median(g) for g in logs if g]
     rounds = sum(len(g) for g in logs)
-    centre, lo, hi, coverage = cluster_interval(per_process)
+    centre, lo, hi, coverage, method = process_interval(per_process, confidence)
     k = len(per_process)
     ratio, low, high = (math.exp(v) if not math.isnan(v) else math.nan for v in (centre, lo, hi))
-    v = "contended" if contended else verdict(ratio, low, high, coverage, threshold_pct)
-    return RatioEstimate(ratio, low, high, rounds, coverage, v, k)
+    v = "contended" if contended else verdict(ratio, low, high, coverage, threshold_pct, confidence)
+    return RatioEstimate(ratio, low, high, rounds, coverage, v, k, method)
 
 
 def log_change_pct(old: float, new: float) -> float:

@@ -122,7 +122,8 @@ def print_run_summary(console: Console, rows: list[dict[str, Any]], written: lis
     """The run's table: one line per case; candidates show their paired speed ratio with its 95% interval over
     timing processes and verdict, never one sample's ratio. Then the pairs' A/A controls, why a verdict is what it
     is where pairs.csv says so, and one line per failed numeric check and per contended pair."""
-    t = Table(title="vitbench summary (vs ref: paired speed ratio [95% interval over timing processes] verdict)")
+    t = Table(title="vitbench summary (vs ref: paired speed ratio [interval over timing processes, 95% over all "
+                    "looks] verdict)")
     for col in ("implementation", "mode", "prec", "bs", "status", "img/s", "p50 ms", "p99 ms", "vs ref",
                 "max|diff|", "GMACs"):
         t.add_column(col, justify="left" if col in ("implementation", "status", "vs ref") else "right")
@@ -150,6 +151,12 @@ def print_run_summary(console: Console, rows: list[dict[str, Any]], written: lis
         parts = ", ".join(f"{name} {t[k]:.0f} s" for k, name in names.items() if t[k] >= 0.5)
         console.print(f"wall time {t['wall']:.0f} s: {parts}; timed calls {t['timed_calls']:.0f} s "
                       f"({100 * t['timed_share']:.0f}% of the wall time)", soft_wrap=True)
+    stops = [p for p in pairs or [] if p.get("stopped_at_process") not in (None, "")]
+    if stops:
+        early = sorted(int(float(p["stopped_at_process"])) for p in stops
+                       if str(p.get("stop_reason", "")).startswith("settled"))
+        console.print(f"sequential stopping: {len(early)} of {len(stops)} comparisons settled"
+                      + (f" (after {', '.join(map(str, early))} timing processes)" if early else ""), soft_wrap=True)
     for p in pairs or []:
         where = escape(f"{p['pair']}: {p['label']} {p['compile_mode']} {p['precision']} bs{p['batch_size']}")
         if p.get("comparison") == "control":

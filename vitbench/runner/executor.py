@@ -2,7 +2,6 @@
 several timing processes; results appended as each group finishes."""
 from __future__ import annotations
 
-import dataclasses
 import math
 import shutil
 import tempfile
@@ -14,15 +13,16 @@ from pathlib import Path
 from typing import Any
 
 from ..measure.contention import Contention, Limits, cpu_of, gpu_others, least_contended, run_cpus
-from ..measure.stats import RatioEstimate
+from ..measure.stats import looks_for
 from ..measure.timing import Block
 from ..modes import TORCH_COMPILED
 from ..suite import Case
 from .artifacts import artifact_path
-from .pairing import GroupSide, against_control, mode_baselines, pair_row, plan_groups, reference_side
+from .pairing import GroupSide, pair_row, plan_groups, reference_side
 from .rounds import RoundsResult, SideFailed, block_iters_for, run_rounds, summarize
 from .session import JobOutcome, Session, default_memory_limit_gb, run_job
 from .signals import deferred_signals
+from .stopping import Comparison, comparisons, evaluate, still_timed
 from .store import ResultStore
 
 
@@ -142,8 +142,9 @@ class Runner:
                 ref = reference_side(side, group)
                 side.row, side.ok = {"status": "ok"}, ref is not None and ref.ok
         live = [s for s in group if s.ok]
-        result = self._time(live) if live else None
-        pair_rows = self._pair_rows(group, live, result) if result else []
+        comps = comparisons(group, live)
+        result = self._time(live, comps) if live else None
+        pair_rows = self._pair_rows(group, live, result, comps) if result else []
         rows = []
         duration = time.perf_counter() - t0
         with deferred_signals():  # a group's rows, blocks and pair rows are written whole, or not at all
@@ -160,18 +161,25 @@ class Runner:
                 self.store.append_pair(pr)
         return rows
 
-    def _time(self, live: list[GroupSide]) -> RoundsResult:
-        """Paired rounds over ``processes`` timing processes: in each, one fresh session per framework (and per side
-        that asks for a process of its own) builds its sides anew; rows get their timing columns. A side that fails
-        in a block leaves the rounds; the sides that shared its session go on in the next process."""
+    def _time(self, live: list[GroupSide], comps: list[Comparison]) -> RoundsResult:
+        """Paired rounds over at most ``processes`` timing processes: in each, one fresh session per framework (and
+        per side that asks for a process of its own) builds its sides anew; rows get their timing columns. At each
+        planned look (``stopping``) the settled comparisons are frozen and the sides no open comparison needs leave;
+        the group stops when none is open. A side that fails in a block leaves the rounds; the sides that shared its
+        session go on in the next process."""
         c0 = live[0].case
         st = c0.settings
         per_process = math.ceil(st.rounds / st.processes)
+        looks = looks_for(st.processes, st.sequential)
+        at_look = {lk.processes: n for n, lk in enumerate(looks, 1)}
+        driving = any(c.drives for c in comps)
         compiled = any(s.case.compile_mode in TORCH_COMPILED for s in live)
         cache_dir = tempfile.mkdtemp(prefix="vitbench-inductor-timing-") if compiled else None
         env = _cache_env(cache_dir) if cache_dir else {}
         cpus = run_cpus()
         dead: dict[int, JobOutcome] = {}
+        left: set[int] = set()  # sides whose comparisons are all settled: no longer timed
+        iter_s: dict[int, float] = {}  # seconds per call, from the first process's warm-ups
         iters: list[int] = []
         total: RoundsResult | None = None
         sessions: list[tuple[Session, list[int]]] = []
@@ -181,7 +189,7 @@ class Runner:
             for p in range(st.processes):
                 sessions = []
                 t_open = time.perf_counter()
-                sides = self._open_sessions(live, dead, env, p, sessions)
+                sides = self._open_sessions(live, dead, left, env, p, sessions, iter_s)
                 t_rounds = time.perf_counter()
                 spent["sessions"] += t_rounds - t_open
                 if not iters:
@@ -193,7 +201,7 @@ class Runner:
                                 else None, our_cpu=cpu_of(lambda pids=pids: pids))
                 res = run_rounds([s.timeable for s in sides], iters, per_process, limits, seed=st.seed + p,
                                  on_round=self._round_progress(c0, p, per_process), failed=dead,
-                                 watch=lambda: Contention(cpus), process=p)
+                                 watch=lambda: Contention(cpus), process=p, left=left)
                 spent["rounds"] += time.perf_counter() - t_rounds
                 for x, idx in sessions:
                     out = x.finish()
@@ -202,6 +210,14 @@ class Runner:
                             after[i].append(out.result[k])
                 dead.update(res.failed)
                 total = res if total is None else total + res
+                if p + 1 in at_look and driving:
+                    n = at_look[p + 1]
+                    total.failed.update(dead)
+                    evaluate(comps, total, live, looks[n - 1], n, n == len(looks), p + 1)
+                    need = still_timed(comps, len(live))
+                    if not need:
+                        break
+                    left = set(range(len(live))) - need
         except BaseException:  # Ctrl-C, SIGTERM: end the sessions at once, ask nothing more of them
             for x, _ in sessions:
                 x.stop()
@@ -226,20 +242,23 @@ class Runner:
                 s.row.update(status=dead[i].status, error=f"timing: {dead[i].error}")
         return total
 
-    def _open_sessions(self, live: list[GroupSide], dead: dict[int, JobOutcome], env: dict[str, str], p: int,
-                       sessions: list[tuple[Session, list[int]]]) -> list[Any]:
+    def _open_sessions(self, live: list[GroupSide], dead: dict[int, JobOutcome], left: set[int],
+                       env: dict[str, str], p: int, sessions: list[tuple[Session, list[int]]],
+                       iter_s: dict[int, float]) -> list[Any]:
         """Timing process ``p``: one session per framework (and backend), hosting every live side of it, and one per
         side that asks for a process of its own (``own_process``), each a fresh process (appended to ``sessions``
-        with its sides as it starts, so an interrupt can end it). Every other process starts them in the reverse
-        order, so no side always comes from the first-started process. Its limits cover all its sides."""
+        with its sides as it starts, so an interrupt can end it); not the sides in ``left``. After the first process
+        they start together (their set-up overlaps: nothing is timed then); every other process starts them in the
+        reverse order, so no side always comes from the first-started process. Its limits cover all its sides."""
         by_fw: dict[tuple[str, str | None, str | None], list[int]] = {}
         for i, s in enumerate(live):
-            if i not in dead:
+            if i not in dead and i not in left:
                 own = s.case.case_id if s.case.settings.own_process else None
                 by_fw.setdefault((s.case.framework, s.case.backend, own), []).append(i)
-        sides: list[Any] = [_TimingSide(_Failed(dead[i]), live[i].case, 0.0) if i in dead else None
-                            for i in range(len(live))]
+        sides: list[Any] = [_TimingSide(_Failed(dead.get(i, JobOutcome("ok"))), live[i].case, 0.0)
+                            if i in dead or i in left else None for i in range(len(live))]
         starts = list(by_fw.items())
+        opened: list[tuple[Session, list[int]]] = []
         for (fw, backend, own), idx in (starts[::-1] if p % 2 else starts):
             name = (f"timing-{live[0].case.case_id}-{fw}{'-' + backend if backend else ''}"
                     f"{'-' + own if own else ''}-{p}.log")
@@ -247,16 +266,27 @@ class Runner:
                         sum(live[i].case.settings.timeout_s for i in idx), self.logs / name, env,
                         sum(_memory_limit(live[i].case) for i in idx))
             sessions.append((x, idx))
-            ready = x.receive("ready")
-            for k, i in enumerate(idx):
-                r = ready.result[k] if ready.status == "ok" else {"status": ready.status, "error": ready.error}
-                if r["status"] == "ok":
-                    sides[i] = _TimingSide(_SessionSide(x, k, r["iter_s"]), live[i].case, r["iter_s"])
-                else:
-                    outcome = JobOutcome(r["status"], error=r["error"])
-                    dead[i] = outcome
-                    sides[i] = _TimingSide(_Failed(outcome), live[i].case, 0.0)
+            opened.append((x, idx))
+            if p == 0:  # the first process's warm-ups size every block: one session at a time, undisturbed
+                self._ready(x, idx, live, dead, sides, iter_s)
+        for x, idx in opened if p else ():
+            self._ready(x, idx, live, dead, sides, iter_s)
         return sides
+
+    @staticmethod
+    def _ready(x: Session, idx: list[int], live: list[GroupSide], dead: dict[int, JobOutcome], sides: list[Any],
+               iter_s: dict[int, float]) -> None:
+        """A session's sides once it says ready (their seconds per call: the first process's warm-up's)."""
+        ready = x.receive("ready")
+        for k, i in enumerate(idx):
+            r = ready.result[k] if ready.status == "ok" else {"status": ready.status, "error": ready.error}
+            if r["status"] == "ok":
+                it = iter_s.setdefault(i, r["iter_s"])
+                sides[i] = _TimingSide(_SessionSide(x, k, it), live[i].case, it)
+            else:
+                outcome = JobOutcome(r["status"], error=r["error"])
+                dead[i] = outcome
+                sides[i] = _TimingSide(_Failed(outcome), live[i].case, 0.0)
 
     def _round_progress(self, c: Case, p: int, per_process: int) -> Callable[[int, int], None]:
         def progress(clean: int, attempts: int) -> None:
@@ -266,45 +296,29 @@ class Runner:
                                                              if attempts > clean else ""))
         return progress
 
-    def _pair_rows(self, group: list[GroupSide], live: list[GroupSide], result: RoundsResult
-                   ) -> list[dict[str, Any]]:
-        """pairs.csv rows: each recorded candidate against its reference (comparison 'reference'; its verdict checked
-        against the pair's A/A control when there is one), the control against the reference ('control'), then each
-        recorded compiled side against the same implementation's baseline modes ('compile')."""
-        at = {id(s): i for i, s in enumerate(live)}
+    def _pair_rows(self, group: list[GroupSide], live: list[GroupSide], result: RoundsResult,
+                   comps: list[Comparison]) -> list[dict[str, Any]]:
+        """pairs.csv rows: each comparison (``stopping.comparisons``) with its estimate where it was frozen (each
+        recorded candidate against its reference, its verdict checked against the pair's A/A control; the control
+        against the reference; each recorded compiled side against its baseline modes), and a row for each
+        candidate that could not be timed."""
         rows = []
-
-        def estimate(j: int, other: GroupSide | None) -> RatioEstimate | None:
-            k = at.get(id(other)) if other is not None else None
-            if k is None or {j, k} & set(result.failed):  # a side died while timing: no verdict from the rounds
-                return None
-            return result.estimate(j, live[j].case.settings.speed_threshold_pct, reference=k)
-
-        for j, s in enumerate(live):
-            if s.case.role != "candidate" or not s.record:
-                continue
-            ref = reference_side(s, group)
-            ref = ref if ref is not None and id(ref) in at else None
-            est, note = estimate(j, ref), ""
-            if est is not None:
-                v, note = against_control(est, estimate(j, reference_side(s, group, role="control")))
-                est = dataclasses.replace(est, verdict=v)
-            r = pair_row(s, ref, est, result, note=note)
-            s.row.update({k: r[k] for k in ("speed_ratio", "speed_ratio_ci_low", "speed_ratio_ci_high",
-                                            "speed_verdict")})
+        for c in comps:
+            if not c.frozen:  # not evaluated (no look was reached: an interrupted or reference-only group)
+                c.estimate = (result.estimate(c.j, live[c.j].case.settings.speed_threshold_pct, reference=c.k)
+                              if c.k is not None and not {c.j, c.k} & set(result.failed) else None)
+            s, ref = live[c.j], live[c.k] if c.k is not None else None
+            r = pair_row(s, ref, c.estimate, result, comparison=c.kind, note=c.note, stop=c)
+            if c.kind == "reference":
+                s.row.update({k: r[k] for k in ("speed_ratio", "speed_ratio_ci_low", "speed_ratio_ci_high",
+                                                "speed_verdict")})
             rows.append(r)
-        for j, s in enumerate(live):
-            if s.case.role == "control":
-                ref = reference_side(s, group)
-                rows.append(pair_row(s, ref, estimate(j, ref), result, comparison="control"))
+        at = {id(s) for s in live}
         for s in group:  # candidates that could not be timed still get a pairs row
             if s.case.role == "candidate" and s.record and id(s) not in at:
                 rows.append(pair_row(s, reference_side(s, group), None, result))
-        for j, s in enumerate(live):
-            if s.record:
-                rows.extend(pair_row(s, b, estimate(j, b), result, comparison="compile")
-                            for b in mode_baselines(s, live))
-        return rows
+        order = {"reference": 0, "control": 1, "compile": 2}
+        return sorted(rows, key=lambda r: order[r["comparison"]])
 
     def run(self, cases: list[Case], on_start: Callable[[int, Case], None] | None = None,
             on_done: Callable[[int, Case, dict[str, Any]], None] | None = None,

@@ -98,11 +98,11 @@ def _interval(e: RatioEstimate) -> str:
 
 
 def pair_row(side: GroupSide, ref: GroupSide | None, est: RatioEstimate | None, result: Any,
-             comparison: str = "reference", note: str = "") -> dict[str, Any]:
+             comparison: str = "reference", note: str = "", stop: Any = None) -> dict[str, Any]:
     """One line of pairs.csv: a candidate at one setting against its reference (``comparison`` 'reference'), a
     compiled side against the same implementation at a baseline mode ('compile'), or the A/A control against the
     reference ('control'); only 'reference' rows carry numerics columns. ``note``: why the verdict is what it
-    is, beyond the estimate's own."""
+    is, beyond the estimate's own; ``stop``: where sequential stopping froze it (``stopping.Comparison``)."""
     c, r = side.case, side.row
     if est is None:
         why = "no reference timed beside it" if ref is None else (side.row.get("error") or "not timed")
@@ -114,8 +114,7 @@ def pair_row(side: GroupSide, ref: GroupSide | None, est: RatioEstimate | None, 
         v = est.verdict
         why = result.why_contended() if v == "contended" else ""
         if math.isnan(est.low) and v != "contended":
-            why = (f"{est.processes} timing process(es): too few for a 95% interval over processes (6 or more; "
-                   "default 10)")
+            why = f"{est.processes} timing process(es): too few for an interval over processes (3 or more)"
         why = "; ".join(x for x in (why, note, result.gpu_note()) if x)
     return {
         "pair": c.pair, "label": c.label, "framework": c.framework, "backend": c.backend, "device": c.device,
@@ -123,8 +122,14 @@ def pair_row(side: GroupSide, ref: GroupSide | None, est: RatioEstimate | None, 
         "img_size": r.get("img_size", c.settings.img_size), "tokens": c.settings.tokens,
         "reference_label": ref.case.label if ref else None, "reference_compile_mode": ref.case.compile_mode if ref
         else None, "comparison": comparison, "speed_ratio": ratio, "speed_ratio_ci_low": lo,
-        "speed_ratio_ci_high": hi, "rounds": rounds, "processes": processes,
-        "rounds_run": result.attempts, "contended_rounds": result.attempts - result.clean_rounds,
+        "speed_ratio_ci_high": hi, "confidence": stop.confidence if stop is not None and stop.look and est is not None
+        else None,
+        "interval_method": est.method if est is not None else None, "rounds": rounds, "processes": processes,
+        "rounds_run": stop.rounds_run if stop is not None and stop.look else result.attempts,
+        "contended_rounds": stop.contended_rounds if stop is not None and stop.look else
+        result.attempts - result.clean_rounds, "stopped_at_round": stop.rounds_run if stop is not None and stop.look
+        else None, "stopped_at_process": stop.processes if stop is not None and stop.look else None,
+        "stop_reason": stop.why if stop is not None else None,
         "threshold_pct": c.settings.speed_threshold_pct, "speed_verdict": v, "speed_note": why,
         "samples_per_sec": r.get("samples_per_sec"),
         "reference_samples_per_sec": ref.row.get("samples_per_sec") if ref else None,

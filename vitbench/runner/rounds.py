@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from ..measure.contention import Contention, Limits
-from ..measure.stats import RatioEstimate, cluster_interval, process_ratio_estimate
+from ..measure.stats import CONFIDENCE, RatioEstimate, cluster_interval, process_ratio_estimate
 from ..measure.timing import Block, percentile
 
 
@@ -92,11 +92,12 @@ class RoundsResult:
                 out.append((a.wall_s / a.iters) / (b.wall_s / b.iters))
         return out
 
-    def estimate(self, candidate: int, threshold_pct: float, reference: int = 0) -> RatioEstimate:
-        """From the clean rounds, with the interval over timing processes; when too few were clean, from all
-        rounds, shown but with the verdict ``contended``."""
+    def estimate(self, candidate: int, threshold_pct: float, reference: int = 0,
+                 confidence: float = CONFIDENCE) -> RatioEstimate:
+        """From the clean rounds, with the interval over timing processes at ``confidence``; when too few were
+        clean, from all rounds, shown but with the verdict ``contended``."""
         by_process = [self.round_ratios(candidate, reference, not self.contended, p) for p in self.processes()]
-        return process_ratio_estimate(by_process, threshold_pct, contended=self.contended)
+        return process_ratio_estimate(by_process, threshold_pct, contended=self.contended, confidence=confidence)
 
     def why_contended(self) -> str:
         """What made rounds contended, the worst case of each kind."""
@@ -153,19 +154,20 @@ def order_for(round_index: int, n: int, rng: random.Random) -> list[int]:
 def run_rounds(sides: list[Timeable], block_iters: list[int], rounds: int, limits: Limits, seed: int = 0,
                on_round: Callable[[int, int], None] | None = None,
                watch: Callable[[], Contention] = Contention, failed: dict[int, Any] | None = None,
-               process: int = 0) -> RoundsResult:
+               process: int = 0, left: set[int] | None = None) -> RoundsResult:
     """Time ``rounds`` clean rounds in timing process number ``process`` (each: one block per side, in
     alternating order; process 1 starts where process 0 would have gone on). Contention is judged per
     round, over the whole round (long enough for /proc/stat's coarse counters). Contended rounds are re-run,
     up to ``2 * rounds`` attempts; once half the rounds asked for have run with fewer than a quarter of them clean,
-    the machine is busy and it stops early. A side that fails leaves the rounds; the others go on."""
+    the machine is busy and it stops early. A side that fails leaves the rounds; the others go on. ``left``: sides
+    no longer timed (their comparisons are settled: ``stopping``)."""
     rng = random.Random(seed)
     res = RoundsResult(len(sides), target=rounds, failed=dict(failed or {}))  # failed before: left out
     gone: set[int] = set()  # sides whose session ended with another side's failure: out of this process's rounds
     while res.clean_rounds < rounds and res.attempts < 2 * rounds:
         if res.attempts >= max(4, rounds // 2) and res.clean_rounds < res.attempts / 4:
             break  # the machine is busy: more rounds would only cost time
-        alive = [i for i in range(len(sides)) if i not in res.failed and i not in gone]
+        alive = [i for i in range(len(sides)) if i not in res.failed and i not in gone and i not in (left or ())]
         if not alive:
             break
         order = [alive[j] for j in order_for(res.attempts + process, len(alive), rng)]

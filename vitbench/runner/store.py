@@ -48,7 +48,8 @@ CASE_COLUMNS = [
 PAIR_COLUMNS = [
     "pair", "label", "framework", "backend", "device", "compile_mode", "precision", "batch_size", "img_size", "tokens",
     "reference_label", "reference_compile_mode", "comparison", "speed_ratio", "speed_ratio_ci_low",
-    "speed_ratio_ci_high", "rounds", "processes", "rounds_run", "contended_rounds", "threshold_pct", "speed_verdict",
+    "speed_ratio_ci_high", "confidence", "interval_method", "rounds", "processes", "rounds_run", "contended_rounds",
+    "stopped_at_round", "stopped_at_process", "stop_reason", "threshold_pct", "speed_verdict",
     "speed_note", "samples_per_sec", "reference_samples_per_sec", "cpu_steal_pct", "foreign_cpu_pct",
     "contention_cpus", "gpu_contention", "status", "numerics_status",
     "max_abs_diff", "cosine_sim", "numerics_error", "case_id", "reference_case_id",
