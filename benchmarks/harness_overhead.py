@@ -2,7 +2,8 @@
 before and after each call, its latency kept, contention read around the block) against a bare loop timed as a
 whole, in alternating blocks, for an empty model, a tiny ViT and timm's ViT-S at batch 1 (CPU, fp32, inference mode,
 as a timing session runs them). Prints the overhead per call (median over pairs of blocks) in microseconds and as a
-share of the call. Run it alone: ``python benchmarks/harness_overhead.py [--pairs 15]``."""
+share of the call, with the median's interval (a difference the machine's noise hides shows as an interval
+across zero). Run it alone: ``python benchmarks/harness_overhead.py [--pairs 15]``."""
 from __future__ import annotations
 
 import argparse
@@ -12,6 +13,7 @@ import time
 import timm
 import torch
 
+from vitbench.measure.stats import median_ci
 from vitbench.measure.timing import time_block
 
 
@@ -43,9 +45,11 @@ def measure(name: str, model: torch.nn.Module, x: torch.Tensor, block_s: float, 
                     h_call = h.wall_s / h.iters
             diffs.append(h_call - b)
             calls.append(b)
-    d, c = statistics.median(diffs), statistics.median(calls)
-    print(f"{name:34s} call {c * 1e3:9.4f} ms  harness +{d * 1e6:7.2f} us/call  ({100 * d / c:+.3f}%)  "
-          f"[{iters} calls per block, {pairs} pairs]")
+    c = statistics.median(calls)
+    d, lo, hi, cov = median_ci(diffs)
+    print(f"{name:30s} call {c * 1e3:9.4f} ms  harness {d * 1e6:+8.2f} us/call [{lo * 1e6:+.2f}, {hi * 1e6:+.2f}]  "
+          f"({100 * d / c:+.3f}% [{100 * lo / c:+.3f}, {100 * hi / c:+.3f}], {100 * cov:.0f}% interval of the "
+          f"median over {pairs} pairs of {iters}-call blocks)")
 
 
 def main() -> None:

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 from typing import Any
 
@@ -183,6 +184,9 @@ def print_run_summary(console: Console, rows: list[dict[str, Any]], written: lis
                           f"{fmt(r.get('cpu_steal_pct'), 1)}%): no verdict, left out of the timm tables; run again "
                           "on a quiet machine", soft_wrap=True)
     print_results(console, written)
+    import psutil
+
+    console.print(f"done in {time.time() - psutil.Process().create_time():.0f} s (wall time from the command's start)")
 
 
 def print_finetune_summary(console: Console, rows: list[dict[str, Any]], num_classes: int, written: list[Any],

@@ -2,7 +2,9 @@
 several timing processes; results appended as each group finishes."""
 from __future__ import annotations
 
+import dataclasses
 import math
+import os
 import shutil
 import tempfile
 import time
@@ -15,7 +17,7 @@ from typing import Any
 from ..measure.contention import Contention, Limits, cpu_of, gpu_others, least_contended, run_cpus
 from ..measure.stats import looks_for
 from ..measure.timing import Block
-from ..modes import TORCH_COMPILED
+from ..modes import KERAS_JIT, TORCH_COMPILED
 from ..suite import Case
 from .artifacts import artifact_path
 from .pairing import GroupSide, pair_row, plan_groups, reference_side
@@ -174,8 +176,10 @@ class Runner:
         at_look = {lk.processes: n for n, lk in enumerate(looks, 1)}
         driving = any(c.drives for c in comps)
         compiled = any(s.case.compile_mode in TORCH_COMPILED for s in live)
-        cache_dir = tempfile.mkdtemp(prefix="vitbench-inductor-timing-") if compiled else None
-        env = _cache_env(cache_dir) if cache_dir else {}
+        xla = any(s.case.framework == "keras" and s.case.compile_mode in KERAS_JIT for s in live)
+        cache_dir = tempfile.mkdtemp(prefix="vitbench-compile-timing-") if compiled or xla else None
+        # the timing processes share a compile cache: Inductor's, and XLA's for Keras jit_compile (TensorFlow)
+        env = {**_cache_env(cache_dir), **_xla_cache_env(cache_dir)} if cache_dir else {}
         cpus = run_cpus()
         dead: dict[int, JobOutcome] = {}
         left: set[int] = set()  # sides whose comparisons are all settled: no longer timed
@@ -262,7 +266,7 @@ class Runner:
         for (fw, backend, own), idx in (starts[::-1] if p % 2 else starts):
             name = (f"timing-{live[0].case.case_id}-{fw}{'-' + backend if backend else ''}"
                     f"{'-' + own if own else ''}-{p}.log")
-            x = Session([live[i].case for i in idx], self.out, "serve",
+            x = Session([_session_case(live[i].case, p) for i in idx], self.out, "serve",
                         sum(live[i].case.settings.timeout_s for i in idx), self.logs / name, env,
                         sum(_memory_limit(live[i].case) for i in idx))
             sessions.append((x, idx))
@@ -363,6 +367,21 @@ def _timing_columns(row: dict[str, Any], sessions: list[dict[str, Any]]) -> dict
 
 def _memory_limit(case: Case) -> float:
     return case.settings.max_memory_gb if case.settings.max_memory_gb is not None else default_memory_limit_gb()
+
+
+def _session_case(case: Case, p: int) -> Case:
+    """A side as timing process ``p`` sets it up: after the first process (whose warm-ups size the blocks), one
+    warm-up call beside the first call; every block still starts with its own untimed call."""
+    if p == 0 or case.settings.warmup_iters <= 1:
+        return case
+    return dataclasses.replace(case, settings=case.settings.model_copy(update={"warmup_iters": 1}))
+
+
+def _xla_cache_env(d: str) -> dict[str, str]:
+    """TensorFlow's persistent XLA cache in ``d``: a timing process after the first loads the XLA executables the
+    first compiled (~6 s of a Keras Swin-T's set-up here), appended to any TF_XLA_FLAGS already set."""
+    flags = os.environ.get("TF_XLA_FLAGS", "")
+    return {"TF_XLA_FLAGS": f"{flags} --tf_xla_persistent_cache_directory={d}/xla".strip()}
 
 
 def _cache_env(d: str | None) -> dict[str, str]:
