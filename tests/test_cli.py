@@ -17,8 +17,8 @@ TIMM_HEADER = "model,infer_img_size,infer_samples_per_sec,infer_step_time,infer_
 
 TINY_VIT = """
 name: tiny
-defaults: {batch_sizes: [1, 2], rounds: 12, processes: 6, warmup_iters: 1, min_iters: 3, min_seconds: 0.1,
-           timeout_s: 120,
+defaults: {batch_sizes: [1, 2], rounds: 12, processes: 6, sequential: false, warmup_iters: 1, min_iters: 3,
+           min_seconds: 0.1, timeout_s: 120,
            tolerance: {max_abs: 1.0e-5}}
 pairs:
   - name: test_vit
@@ -72,6 +72,27 @@ def test_run_tiny_suite_end_to_end(cli, write_suite, tmp_path):
     assert all(sorted({b["process"] for b in x["blocks"]}) == list(range(6)) for x in lat)  # 2 rounds in each
     assert not (out / "artifacts").exists()
     assert "vitbench summary" in res.output
+
+
+def test_a_clear_difference_stops_at_the_first_look(cli, write_suite, tmp_path):
+    """Sequential stopping end to end: a candidate 4x deeper is settled `slower` after 3 of at most 6 timing
+    processes (99% t interval), the group stops there, and pairs.csv says where and why."""
+    out = tmp_path / "out"
+    suite = TINY_VIT.replace("batch_sizes: [1, 2]", "batch_sizes: [1]").replace("sequential: false",
+                                                                                 "sequential: true")
+    suite = suite.replace("- {provider: vitbench, model: test_vit, kwargs: {depth: 2}}",
+                          "- {provider: timm, model: test_vit, kwargs: {depth: 8}, label: deeper, port: false}")
+    res = cli("run", write_suite(suite), "--device", "cpu", "--out", out)
+    assert res.exit_code == 0, res.output
+    with open(out / "pairs.csv", newline="") as f:
+        (p,) = list(csv.DictReader(f))
+    assert p["speed_verdict"] == "slower" and float(p["speed_ratio_ci_high"]) < 1, p
+    assert (p["stopped_at_process"], p["processes"], p["stopped_at_round"]) == ("3", "3", "6")
+    assert p["stop_reason"].startswith("settled at look 1") and p["interval_method"] == "t"
+    assert float(p["confidence"]) == pytest.approx(0.99)
+    assert len(list((out / "logs").glob("timing-*.log"))) == 3  # no process beyond the look that settled it
+    assert "sequential stopping: 1 of 1 comparisons settled (after 3 timing processes)" in res.output
+    assert "done in" in res.output
 
 
 def _one_clean_line(res):

@@ -221,7 +221,8 @@ pairs:
     candidates:
       - {provider: vitbench, model: vit_tiny_patch16_224,
          kwargs: {patch_size: 4, embed_dim: 32, depth: 1, num_heads: 2}}
-      - {provider: vitbench_keras, model: vit_tiny_patch16_224}
+      - {provider: vitbench_keras, model: vit_tiny_patch16_224, backend: tensorflow,
+         kwargs: {patch_size: 4, embed_dim: 32, depth: 1, num_heads: 2}}
   - name: broken
     reference: {provider: import, model: "vitbench.testing:Failing"}
 """
@@ -236,10 +237,10 @@ def test_finetune_cli_end_to_end(cli, write_suite, tmp_path):
     with open(out / "cases.csv", newline="") as f:
         rows = {r["label"]: r for r in csv.DictReader(f)}
     ref, cand = rows["vit_tiny_patch16_224"], rows["vitbench/vit_tiny_patch16_224"]
-    assert rows["vitbench_keras/vit_tiny_patch16_224"]["status"] == "skipped"
+    keras_row = rows["vitbench_keras-tensorflow/vit_tiny_patch16_224"]
     broken = rows["import/vitbench.testing:Failing"]
     assert broken["status"] == "error" and "Failing: this model always fails" in broken["error"]
-    for r in (ref, cand):
+    for r in (ref, cand, keras_row):
         assert r["status"] == "ok" and r["task"] == "finetune" and r["dataset"] == "animal-shape"
         assert 0 <= float(r["top1"]) <= float(r["top5"]) <= 100 and r["num_classes"] == "10"
         assert float(r["samples_per_sec"]) > 0 and float(r["train_gmacs"]) > 2 * float(r["gmacs"]) > 0
@@ -249,6 +250,29 @@ def test_finetune_cli_end_to_end(cli, write_suite, tmp_path):
     # the candidate started from the reference's initial weights: the same first loss
     assert cand["init"] == "reference" and ref["init"].startswith("seed 0")
     assert float(cand["train_loss_first"]) == pytest.approx(float(ref["train_loss_first"]), abs=1e-5)
+    # so did the Keras twin, on the same batches with the reference's preprocessing: the same first loss too, and a
+    # curve that follows the reference's (float differences only); its weights load back and predict the same
+    assert keras_row["init"] == "reference" and keras_row["framework"] == "keras"
+    assert float(keras_row["train_loss_first"]) == pytest.approx(float(ref["train_loss_first"]), abs=1e-4)
+    assert float(keras_row["curve_gap"]) < 1e-3 and keras_row["curve_gap_steps"] == "12"
+    assert keras_row["weights_path"].endswith(".weights.h5")
+    keras_meta = json.loads((out / keras_row["weights_path"].removesuffix(".weights.h5")).with_suffix(".json")
+                            .read_text())
+    assert keras_meta["preprocessing"]["mean"] == [0.5, 0.5, 0.5] and keras_meta["backend"] == "tensorflow"
+    from vitbench.finetune import data as D
+    from vitbench.finetune.keras_job import _evaluate
+    from vitbench.models import keras as keras_ours
+    from vitbench.suite import FinetuneSettings
+
+    km = keras_ours.create_model("vit_tiny_patch16_224", patch_size=4, embed_dim=32, depth=1, num_heads=2,
+                                 num_classes=10, img_size=16)
+    km.load_weights(str(out / keras_row["weights_path"]))
+    st = FinetuneSettings(**keras_meta["settings"])
+    data = D.load_dataset(D.DatasetSpec.from_dict(keras_meta["dataset"]), st.val_fraction, 16,
+                          keras_meta["preprocessing"]["crop_pct"], keras_meta["preprocessing"]["interpolation"])
+    again = _evaluate(km, data.val, st, 16, keras_meta["preprocessing"]["mean"], keras_meta["preprocessing"]["std"],
+                      [1])
+    assert again["topk"][1] == pytest.approx(float(keras_row["top1"]), abs=1e-6)
     # the saved weights load into a fresh model, strict, and carry what is needed to use them
     from vitbench.models import torch as ours
 
@@ -264,6 +288,8 @@ def test_finetune_cli_end_to_end(cli, write_suite, tmp_path):
     table = next(out.glob("benchmark-train-fp32-nchw-pt*-cpu.csv")).read_bytes().decode()
     assert table.startswith("model,train_samples_per_sec,train_step_time,train_batch_size,train_img_size,"
                             "param_count\r\n") and len(table.splitlines()) == 3
+    keras_table = next(out.glob("benchmark-train-fp32-nhwc-keras*-tensorflow-cpu.csv")).read_text()
+    assert len(keras_table.splitlines()) == 2 and "vitbench_keras-tensorflow/vit_tiny_patch16_224" in keras_table
     assert (out / "finetune_accuracy_vs_throughput.png").exists() and (out / "finetune_curves.png").exists()
     assert not (out / "artifacts").exists()
 

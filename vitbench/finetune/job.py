@@ -64,7 +64,11 @@ def init_weights(case: FinetuneCase, run_dir: str) -> dict[str, Any]:
     ref = case.reference if case.role == "candidate" else case.side
     n = len(case.dataset["classes"])
     model, img = build_classifier(ref, case.img_size, n, case.seed)
-    save_npz(init_path(run_dir, case.pair, case.device), state_dict_to_numpy(model))
+    path = init_path(run_dir, case.pair, case.device)
+    save_npz(path, state_dict_to_numpy(model))
+    # the reference's preprocessing, for a Keras side (which carries none of timm's): the same inputs as the reference
+    cfg = D.data_config(model, case.settings.mean, case.settings.std)
+    path.with_suffix(".preprocessing.json").write_text(json.dumps(cfg))
     return {"img_size": img}
 
 

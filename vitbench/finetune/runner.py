@@ -15,6 +15,8 @@ from .data import DatasetSpec
 from .plan import FinetuneCase
 
 JOBS = "vitbench.finetune.job"  # the worker runs f"{JOBS}:finetune" and f"{JOBS}:init_weights"
+KERAS_JOBS = "vitbench.finetune.keras_job"  # a Keras side's f"{KERAS_JOBS}:finetune", in a worker of its backend
+CURVE_GAP_STEPS = 20  # curve_gap: over the first 20 steps, before float differences alone part two runs
 CASE_KEYS = ("suite", "pair", "role", "label", "provider", "model", "framework", "backend", "device", "precision",
              "batch_size", "img_size", "seed")
 SETTINGS_COLUMNS = ("optimizer", "lr", "weight_decay", "schedule", "warmup_steps", "label_smoothing")
@@ -32,6 +34,7 @@ class FinetuneRunner:
         self.env_row = env_row
         self.on_progress: Callable[[str], None] | None = None
         self._init_errors: dict[str, str] = {}
+        self._ref_loss: dict[tuple[str, str], list[float]] = {}  # a pair's reference's training loss, by step
 
     def _ensure_init(self, case: FinetuneCase) -> None:
         """The pair's reference, built once with the dataset's classes: the initial weights of every side."""
@@ -73,11 +76,12 @@ class FinetuneRunner:
         row: dict[str, Any] = {**self.env_row, **case_row(case), "started_at": started}
         curve: list[dict[str, Any]] = []
         latencies = None
-        if case.framework != "torch":
-            row.update(status="skipped", error="fine-tuning runs PyTorch models; this Keras side was not trained")
+        if case.framework != "torch" and case.device != "cpu":
+            row.update(status="skipped", error=f"Keras fine-tuning runs on cpu here, not {case.device}")
         else:
             self._ensure_init(case)
-            out = run_job(case, self.out, f"{JOBS}:finetune", case.settings.timeout_s,
+            job = f"{JOBS}:finetune" if case.framework == "torch" else f"{KERAS_JOBS}:finetune"
+            out = run_job(case, self.out, job, case.settings.timeout_s,
                           self.logs / f"{case.case_id}.log", max_memory_gb=default_memory_limit_gb())
             row.update(out.result)
             curve = row.pop("curve", None) or []
@@ -87,10 +91,26 @@ class FinetuneRunner:
             if init_error and row.get("init", "").startswith("own"):
                 row["init"] = f"{row['init']} (init job: {init_error})"
         row["duration_s"] = time.perf_counter() - t0
+        row.update(self._curve_gap(case, curve))
         self.store.append(row, [{"latencies_ms": latencies}] if latencies else None)
         if curve:
             self.store.append_curve(case.case_id, case.label, curve)
         return row
+
+
+    def _curve_gap(self, case: FinetuneCase, curve: list[dict[str, Any]]) -> dict[str, Any]:
+        """How closely a candidate's training loss follows its reference's over the first CURVE_GAP_STEPS steps (same
+        initial weights, same batches): the largest |difference|. The reference's curve is kept for its pair."""
+        loss = [p["value"] for p in sorted((p for p in curve if p["metric"] == "train_loss"), key=lambda p: p["step"])]
+        key = (case.pair, case.device)
+        if case.role == "reference":
+            self._ref_loss[key] = loss
+            return {}
+        ref = self._ref_loss.get(key)
+        n = min(CURVE_GAP_STEPS, len(loss), len(ref or []))
+        if not n or not case.port or case.settings.init != "reference" or ref is None:
+            return {}
+        return {"curve_gap": max(abs(a - b) for a, b in zip(loss[:n], ref[:n], strict=True)), "curve_gap_steps": n}
 
 
 def case_row(case: FinetuneCase) -> dict[str, Any]:

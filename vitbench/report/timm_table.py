@@ -107,11 +107,10 @@ def write_train_tables(rows: list[dict[str, Any]], out_dir: Path, torch_version:
                        device_tags: dict[str, str]) -> list[Path]:
     """timm's train benchmark table (benchmark-train-*.csv) from fine-tune rows: samples/s and mean step time
     of the optimizer steps (forward, backward, update; data loading excluded, as timm's synthetic-input bench)."""
-    groups: dict[tuple[str, str], list[dict[str, Any]]] = defaultdict(list)
-    for r in rows:
+    groups: dict[tuple[str, str, str], list[dict[str, Any]]] = defaultdict(list)
+    for r in rows:  # a table per framework and layout, as for inference (Keras sides train on their backend)
         if r.get("status") == "ok" and r.get("task") == "finetune":
-            groups[(r["device"], r["precision"])].append(timm_train_row(r))
-    fw = f"{layout('torch')}-pt{_ver(torch_version)}"  # fine-tuning trains torch models
+            groups[(r["device"], r["precision"], framework_tag(r, torch_version))].append(timm_train_row(r))
     return [_write(Path(out_dir) / table_name(precision, fw, device_tags.get(device, device), "eager", "train"),
                    TIMM_TRAIN_COLUMNS, trs, "train_samples_per_sec")
-            for (device, precision), trs in sorted(groups.items())]
+            for (device, precision, fw), trs in sorted(groups.items())]
