@@ -373,3 +373,37 @@ def test_finetune_ctrl_c_keeps_rows_and_resume_finishes(write_suite, tmp_path):
     after = rows(out)
     assert len(after) == 3 and after[: len(before)] == before
     assert all(r["init"] == "reference" for r in after if r["role"] == "candidate")
+
+
+@pytest.mark.slow
+def test_keras_sides_train_on_an_image_folder_on_tensorflow_and_torch_backends(cli, write_suite, tmp_path):
+    """An image folder (DIR/train/<class>/, DIR/val/<class>/) feeds Keras sides as it feeds torch ones, on the
+    TensorFlow and the torch backends of Keras: the same first loss as timm's, from its ported weights."""
+    root = tmp_path / "imgs"
+    _png_tree(root / "train", per_class=8)
+    _png_tree(root / "val", per_class=3)
+    kw = "{patch_size: 4, embed_dim: 32, depth: 1, num_heads: 2}"
+    suite = f"""
+name: ftk
+defaults: {{img_size: 16}}
+finetune: {{steps: 4, batch_size: 4, eval_every: 4, log_every: 2, warmup_steps: 1, timing_warmup_steps: 1,
+           timeout_s: 300}}
+pairs:
+  - name: tiny
+    reference: {{provider: timm, model: vit_tiny_patch16_224, kwargs: {kw}}}
+    candidates:
+      - {{provider: vitbench_keras, model: vit_tiny_patch16_224, backend: tensorflow, kwargs: {kw}}}
+      - {{provider: vitbench_keras, model: vit_tiny_patch16_224, backend: torch, kwargs: {kw}}}
+"""
+    out = tmp_path / "out"
+    res = cli("finetune", write_suite(suite), "--dataset", root, "--device", "cpu", "--out", out)
+    assert res.exit_code == 0, res.output
+    with open(out / "cases.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    ref = rows[0]
+    assert [(r["backend"] or "", r["status"], r["val_samples"]) for r in rows] == [
+        ("", "ok", "6"), ("tensorflow", "ok", "6"), ("torch", "ok", "6")]
+    for r in rows[1:]:
+        assert r["init"] == "reference"
+        assert float(r["train_loss_first"]) == pytest.approx(float(ref["train_loss_first"]), abs=1e-4)
+        assert float(r["curve_gap"]) < 1e-3 and (out / r["weights_path"]).exists()
