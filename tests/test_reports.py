@@ -200,7 +200,7 @@ def kept_figures(monkeypatch):
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from vitbench.report import plots
+    from vitbench.report import figfit, plots
 
     figs = []
 
@@ -212,6 +212,7 @@ def kept_figures(monkeypatch):
             figs.append(fig)
 
     monkeypatch.setattr(plots, "_plt", lambda: Keep())
+    monkeypatch.setattr(figfit, "close", figs.append)
     yield figs
     plt.close("all")
 

@@ -5,6 +5,7 @@ from pathlib import Path
 from typing import Any
 
 from ..modes import MODES
+from .figfit import finish, wrap_note
 from .timm_table import as_float
 
 
@@ -41,9 +42,13 @@ def compile_plot(rows: list[dict[str, Any]], path: Path) -> Path | None:
     ax1.set_ylabel("compile time, s (first call minus eager first call)")
     ax1.set_title("cold vs warm compile")
     for j, mode in enumerate(modes):
-        vals = [as_float(by.get((g[0], g[1], mode), {}).get("samples_per_sec")) or 0 for g in groups]
-        ax2.bar([x + (j - (len(modes) - 1) / 2) * width for x in xs], vals, width, color=colours[mode], label=mode)
-    ax2.set_ylabel("steady-state samples/s")
+        cells = [by.get((g[0], g[1], mode), {}) for g in groups]
+        vals = [as_float(c.get("samples_per_sec")) or 0 for c in cells]
+        err = list(zip(*[_ci(c, "samples_per_sec_ci_low", "samples_per_sec_ci_high", v)
+                         for c, v in zip(cells, vals, strict=True)], strict=True))
+        ax2.bar([x + (j - (len(modes) - 1) / 2) * width for x in xs], vals, width, color=colours[mode], label=mode,
+                yerr=err, capsize=3, error_kw={"lw": 1})
+    ax2.set_ylabel("steady-state samples/s (bars: interval over timing processes)")
     ax2.set_title("throughput after compile")
     for ax in (ax1, ax2):
         ax.set_xticks(list(xs))
@@ -51,9 +56,7 @@ def compile_plot(rows: list[dict[str, Any]], path: Path) -> Path | None:
         ax.legend(fontsize=8)
         ax.grid(axis="y", alpha=0.3)
     fig.suptitle("torch.compile: eager vs " + " vs ".join(compiled))
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    finish(fig, path, 120)
     return path
 
 
@@ -79,11 +82,15 @@ def _ci(row: dict[str, Any], lo: str, hi: str, v: float) -> tuple[float, float]:
     return max(v - low, 0.0), max(high - v, 0.0)
 
 
-def _note_left_out(fig: Any, left_out: list[str]) -> None:
-    if left_out:
-        more = f" (+{len(left_out) - 6} more)" if len(left_out) > 6 else ""
-        fig.text(0.01, 0.005, f"not drawn ({len(left_out)}): " + "; ".join(left_out[:6]) + more, fontsize=7,
-                 color="#d62728", va="bottom")
+def _note_left_out(fig: Any, left_out: list[str]) -> float:
+    """The series a figure could not draw, named at its foot (wrapped to its width); returns the share of the
+    figure's height the note takes (0 without one), for the layout to keep clear."""
+    if not left_out:
+        return 0.0
+    more = f" (+{len(left_out) - 6} more)" if len(left_out) > 6 else ""
+    text = wrap_note(fig, f"not drawn ({len(left_out)}): " + "; ".join(left_out[:6]) + more)
+    fig.text(0.01, 0.005, text, fontsize=7, color="#d62728", va="bottom")
+    return ((text.count("\n") + 1) * 7 * 1.3 / 72 + 0.05) / fig.get_size_inches()[1]
 
 
 def throughput_vs_params(sets: list[Any], path: Path) -> Path | None:
@@ -135,10 +142,7 @@ def throughput_vs_params(sets: list[Any], path: Path) -> Path | None:
     ax.set_title("throughput vs model size" + (" (named: fastest at or above each size)" if len(points) > 40 else ""))
     ax.grid(True, which="both", alpha=0.25)
     ax.legend(fontsize=8)
-    _note_left_out(fig, left_out)
-    fig.tight_layout(rect=(0, 0.03 if left_out else 0, 1, 1))
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    finish(fig, path, 120, rect=(0, _note_left_out(fig, left_out), 1, 1))
     return path
 
 
@@ -166,10 +170,7 @@ def latency_percentiles(rows: list[dict[str, Any]], path: Path) -> Path | None:
     ax.invert_yaxis()
     ax.legend(fontsize=8)
     ax.grid(axis="x", which="both", alpha=0.3)
-    _note_left_out(fig, left_out)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    finish(fig, path, 120, rect=(0, _note_left_out(fig, left_out), 1, 1))
     return path
 
 
@@ -206,45 +207,80 @@ def numeric_diff(rows: list[dict[str, Any]], path: Path) -> Path | None:
     ax.set_xlabel("max |candidate - reference| (log; 0 at 1e-12; dashed: tolerance; x: failed)")
     ax.set_title("numeric difference per candidate (green ok, red failed)")
     ax.invert_yaxis()
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    finish(fig, path, 120)
     return path
 
 
+def _short(label: str, pair: str) -> str:
+    """A side's label without the pair's model name it repeats ('vitbench_keras-tensorflow/swin_t' in pair
+    'swin_t' -> 'vitbench_keras-tensorflow')."""
+    return label[: -len(pair) - 1] if label.endswith("/" + pair) and len(label) > len(pair) + 1 else label
+
+
+def _ratio_rows(ax: Any, pts: list[dict[str, Any]], colours: dict[str, str], seen: set[str], compile_: bool) -> None:
+    """One panel of speed ratios: the pair as a bold heading row, then a row per comparison (side, mode, batch;
+    a compiled mode says what it is against), its ratio [interval] and verdict written beside it."""
+    import matplotlib.transforms as mtransforms
+
+    labels, y = [], 0
+    text_at = mtransforms.blended_transform_factory(ax.transAxes, ax.transData)
+    for pair in dict.fromkeys(str(p["pair"]) for p in pts):
+        labels.append((y, pair, True))
+        y += 1
+        for p in (q for q in pts if str(q["pair"]) == pair):
+            v = as_float(p["speed_ratio"]) or 0.0
+            lo, hi = _ci(p, "speed_ratio_ci_low", "speed_ratio_ci_high", v)
+            verdict = str(p.get("speed_verdict"))
+            ax.errorbar([v], [y], xerr=[[lo], [hi]], fmt="o", color=colours.get(verdict, "k"), capsize=3,
+                        label=verdict if verdict not in seen else None)
+            seen.add(verdict)
+            what = f"vs its {p.get('reference_compile_mode', '')}" if compile_ else ""
+            labels.append((y, f"{_short(str(p['label']), pair)} {p.get('compile_mode', '')} {what} "
+                              f"bs{p.get('batch_size', '')}".replace("  ", " "), False))
+            interval = f" [{v - lo:.2f}, {v + hi:.2f}]" if lo or hi else ""
+            ax.text(1.01, y, f"{v:.2f}x{interval} {verdict}", transform=text_at, va="center", fontsize=8,
+                    color=colours.get(verdict, "k"))
+            y += 1
+    ax.set_yticks([t[0] for t in labels])
+    ax.set_yticklabels([t[1] for t in labels], fontsize=8)
+    for tick, (_, _, bold) in zip(ax.get_yticklabels(), labels, strict=True):
+        tick.set_fontweight("bold" if bold else "normal")
+    ax.set_ylim(y - 0.5, -0.5)
+    ax.set_xscale("log")
+    ax.axvline(1.0, color="k", lw=1)
+    ax.grid(axis="x", which="major", alpha=0.3)
+
+
 def speed_ratio(pairs: list[dict[str, Any]], path: Path) -> Path | None:
-    """Each candidate's paired speed ratio vs its reference, with its 95% interval, coloured by verdict; the band
-    around 1 is the threshold within which 'same' is called."""
+    """Each candidate's paired speed ratio vs its reference, with its interval (the value written beside it),
+    coloured by verdict; the band around 1 is the threshold within which 'same' is called. What a compiled mode
+    gains over the same implementation's eager (comparison 'compile') is a panel of its own, apart from the
+    comparisons with the reference."""
     pts = [p for p in pairs if as_float(p.get("speed_ratio")) is not None]
     if not pts:
         return None
     plt = _plt()
-    fig, ax = plt.subplots(figsize=(10, 0.45 * len(pts) + 1.8))
+    panels = [(title, rows) for title, rows in (
+        ("vs the reference (and the A/A control vs the reference)",
+         [p for p in pts if p.get("comparison") != "compile"]),
+        ("compiled mode vs the same implementation's eager (what compiling buys)",
+         [p for p in pts if p.get("comparison") == "compile"])) if rows]
+    heights = [len(rows) + len({p["pair"] for p in rows}) for _, rows in panels]
+    fig, axes = plt.subplots(len(panels), 1, figsize=(9, 0.32 * sum(heights) + 1.6 * len(panels)), squeeze=False,
+                             gridspec_kw={"height_ratios": heights})
     colours = {"faster": "#2ca02c", "slower": "#d62728", "same": "#1f77b4", "inconclusive": "#7f7f7f",
                "contended": "#ff7f0e"}
     seen: set[str] = set()
-    for y, p in enumerate(pts):
-        v = as_float(p["speed_ratio"]) or 0.0
-        lo, hi = _ci(p, "speed_ratio_ci_low", "speed_ratio_ci_high", v)
-        verdict = str(p.get("speed_verdict"))
-        ax.errorbar([v], [y], xerr=[[lo], [hi]], fmt="o", color=colours.get(verdict, "k"), capsize=3,
-                    label=verdict if verdict not in seen else None)
-        seen.add(verdict)
-    t = as_float(pts[0].get("threshold_pct")) or 0.0
-    ax.axvspan(1 / (1 + t / 100), 1 + t / 100, color="#1f77b4", alpha=0.1, label=f"+-{t:g}% (same)")
-    ax.axvline(1.0, color="k", lw=1)
-    ax.set_yticks(range(len(pts)))
-    ax.set_yticklabels([f"{p['pair']}: {p['label']} {p.get('compile_mode', '')} bs{p.get('batch_size', '')} vs "
-                        f"{p.get('reference_compile_mode', '')}" for p in pts], fontsize=8)
-    ax.set_xscale("log")
-    ax.set_xlabel("speed ratio, candidate / reference samples/s (log; >1 = candidate faster; bars: 95% interval)")
-    ax.set_title("paired speed ratios (median over rounds)")
-    ax.invert_yaxis()
-    ax.grid(axis="x", which="both", alpha=0.3)
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    for ax, (title, rows) in zip(axes[:, 0], panels, strict=True):
+        _ratio_rows(ax, rows, colours, seen, compile_=title.startswith("compiled"))
+        t = as_float(rows[0].get("threshold_pct")) or 0.0
+        if not title.startswith("compiled"):
+            ax.axvspan(1 / (1 + t / 100), 1 + t / 100, color="#1f77b4", alpha=0.1, label=f"+-{t:g}% (same)")
+        ax.set_title(title, fontsize=9, loc="left")
+    axes[-1, 0].set_xlabel("speed ratio, samples/s over the other side's (log; >1 = faster; bars: interval)")
+    fig.suptitle("paired speed ratios", fontsize=10)
+    axes[0, 0].legend(fontsize=7, loc="best")
+    finish(fig, path, 120)
     return path
 
 
@@ -269,12 +305,19 @@ def token_sweep(rows: list[dict[str, Any]], path: Path) -> Path | None:
         labels = sorted({r["label"] for r in sub}, key=lambda s: (s != "exact", s))
         for metric, ax, ylabel in (("latency_ms_p50", row_axes[0], "latency p50, ms per batch"),
                                    ("forward_rss_delta_mb", row_axes[1], "memory of one forward (RSS growth), MB")):
+            missing = []
             for i, label in enumerate(labels):
                 pts = sorted((as_float(r[key]), as_float(r.get(metric))) for r in sub if r["label"] == label)
                 pts = [p for p in pts if p[1] is not None]
                 if pts:
                     ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", color=cmap(i % 10), label=label,
                             linewidth=2.5 if label == "exact" else 1.5)
+                else:
+                    missing.append(label)
+            if missing:  # a series the other panel has, named with why it is not here
+                ax.text(0.01, 0.01, wrap_note(fig, f"not drawn: {', '.join(missing)} (no {metric} in their "
+                                              "rows)", 7)[:400],
+                        transform=ax.transAxes, fontsize=7, color="#d62728", va="bottom")
             ax.set_xscale("log")
             ax.set_yscale("log")
             ax.set_xlabel(kind)
@@ -283,9 +326,7 @@ def token_sweep(rows: list[dict[str, Any]], path: Path) -> Path | None:
             ax.legend(fontsize=8)
         row_axes[0].set_title(f"latency vs {kind}")
         row_axes[1].set_title(f"memory vs {kind}")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    finish(fig, path, 110)
     return path
 
 
@@ -315,9 +356,7 @@ def finetune_accuracy_vs_throughput(rows: list[dict[str, Any]], path: Path) -> P
     ax.set_ylim(0, 102)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7, loc="lower right")
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    finish(fig, path, 120)
     return path
 
 
@@ -348,7 +387,5 @@ def finetune_curves(curves_csv: Path, path: Path) -> Path | None:
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)
     fig.suptitle(f"fine-tune curves ({curves_csv.parent.name})", fontsize=10)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    finish(fig, path, 120)
     return path
