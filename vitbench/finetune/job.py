@@ -89,6 +89,48 @@ def _start_weights(case: FinetuneCase, model: nn.Module, run_dir: str) -> str:
     return "reference" if case.role == "candidate" else f"seed {case.seed}, shared with the candidates"
 
 
+def step_columns(row: dict[str, Any], s: Any, history: list[Step], final: dict[str, Any]) -> list[float]:
+    """A fine-tune row's step timing (the first ``timing_warmup_steps`` left out: allocations, caches, tracing),
+    loss and final accuracy columns, added to ``row``; returns the timed steps' ms."""
+    skip = min(s.timing_warmup_steps, len(history) - 1)
+    timed = history[skip:]
+    step_ms = [h.step_s * 1e3 for h in timed]
+    row.update(
+        samples_per_sec=s.batch_size * len(timed) / sum(h.step_s for h in timed),
+        step_time_ms=float(np.mean(step_ms)), latency_ms_p50=percentile(step_ms, 50),
+        latency_ms_p90=percentile(step_ms, 90), latency_ms_p99=percentile(step_ms, 99),
+        latency_ms_mean=float(np.mean(step_ms)), latency_ms_min=min(step_ms),
+        latency_ms_stdev=float(np.std(step_ms, ddof=1)) if len(step_ms) > 1 else 0.0,
+        iters=len(timed), timed_s=sum(h.step_s for h in timed), timing_attempts=1,
+        first_call_s=history[0].step_s, data_wait_ms=1e3 * float(np.mean([h.data_s for h in timed])),
+        train_loss_first=history[0].loss, train_loss_last=float(np.mean([h.loss for h in history[-10:]])),
+        val_loss=final["loss"], top1=final["topk"].get(1), top5=final["topk"].get(5),
+        topk=" ".join(f"top{k}={v:.2f}" for k, v in final["topk"].items()),
+    )
+    return step_ms
+
+
+def log_eval(writer: Any, curve: list[dict[str, Any]], step: int, res: dict[str, Any]) -> None:
+    """An evaluation's loss and top-k, to TensorBoard and the curves."""
+    writer.add_scalar("val/loss", res["loss"], step)
+    curve.append({"step": step, "metric": "val_loss", "value": res["loss"]})
+    for k, acc in res["topk"].items():
+        writer.add_scalar(f"val/top{k}", acc, step)
+        curve.append({"step": step, "metric": f"val_top{k}", "value": acc})
+
+
+def weights_record(config: dict[str, Any], row: dict[str, Any], classes: list[str],
+                   evals: list[dict[str, Any]]) -> dict[str, Any]:
+    """The JSON written beside a fine-tuned model's weights: what it is, how it was trained, how it scored."""
+    from .. import env as env_mod
+
+    return {**config, "weights": row["weights_path"], "classes": classes,
+            "metrics": {k: row.get(k) for k in ("top1", "top5", "topk", "val_loss", "samples_per_sec",
+                                                 "train_loss_first", "train_loss_last", "gmacs", "train_gmacs")},
+            "evals": [{"step": e["step"], "loss": e["loss"], **{f"top{k}": v for k, v in e["topk"].items()}}
+                      for e in evals], "versions": env_mod.row_versions()}
+
+
 def _autocast(precision: str, dev: torch.device) -> tuple[contextlib.AbstractContextManager | None, Any]:
     if precision == "fp32":
         return None, None
@@ -115,7 +157,6 @@ def _writer(log_dir: Path) -> Any:
 
 def finetune(case: FinetuneCase, run_dir: str) -> dict[str, Any]:
     """Job 'finetune': returns the row (plus 'curve' and 'latencies_ms', which the runner stores apart)."""
-    from .. import env as env_mod
     from ..env import device_name, torch_device
 
     t_start = time.perf_counter()
@@ -178,11 +219,7 @@ def finetune(case: FinetuneCase, run_dir: str) -> dict[str, Any]:
                                              num_workers=s.num_workers),
                        ks=sorted({1, *s.topk}), to_input=to_input, device=dev, autocast=autocast, loss_fn=ce)
         eval_s += time.perf_counter() - t
-        writer.add_scalar("val/loss", res["loss"], step)
-        curve.append({"step": step, "metric": "val_loss", "value": res["loss"]})
-        for k, acc in res["topk"].items():
-            writer.add_scalar(f"val/top{k}", acc, step)
-            curve.append({"step": step, "metric": f"val_top{k}", "value": acc})
+        log_eval(writer, curve, step, res)
         evals.append({"step": step, **res})
         return res
 
@@ -224,22 +261,8 @@ def finetune(case: FinetuneCase, run_dir: str) -> dict[str, Any]:
     writer.flush()
     writer.close()
 
-    skip = min(s.timing_warmup_steps, len(history) - 1)  # the first steps (allocations, caches) are left out
-    timed = history[skip:]
-    step_ms = [h.step_s * 1e3 for h in timed]
-    row.update(
-        samples_per_sec=s.batch_size * len(timed) / sum(h.step_s for h in timed),
-        step_time_ms=float(np.mean(step_ms)), latency_ms_p50=percentile(step_ms, 50),
-        latency_ms_p90=percentile(step_ms, 90), latency_ms_p99=percentile(step_ms, 99),
-        latency_ms_mean=float(np.mean(step_ms)), latency_ms_min=min(step_ms),
-        latency_ms_stdev=float(np.std(step_ms, ddof=1)) if len(step_ms) > 1 else 0.0,
-        iters=len(timed), timed_s=sum(h.step_s for h in timed), timing_attempts=1,
-        first_call_s=history[0].step_s, data_wait_ms=1e3 * float(np.mean([h.data_s for h in timed])),
-        train_s=train_s, eval_s=eval_s,
-        train_loss_first=history[0].loss, train_loss_last=float(np.mean([h.loss for h in history[-10:]])),
-        val_loss=final["loss"], top1=final["topk"].get(1), top5=final["topk"].get(5),
-        topk=" ".join(f"top{k}={v:.2f}" for k, v in final["topk"].items()),
-    )
+    step_ms = step_columns(row, s, history, final)
+    row.update(train_s=train_s, eval_s=eval_s)
 
     weights = out / "weights" / f"{name}.pt"
     weights.parent.mkdir(parents=True, exist_ok=True)
@@ -267,12 +290,8 @@ def finetune(case: FinetuneCase, run_dir: str) -> dict[str, Any]:
     except Exception as e:  # noqa: BLE001  (a count that failed is said, not zero)
         row["flops_method"] = f"failed: {one_line(e)}"
 
-    record = {**config, "weights": row["weights_path"], "classes": classes,
-              "metrics": {k: row.get(k) for k in ("top1", "top5", "topk", "val_loss", "samples_per_sec",
-                                                   "train_loss_first", "train_loss_last", "gmacs", "train_gmacs")},
-              "evals": [{"step": e["step"], "loss": e["loss"], **{f"top{k}": v for k, v in e["topk"].items()}}
-                        for e in evals], "versions": env_mod.row_versions()}
-    weights.with_suffix(".json").write_text(json.dumps(record, indent=2, default=str))
+    weights.with_suffix(".json").write_text(json.dumps(weights_record(config, row, classes, evals), indent=2,
+                                                       default=str))
     row["sample_grid"] = str(grid_in.relative_to(out))
     row["events_dir"] = str(tb_dir.relative_to(out))
     row["peak_rss_mb"] = memory.peak_rss_mb()

@@ -16,10 +16,8 @@ import numpy as np
 
 from ..measure import memory
 from ..measure.contention import cpu_times, steal_pct
-from ..measure.timing import percentile
 from ..providers import get_provider
-from ..runner.artifacts import init_path, load_weights, safe_name
-from ..runner.worker import one_line
+from ..runner.artifacts import init_path, safe_name
 from . import data as D
 from .plan import FinetuneCase
 
@@ -43,22 +41,6 @@ def build_classifier(case: FinetuneCase, num_classes: int) -> tuple[Any, int]:
     if not img:
         raise ValueError(f"{case.model}: no input size known; set img_size in the suite's finetune section")
     return model, int(img)
-
-
-def _start_weights(case: FinetuneCase, model: Any, run_dir: str) -> str:
-    own = f"own (seed {case.seed})"
-    if case.settings.init != "reference":
-        return own
-    if case.role == "candidate" and not case.port:
-        return f"{own}; port: false in the suite"
-    path = init_path(run_dir, case.pair, case.device)
-    if not path.exists():
-        return f"{own}; no reference weights (the init job failed, see logs/)"
-    try:
-        get_provider(case.provider).port(model, load_weights(path))
-    except Exception as e:  # noqa: BLE001  (a failed port: trains from its own init, and says so)
-        return f"{own}; port failed: {one_line(e)}"
-    return "reference" if case.role == "candidate" else f"seed {case.seed}, shared with the candidates"
 
 
 def _no_decay(model: Any) -> list[Any]:
@@ -140,9 +122,8 @@ def finetune(case: FinetuneCase, run_dir: str) -> dict[str, Any]:
     backend = prepare(case)
     import keras
 
-    from .. import env as env_mod
-    from .job import _writer
-    from .loop import lr_factor
+    from .job import _start_weights, _writer, log_eval, step_columns, weights_record
+    from .loop import Step, lr_factor
 
     if case.device != "cpu":
         raise ValueError("Keras fine-tuning runs on cpu here")
@@ -190,7 +171,7 @@ def finetune(case: FinetuneCase, run_dir: str) -> dict[str, Any]:
                              num_workers=s.num_workers, drop_last=True)
     curve: list[dict[str, Any]] = []
     evals: list[dict[str, Any]] = []
-    steps: list[tuple[float, float, float]] = []  # (loss, step_s, data_s)
+    steps: list[Any] = []  # loop.Step each
     eval_s, window = 0.0, []
 
     def run_eval(step: int) -> dict[str, Any]:
@@ -198,11 +179,7 @@ def finetune(case: FinetuneCase, run_dir: str) -> dict[str, Any]:
         t = time.perf_counter()
         res = _evaluate(model, data.val, s, img, mean, std, ks)
         eval_s += time.perf_counter() - t
-        writer.add_scalar("val/loss", res["loss"], step)
-        curve.append({"step": step, "metric": "val_loss", "value": res["loss"]})
-        for k, acc in res["topk"].items():
-            writer.add_scalar(f"val/top{k}", acc, step)
-            curve.append({"step": step, "metric": f"val_top{k}", "value": acc})
+        log_eval(writer, curve, step, res)
         evals.append({"step": step, **res})
         return res
 
@@ -220,7 +197,7 @@ def finetune(case: FinetuneCase, run_dir: str) -> dict[str, Any]:
             step_s = time.perf_counter() - t1
             if not np.isfinite(loss):
                 raise FloatingPointError(f"loss is {loss} at step {i + 1} (lr {lr:.3g}): training diverged")
-            steps.append((loss, step_s, t1 - t0))
+            steps.append(Step(i + 1, loss, lr, t1 - t0, step_s))
             writer.add_scalar("train/loss", loss, i + 1)
             writer.add_scalar("train/lr", lr, i + 1)
             curve += [{"step": i + 1, "metric": "train_loss", "value": loss},
@@ -234,29 +211,15 @@ def finetune(case: FinetuneCase, run_dir: str) -> dict[str, Any]:
                 print(f"step {i + 1}/{s.steps} loss {loss:.4f} lr {lr:.3g} {sps:.1f} samples/s", flush=True)
             if (i + 1) % s.eval_every == 0 and i + 1 != s.steps:
                 run_eval(i + 1)
-    train_s = sum(st[1] for st in steps)
+    train_s = sum(st.step_s for st in steps)
     row["cpu_steal_pct"] = steal_pct(before, cpu_times())
     row["train_rss_delta_mb"] = sampler.peak_delta_mb
     final = run_eval(s.steps)
     writer.flush()
     writer.close()
 
-    skip = min(s.timing_warmup_steps, len(steps) - 1)  # the first steps (tracing, allocations) are left out
-    timed = steps[skip:]
-    step_ms = [t[1] * 1e3 for t in timed]
-    row.update(
-        samples_per_sec=s.batch_size * len(timed) / sum(t[1] for t in timed),
-        step_time_ms=float(np.mean(step_ms)), latency_ms_p50=percentile(step_ms, 50),
-        latency_ms_p90=percentile(step_ms, 90), latency_ms_p99=percentile(step_ms, 99),
-        latency_ms_mean=float(np.mean(step_ms)), latency_ms_min=min(step_ms),
-        latency_ms_stdev=float(np.std(step_ms, ddof=1)) if len(step_ms) > 1 else 0.0,
-        iters=len(timed), timed_s=sum(t[1] for t in timed), timing_attempts=1, first_call_s=steps[0][1],
-        data_wait_ms=1e3 * float(np.mean([t[2] for t in timed])), train_s=train_s, eval_s=eval_s,
-        train_loss_first=steps[0][0], train_loss_last=float(np.mean([t[0] for t in steps[-10:]])),
-        val_loss=final["loss"], top1=final["topk"].get(1), top5=final["topk"].get(5),
-        topk=" ".join(f"top{k}={v:.2f}" for k, v in final["topk"].items()),
-        finetune_differences="; ".join(differs) or None,
-    )
+    step_ms = step_columns(row, s, steps, final)  # the first steps (tracing, allocations) left out
+    row.update(train_s=train_s, eval_s=eval_s, finetune_differences="; ".join(differs) or None)
 
     weights = out / "weights" / f"{name}.weights.h5"
     weights.parent.mkdir(parents=True, exist_ok=True)
@@ -274,13 +237,9 @@ def finetune(case: FinetuneCase, run_dir: str) -> dict[str, Any]:
     else:
         row.update(gmacs=counted[0] / 1e9, macts_m=counted[1] / 1e6, train_gmacs=3 * counted[0] / 1e9,
                    flops_method=f"{counted[2]}; train: 3x the forward (backward ~2x)")
-    record = {**config, "weights": row["weights_path"], "classes": classes,
+    record = {**weights_record(config, row, classes, evals),
               "load": "build the model as in 'provider'/'model'/'kwargs' with num_classes, then "
-                      "model.load_weights(<weights>)",
-              "metrics": {k: row.get(k) for k in ("top1", "top5", "topk", "val_loss", "samples_per_sec",
-                                                   "train_loss_first", "train_loss_last", "gmacs", "train_gmacs")},
-              "evals": [{"step": e["step"], "loss": e["loss"], **{f"top{k}": v for k, v in e["topk"].items()}}
-                        for e in evals], "versions": env_mod.row_versions()}
+                      "model.load_weights(<weights>)"}
     Path(str(weights).removesuffix(".weights.h5") + ".json").write_text(json.dumps(record, indent=2, default=str))
     row["sample_grid"] = str(grid_in.relative_to(out))
     row["events_dir"] = str(tb_dir.relative_to(out))
