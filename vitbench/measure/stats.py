@@ -11,8 +11,9 @@ machine), and the processes' values by the Hodges-Lehmann estimate with the Wilc
 distribution-free for a symmetric spread, nearly as tight as Student's t when the spread is normal, and robust to
 the odd process that a burst of noise shifts by 20% (on 38 A/A runs here: median half-width 2.0% against t's
 2.2%, widest 4.8% against 7.1%). Its width includes the process-to-process spread whatever its size; a 95%
-interval needs at least 6 processes. A speed ratio is judged on a log scale, so 2x faster and 2x slower weigh the
-same.
+interval needs at least 6 processes (98-99%: 8), and below that Student's t over the processes stands in (from 3),
+as sequential stopping's early looks need (``looks_for``). A speed ratio is judged on a log scale, so 2x faster
+and 2x slower weigh the same.
 """
 from __future__ import annotations
 

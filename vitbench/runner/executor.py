@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import os
 import shutil
 import tempfile
 import time
@@ -22,7 +21,7 @@ from ..suite import Case
 from .artifacts import artifact_path
 from .pairing import GroupSide, pair_row, plan_groups, reference_side
 from .rounds import RoundsResult, SideFailed, block_iters_for, run_rounds, summarize
-from .session import JobOutcome, Session, default_memory_limit_gb, run_job
+from .session import JobOutcome, Session, cache_env, default_memory_limit_gb, run_job, xla_cache_env
 from .signals import deferred_signals
 from .stopping import Comparison, comparisons, evaluate, still_timed
 from .store import ResultStore
@@ -87,7 +86,7 @@ class Runner:
             if compiled:  # a fresh, private Inductor cache: the first compiled call is a cold start
                 d = tempfile.mkdtemp(prefix=f"vitbench-inductor-{case.case_id}-")
                 dirs.append(d)
-                env = _cache_env(d)
+                env = cache_env(d)
             out = run_job(case, self.out, "setup", case.settings.timeout_s, log, env,
                           max_memory_gb=_memory_limit(case))
             return (out, d), out.result.get("compile_steal_pct_cold") if out.status == "ok" else None
@@ -97,7 +96,7 @@ class Runner:
                                                             case.settings.timing_attempts if compiled else 1)
             if compiled and out.status == "ok":
                 out.result["compile_attempts"] = attempts  # cold compiles run; the least-contended one is kept
-                warm = run_job(case, self.out, "warm", case.settings.timeout_s, log, _cache_env(cache_dir),
+                warm = run_job(case, self.out, "warm", case.settings.timeout_s, log, cache_env(cache_dir),
                                max_memory_gb=_memory_limit(case))
                 if warm.status == "ok":
                     warm.result["phase_startup_s"] = (float(out.result.get("phase_startup_s") or 0)
@@ -179,7 +178,7 @@ class Runner:
         xla = any(s.case.framework == "keras" and s.case.compile_mode in KERAS_JIT for s in live)
         cache_dir = tempfile.mkdtemp(prefix="vitbench-compile-timing-") if compiled or xla else None
         # the timing processes share a compile cache: Inductor's, and XLA's for Keras jit_compile (TensorFlow)
-        env = {**_cache_env(cache_dir), **_xla_cache_env(cache_dir)} if cache_dir else {}
+        env = {**cache_env(cache_dir), **xla_cache_env(cache_dir)} if cache_dir else {}
         cpus = run_cpus()
         dead: dict[int, JobOutcome] = {}
         left: set[int] = set()  # sides whose comparisons are all settled: no longer timed
@@ -375,17 +374,6 @@ def _session_case(case: Case, p: int) -> Case:
     if p == 0 or case.settings.warmup_iters <= 1:
         return case
     return dataclasses.replace(case, settings=case.settings.model_copy(update={"warmup_iters": 1}))
-
-
-def _xla_cache_env(d: str) -> dict[str, str]:
-    """TensorFlow's persistent XLA cache in ``d``: a timing process after the first loads the XLA executables the
-    first compiled (~6 s of a Keras Swin-T's set-up here), appended to any TF_XLA_FLAGS already set."""
-    flags = os.environ.get("TF_XLA_FLAGS", "")
-    return {"TF_XLA_FLAGS": f"{flags} --tf_xla_persistent_cache_directory={d}/xla".strip()}
-
-
-def _cache_env(d: str | None) -> dict[str, str]:
-    return {"TORCHINDUCTOR_CACHE_DIR": d, "TRITON_CACHE_DIR": f"{d}/triton"} if d else {}
 
 
 def attention_of(case: Any) -> str | None:

@@ -54,14 +54,14 @@ def tf32_off(backend: str) -> None:
         torch.backends.cudnn.allow_tf32 = False
 
 
-# a timing session's models by implementation: its eager, graph and XLA sides of one model share one instance (and
-# its weights); every mode compiles a wrapper of its own
+# a timing session's models by implementation (label, model, kwargs, input, role): its eager, graph and XLA sides of
+# one model share one instance and its weights; two labels (an A/A pair) never do; every mode compiles a wrapper
 _SESSION_MODELS: dict[tuple, tuple[Any, int | None]] = {}
 
 
 def _model_key(case: Case) -> tuple:
-    return (case.provider, case.model, repr(sorted(case.kwargs.items())), case.settings.img_size, case.output,
-            case.role, case.batch_size)
+    return (case.label, case.provider, case.model, repr(sorted(case.kwargs.items())), case.settings.img_size,
+            case.output, case.role, case.batch_size)
 
 
 def _input(case: Case, batch: int, img: int | None) -> np.ndarray:
