@@ -23,7 +23,7 @@ from .pairing import GroupSide, pair_row, plan_groups, reference_side
 from .rounds import RoundsResult, SideFailed, block_iters_for, run_rounds, summarize
 from .session import JobOutcome, Session, cache_env, default_memory_limit_gb, run_job, xla_cache_env
 from .signals import deferred_signals
-from .stopping import Comparison, comparisons, evaluate, still_timed
+from .stopping import Comparison, comparisons, estimate, evaluate, still_timed
 from .store import ResultStore
 
 
@@ -308,8 +308,7 @@ class Runner:
         rows = []
         for c in comps:
             if not c.frozen:  # not evaluated (no look was reached: an interrupted or reference-only group)
-                c.estimate = (result.estimate(c.j, live[c.j].case.settings.speed_threshold_pct, reference=c.k)
-                              if c.k is not None and not {c.j, c.k} & set(result.failed) else None)
+                c.estimate = estimate(result, live, c.j, c.k)
             s, ref = live[c.j], live[c.k] if c.k is not None else None
             r = pair_row(s, ref, c.estimate, result, comparison=c.kind, note=c.note, stop=c)
             if c.kind == "reference":

@@ -104,6 +104,7 @@ def pair_row(side: GroupSide, ref: GroupSide | None, est: RatioEstimate | None, 
     reference ('control'); only 'reference' rows carry numerics columns. ``note``: why the verdict is what it
     is, beyond the estimate's own; ``stop``: where sequential stopping froze it (``stopping.Comparison``)."""
     c, r = side.case, side.row
+    looked = stop if stop is not None and stop.look else None  # frozen at a look: its figures are that look's
     if est is None:
         why = "no reference timed beside it" if ref is None else (side.row.get("error") or "not timed")
         ratio = lo = hi = None
@@ -122,13 +123,12 @@ def pair_row(side: GroupSide, ref: GroupSide | None, est: RatioEstimate | None, 
         "img_size": r.get("img_size", c.settings.img_size), "tokens": c.settings.tokens,
         "reference_label": ref.case.label if ref else None, "reference_compile_mode": ref.case.compile_mode if ref
         else None, "comparison": comparison, "speed_ratio": ratio, "speed_ratio_ci_low": lo,
-        "speed_ratio_ci_high": hi, "confidence": stop.confidence if stop is not None and stop.look and est is not None
-        else None,
+        "speed_ratio_ci_high": hi, "confidence": looked.confidence if looked and est is not None else None,
         "interval_method": est.method if est is not None else None, "rounds": rounds, "processes": processes,
-        "rounds_run": stop.rounds_run if stop is not None and stop.look else result.attempts,
-        "contended_rounds": stop.contended_rounds if stop is not None and stop.look else
-        result.attempts - result.clean_rounds, "stopped_at_round": stop.rounds_run if stop is not None and stop.look
-        else None, "stopped_at_process": stop.processes if stop is not None and stop.look else None,
+        "rounds_run": looked.rounds_run if looked else result.attempts,
+        "contended_rounds": looked.contended_rounds if looked else result.attempts - result.clean_rounds,
+        "stopped_at_round": looked.rounds_run if looked else None,
+        "stopped_at_process": looked.processes if looked else None,
         "stop_reason": stop.why if stop is not None else None,
         "threshold_pct": c.settings.speed_threshold_pct, "speed_verdict": v, "speed_note": why,
         "samples_per_sec": r.get("samples_per_sec"),

@@ -15,7 +15,7 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Any
 
-from ..measure.stats import Look, RatioEstimate
+from ..measure.stats import CONFIDENCE, Look, RatioEstimate
 from .pairing import GroupSide, against_control, mode_baselines, reference_side
 
 SETTLED = ("faster", "slower", "same")
@@ -67,9 +67,11 @@ def comparisons(group: list[GroupSide], live: list[GroupSide]) -> list[Compariso
     return out
 
 
-def _estimate(result: Any, live: list[GroupSide], j: int, k: int | None, confidence: float
-              ) -> RatioEstimate | None:
-    if k is None or {j, k} & set(result.failed):  # a side died while timing: no verdict from the rounds
+def estimate(result: Any, live: list[GroupSide], j: int, k: int | None, confidence: float = CONFIDENCE
+             ) -> RatioEstimate | None:
+    """Side ``j`` against side ``k`` from the rounds so far at ``confidence``; None when there is no partner or a side
+    died while timing (no verdict from the rounds)."""
+    if k is None or {j, k} & set(result.failed):
         return None
     return result.estimate(j, live[j].case.settings.speed_threshold_pct, reference=k, confidence=confidence)
 
@@ -87,9 +89,9 @@ def evaluate(comps: list[Comparison], result: Any, live: list[GroupSide], look: 
     for c in comps:
         if c.frozen or not c.drives:
             continue
-        est, note = _estimate(result, live, c.j, c.k, look.confidence), ""
+        est, note = estimate(result, live, c.j, c.k, look.confidence), ""
         if est is not None and c.control is not None:
-            v, note = against_control(est, _estimate(result, live, c.j, c.control, look.confidence))
+            v, note = against_control(est, estimate(result, live, c.j, c.control, look.confidence))
             est = dataclasses.replace(est, verdict=v)
         pct = f"{100 * look.confidence:g}% interval"
         if est is None:
@@ -103,7 +105,7 @@ def evaluate(comps: list[Comparison], result: Any, live: list[GroupSide], look: 
             continue
         needed = any(not d.frozen and d.control == c.j for d in comps)
         if last or not needed:
-            est = _estimate(result, live, c.j, c.k, look.confidence)
+            est = estimate(result, live, c.j, c.k, look.confidence)
             freeze(c, est, "", f"control no longer needed at look {number} ({processes_done} processes, "
                                f"{100 * look.confidence:g}% interval)")
 
