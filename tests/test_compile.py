@@ -120,7 +120,7 @@ def test_a_compiled_model_that_computes_something_else_is_refused(monkeypatch):
 
 MODES_SUITE = """
 name: tinymodes
-defaults: {batch_sizes: [1], rounds: 6, processes: 6, warmup_iters: 1, min_iters: 3, min_seconds: 0,
+defaults: {batch_sizes: [1], rounds: 6, processes: 6, sequential: false, warmup_iters: 1, min_iters: 3, min_seconds: 0,
            timeout_s: 600, img_size: 32, compile: [eager, full, regional], compile_options: {backend: aot_eager}}
 pairs:
   - name: tiny

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from typing import Literal, get_args
 
-Framework = Literal["torch", "keras"]
+Framework = Literal["torch", "keras", "tf_keras"]  # tf_keras: Keras 2 (TF Model Garden), TensorFlow only
 CompileMode = Literal["eager", "full", "regional", "hierarchical", "graph", "xla", "jit"]
 
 # which modes a side may run: torch, or Keras on a backend
@@ -34,6 +34,8 @@ assert set(MODE_SUFFIX) == set(get_args(CompileMode)) == {m for ms in MODES.valu
 
 
 def modes_for(framework: str, backend: str | None = None) -> tuple[str, ...]:
+    if framework == "tf_keras":  # tf-keras runs on TensorFlow only: its modes are Keras-on-TensorFlow's
+        return MODES["keras/tensorflow"]
     return MODES["torch"] if framework == "torch" else MODES[f"keras/{backend or KERAS_DEFAULT_BACKEND}"]
 
 

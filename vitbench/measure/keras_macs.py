@@ -10,22 +10,12 @@ from ..models.keras.swin import SwinTransformer
 from ..models.keras.swinv2_cr import SwinTransformerV2Cr
 from ..models.keras.vit import VisionTransformer
 from ..models.keras.windows import window_attention_macs
+from .vit_macs import vit_config_macs_acts
 
 
 def vit_macs_acts(model: VisionTransformer) -> tuple[int, int]:
-    """MACs and activations per image from the config, counted as the torch counter counts our torch twin
-    (patch conv, qkv, q@k^T, attn@v, proj, MLP, head; activations = outputs of those ops; norms, LayerScale and
-    pooling are not counted)."""
-    c = model.cfg
-    C, H = c["embed_dim"], c["num_heads"]
-    P = (c["img_size"] // c["patch_size"]) ** 2
-    N, hidden = P + model.num_prefix_tokens, int(C * c["mlp_ratio"])
-    classes = max(c["num_classes"], 0)
-    macs = P * C * c["in_chans"] * c["patch_size"] ** 2 + C * classes
-    acts = P * C + classes
-    macs += c["depth"] * (N * C * 3 * C + 2 * N * N * C + N * C * C + 2 * N * C * hidden)
-    acts += c["depth"] * (3 * N * C + H * N * N + N * C + N * C + N * hidden + N * C)
-    return macs, acts
+    """MACs and activations per image from the config (``vit_macs.vit_config_macs_acts``)."""
+    return vit_config_macs_acts(model.cfg, model.num_prefix_tokens)
 
 
 def swin_macs_acts(model: SwinTransformer) -> tuple[int, int]:

@@ -98,24 +98,29 @@ class PortError(ValueError):
                    f"(e.g. {unexpected[:3]})", missing, unexpected, hint)
 
 
+def _name(var: Any) -> str:
+    """A variable's path (Keras 3) or name (tf-keras, TensorFlow)."""
+    return getattr(var, "path", None) or var.name
+
+
 def assign_strict(model: Any, table: list[Row], state: dict[str, np.ndarray]) -> None:
     """Assign every row ``(variable, key, transform)`` of ``table`` from ``state``. Each variable is filled once and
     every variable of ``model.weights`` must be; a key may feed several rows only through ``qkv_part`` transforms;
     every key of ``state`` must be used; shapes must fit. Raises ``PortError`` naming what does not."""
     used = [key for _, key, _ in table]
     covered = [id(var) for var, _, _ in table]
-    missing = sorted(set(used) - set(state)) + sorted(v.path for v in model.weights if id(v) not in set(covered))
+    missing = sorted(set(used) - set(state)) + sorted(_name(v) for v in model.weights if id(v) not in set(covered))
     unexpected = sorted(set(state) - set(used))
     if missing or unexpected:
         raise PortError.of_keys(missing, unexpected)
-    twice = sorted({var.path for var, _, _ in table if covered.count(id(var)) > 1}
+    twice = sorted({_name(var) for var, _, _ in table if covered.count(id(var)) > 1}
                    | {k for _, k, fn in table if used.count(k) > 1 and not hasattr(fn, "part")})
     if twice:
         raise PortError(f"weight port table: {twice[:3]} used more than once")
     for var, key, fn in table:
         w = fn(np.asarray(state[key]))
         if tuple(var.shape) != w.shape:
-            raise PortError(f"weight port: {key} {w.shape} does not fit {var.path} {tuple(var.shape)}")
+            raise PortError(f"weight port: {key} {w.shape} does not fit {_name(var)} {tuple(var.shape)}")
         var.assign(w)
 
 

@@ -29,6 +29,7 @@ PROVIDERS = {
     "keras_hub": "vitbench.providers.keras_hub_provider",
     "vit_keras": "vitbench.providers.vit_keras_provider",
     "vit_pytorch": "vitbench.providers.vit_pytorch_provider",
+    "tf_models": "vitbench.providers.tf_models_provider",
 }
 
 
@@ -125,7 +126,8 @@ def get_provider(name: str) -> Provider:
 
 
 def framework_of(provider: str) -> str:
-    """'torch' or 'keras': the worker kind that runs this provider's models."""
+    """'torch', 'keras' (Keras 3) or 'tf_keras' (Keras 2, TF Model Garden): the worker kind that runs this
+    provider's models."""
     return get_provider(provider).framework
 
 
@@ -136,4 +138,7 @@ def check_side(side) -> str | None:  # type: ignore[no-untyped-def]
     except KeyError as e:
         return str(e.args[0])
     check_kwargs = getattr(provider, "check_kwargs", None)
+    backends = getattr(provider, "backends", None)  # a provider bound to some Keras backends (tf-keras: TensorFlow)
+    if backends and side.backend and side.backend not in backends:
+        return f"provider {side.provider} runs on backend {' or '.join(backends)} only, not '{side.backend}'"
     return provider.check(side.model) or (check_kwargs(side.model, side.kwargs) if check_kwargs else None)

@@ -1,9 +1,12 @@
 """Measuring one Keras case on one backend (``KERAS_BACKEND`` is fixed before keras is imported; torch is never
 imported here unless the backend is torch). Modes: eager (a plain call), graph (tf.function), xla
-(tf.function(jit_compile=True)) on TensorFlow; jit (jax.jit) on JAX — through Keras' own predict function."""
+(tf.function(jit_compile=True)) on TensorFlow; jit (jax.jit) on JAX — through Keras' own predict function.
+tf-keras sides (Keras 2: TF Model Garden's) run here too, in workers of their own: ``keras_module`` is then tf_keras
+and Keras 3 is never imported."""
 from __future__ import annotations
 
 import os
+import sys
 import time
 from typing import Any
 
@@ -21,6 +24,8 @@ from .worker import Timed, compare_candidate, judged
 def _setup(case: Case, backend: str | None = None) -> str:
     backend = backend or case.backend or KERAS_DEFAULT_BACKEND
     os.environ["KERAS_BACKEND"] = backend
+    if case.framework == "tf_keras" or (case.reference and case.reference.framework == "tf_keras"):
+        os.environ["TF_USE_LEGACY_KERAS"] = "1"  # tf.keras is tf-keras too
     dev = case.device
     # one device per worker: hide the others (and every GPU for a cpu case)
     os.environ["CUDA_VISIBLE_DEVICES"] = "" if dev == "cpu" else (dev.partition(":")[2] or "0")
@@ -34,6 +39,20 @@ def prepare(case: Case) -> str:
     backend = _setup(case)
     tf32_off(backend)
     return backend
+
+
+def keras_module(framework: str) -> Any:
+    """Keras 3, or tf-keras (Keras 2) for a ``tf_keras`` side: one of them per process, never both."""
+    if framework == "tf_keras":
+        if "keras" in sys.modules:
+            raise RuntimeError("Keras 3 was imported in this tf-keras worker: a tf-keras side runs in a process "
+                               "of its own")
+        import tf_keras
+
+        return tf_keras
+    import keras
+
+    return keras
 
 
 def tf32_off(backend: str) -> None:
@@ -76,11 +95,14 @@ def _input(case: Case, batch: int, img: int | None) -> np.ndarray:
 def output_array(y: Any) -> np.ndarray:
     """The output that is compared, as the torch side's: the last of a list (a multi-level backbone's deepest
     level), and a channels-last map (B, H, W, C) back in the torch layout (B, C, H, W)."""
-    import keras
-
     if isinstance(y, (list, tuple)):
         y = y[-1]
-    y = keras.ops.convert_to_numpy(y)
+    if isinstance(y, np.ndarray) or type(y).__module__.startswith("tensorflow"):
+        y = np.asarray(y)  # TensorFlow's tensors (Keras 3's TF backend, tf-keras): no Keras needed
+    else:
+        import keras
+
+        y = keras.ops.convert_to_numpy(y)
     return y.transpose(0, 3, 1, 2) if y.ndim == 4 else y
 
 
@@ -102,15 +124,39 @@ def _numerics(case: Case, model: Any, forward: Any, port: Any, run_dir: str) -> 
     return res
 
 
+def _differences(case: Case, provider: Any, model: Any, forward: Any, run_dir: str, num: Numerics) -> None:
+    """A provider's note on where its network is not the reference's goes into ``numerics_error``. Where the
+    provider can also take that difference out (``without_differences(model)``: a context in which the model, with
+    the same ported weights, computes the reference's network, and what it changes), the verdict is the comparison
+    without it: the row keeps the as-built max|diff| and says both figures. A wrong port fails either way."""
+    differences = getattr(provider, "differences", None)
+    note = differences(model) if differences and num.numerics_status in ("ok", "fail") else None
+    if not note:
+        return
+    without = getattr(provider, "without_differences", None)
+    if without is not None and case.role == "candidate" and num.max_abs_diff is not None:
+        context, what = without(model)
+        with context:
+            alt = compare_candidate(case, run_dir, lambda state: provider.port(model, state),
+                                    lambda x: output_array(forward(nhwc(x))))
+        if alt.numerics_status in ("ok", "fail"):
+            tol = f"tolerance {alt.tolerance_max_abs:g}" if alt.tolerance_max_abs is not None else "the tolerance"
+            verdict = f"within {tol}: the port is exact" if alt.numerics_status == "ok" else alt.numerics_error
+            note = (f"{note}: max|diff| {num.max_abs_diff:.3g} as built, {alt.max_abs_diff:.3g} with {what} "
+                    f"(the same ported weights), {verdict}")
+            num.numerics_status, num.numerics_error = alt.numerics_status, None
+    num.numerics_error = "; ".join(filter(None, (num.numerics_error, note)))
+
+
 def _intermediates(model: Any, x: np.ndarray) -> dict[str, np.ndarray]:
     """``i/<k>``: the model's timm-style ``forward_intermediates`` (NCHW maps) of the first sample of an NHWC input,
     where it has it."""
+    if not hasattr(model, "forward_intermediates"):
+        return {}
     import keras
 
     from ..measure import divergence
 
-    if not hasattr(model, "forward_intermediates"):
-        return {}
     values = model.forward_intermediates(x[:1], intermediates_only=True)  # first sample only, as the torch side
     return divergence.intermediates(values, keras.ops.convert_to_numpy)
 
@@ -152,7 +198,8 @@ def _write_artifact(path: Any, case: Case, model: Any, forward: Any, provider: A
         except Exception as e:  # noqa: BLE001  (some tables do not invert, e.g. a folded normalisation)
             print(f"weights under variable paths: {type(e).__name__}: {e}", flush=True)
     if weights is None:
-        weights = {v.path: np.asarray(v.numpy() if hasattr(v, "numpy") else v) for v in model.weights}
+        weights = {getattr(v, "path", None) or v.name: np.asarray(v.numpy() if hasattr(v, "numpy") else v)
+                   for v in model.weights}  # path: Keras 3; name: tf-keras
     nchw = x.transpose(0, 3, 1, 2) if x.ndim == 4 else x
     try:
         inter = _intermediates(model, x)
@@ -178,7 +225,7 @@ def setup(case: Case, run_dir: str, timing_only: bool = False) -> tuple[SetupRes
     """Build, numerics, MACs, compile (graph/xla/jit) and warm-up; the serve loop then times blocks.
     ``timing_only`` (a timing session): no numerics or MACs."""
     backend = _setup(case)
-    import keras
+    keras = keras_module(case.framework)
 
     from ..providers import get_provider
 
@@ -211,11 +258,7 @@ def setup(case: Case, run_dir: str, timing_only: bool = False) -> tuple[SetupRes
     if not timing_only:
         with res.phase("numerics"):
             res.numerics = _numerics(case, model, forward, lambda state: provider.port(model, state), run_dir)
-        # a provider's note on where its model is not the reference's architecture (and what the port does about it)
-        differences = getattr(provider, "differences", None)
-        note = differences(model) if differences and res.numerics.numerics_status in ("ok", "fail") else None
-        if note:
-            res.numerics.numerics_error = "; ".join(filter(None, (res.numerics.numerics_error, note)))
+            _differences(case, provider, model, forward, run_dir, res.numerics)
         with res.phase("flops_memory"):
             counted = provider.count_macs(model, x[:1])
         if counted is None:
@@ -236,7 +279,7 @@ def setup(case: Case, run_dir: str, timing_only: bool = False) -> tuple[SetupRes
         # Keras compiles a Model's predict step: the model itself, or a Model around a bare layer / forward_features
         # (in a timing session always a wrapper: the session's other modes of this model share its instance)
         own = isinstance(model, keras.Model) and case.output == "forward" and not timing_only
-        compiled = model if own else _as_model(model, case)
+        compiled = model if own else _as_model(model, case, keras)
         compiled.compile(jit_compile=mode in KERAS_JIT)
 
         def runner() -> Any:
@@ -269,9 +312,7 @@ def setup(case: Case, run_dir: str, timing_only: bool = False) -> tuple[SetupRes
                       finish=lambda: {"peak_rss_mb": memory.peak_rss_mb()})
 
 
-def _as_model(layer: Any, case: Case) -> Any:
-    import keras
-
+def _as_model(layer: Any, case: Case, keras: Any) -> Any:
     class _Forward(keras.Model):
         """A Model whose call is the side's forward (``forward_features`` for ``output: features``)."""
 
@@ -294,7 +335,7 @@ def write_reference(case: Case, run_dir: str) -> dict[str, Any]:
 
     ref = case.reference
     _setup(case, ref.backend)
-    import keras
+    keras = keras_module(ref.framework)
 
     tf32_off(ref.backend or KERAS_DEFAULT_BACKEND)
     keras.utils.set_random_seed(case.settings.seed)

@@ -9,9 +9,9 @@ call, no TensorFlow or JAX work, no thread started (torch's OpenMP pool, TensorF
 contexts do not survive a fork). Every child is a new process with its own memory, model instances, threads and
 CUDA context, as a spawned one is.
 
-One server per kind of worker (torch; Keras on TensorFlow; Keras on torch), so a worker still holds one framework,
-and per value of the environment variables read at import (threads, devices, log levels): a run that changes them
-gets a new server. Keras on JAX is spawned (JAX warns that fork is incompatible with its threads).
+One server per kind of worker (torch; Keras on TensorFlow; Keras on torch; tf-keras), so a worker still holds one
+framework, and per value of the environment variables read at import (threads, devices, log levels): a run that
+changes them gets a new server. Keras on JAX is spawned (JAX warns that fork is incompatible with its threads).
 
 A server lives while this process does: it exits when this process ends (its end of the server's 'alive' pipe
 closes; workers close theirs as they start), and the kernel then ends the workers (PR_SET_PDEATHSIG, set in
@@ -29,7 +29,8 @@ from typing import Any
 # preload module (imports only) of each kind of worker that starts from a fork server
 PRELOAD = {"torch": "vitbench.runner.preload.torch_workers",
            "keras-tensorflow": "vitbench.runner.preload.keras_tensorflow",
-           "keras-torch": "vitbench.runner.preload.keras_torch"}
+           "keras-torch": "vitbench.runner.preload.keras_torch",
+           "tf-keras": "vitbench.runner.preload.tf_keras"}
 # environment variables read when a framework is imported: a server is only reused while they are unchanged
 _IMPORT_ENV = ("OMP_", "MKL_", "KMP_", "GOMP_", "OPENBLAS_", "CUDA_", "TF_", "XLA_", "KERAS_", "TORCH", "PYTORCH_",
                "NVIDIA_", "LD_", "PYTHON")
@@ -85,7 +86,10 @@ class ForkedProcess(process.BaseProcess):
 
 
 def worker_kind(framework: str, backend: str | None) -> str:
-    """'torch', 'keras-tensorflow', 'keras-jax' or 'keras-torch'."""
+    """'torch', 'keras-tensorflow', 'keras-jax', 'keras-torch' or 'tf-keras' (Keras 2 on TensorFlow: never in a
+    process with Keras 3)."""
+    if framework == "tf_keras":
+        return "tf-keras"
     return "torch" if framework == "torch" else f"keras-{backend or 'tensorflow'}"
 
 

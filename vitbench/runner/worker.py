@@ -197,7 +197,7 @@ def main(case: Any, run_dir: str, conn: Any, log_path: str, env: dict[str, str],
         if ":" in job:  # a job another package registers by import path (fine-tuning: vitbench.finetune.job:...)
             module, _, name = job.partition(":")
             jobs = {job: getattr(importlib.import_module(module), name)}
-        elif framework == "keras":
+        elif framework in ("keras", "tf_keras"):  # the Keras worker serves tf-keras (Keras 2) sides too
             from . import keras_worker
 
             setup: Setup = keras_worker.setup
