@@ -57,11 +57,13 @@ def port_mha(mha: Any, state: dict[str, np.ndarray]) -> None:
 
 
 @functools.cache
-def _mha_wrapper():  # type: ignore[no-untyped-def]  (one class, made on first use: keras is imported lazily)
-    import keras
+def _mha_wrapper(module: Any = None):  # type: ignore[no-untyped-def]  (one class per Keras, made on first use)
+    """``module``: the Keras whose Layer it subclasses (Keras 3 by default; tf-keras for TF Model Garden's MHA)."""
+    if module is None:
+        import keras as module
 
-    class _KerasMHA(keras.layers.Layer):
-        """Self-attention call of a keras.layers.MultiHeadAttention: mha(x, x)."""
+    class _KerasMHA(module.layers.Layer):
+        """Self-attention call of a MultiHeadAttention layer: mha(x, x)."""
 
         def __init__(self, mha: Any, **kw: Any) -> None:
             super().__init__(**kw)
@@ -73,8 +75,8 @@ def _mha_wrapper():  # type: ignore[no-untyped-def]  (one class, made on first u
     return _KerasMHA
 
 
-def KerasMHA(mha: Any) -> Any:  # noqa: N802  (a factory that reads like the class it makes)
-    return _mha_wrapper()(mha)
+def KerasMHA(mha: Any, module: Any = None) -> Any:  # noqa: N802  (a factory that reads like the class it makes)
+    return _mha_wrapper(module)(mha)
 
 
 PROVIDER = KerasLibraryProvider()

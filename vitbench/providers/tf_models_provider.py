@@ -87,7 +87,9 @@ class TfModelsProvider:
         if model == "MultiHeadAttention":
             from official.vision.modeling.layers import nn_layers
 
-            return _self_attention()(nn_layers.MultiHeadAttention(**kwargs)), None
+            from .keras_provider import KerasMHA  # its self-attention wrapper, as a tf-keras Layer
+
+            return KerasMHA(nn_layers.MultiHeadAttention(**kwargs), tf_keras), None
         from official.vision.modeling.backbones.vit import VisionTransformer
         from official.vision.modeling.classification_model import ClassificationModel
 
@@ -198,23 +200,6 @@ def _exact_gelu(model: Any) -> Iterator[None]:
     finally:
         for a, fn in zip(acts, before, strict=True):
             a.activation = fn
-
-
-@functools.cache
-def _self_attention():  # type: ignore[no-untyped-def]  (made on first use: tf_keras is imported lazily)
-    import tf_keras
-
-    class SelfAttention(tf_keras.layers.Layer):
-        """Self-attention call of Model Garden's MultiHeadAttention: mha(x, x), built on first call."""
-
-        def __init__(self, mha: Any, **kw: Any) -> None:
-            super().__init__(**kw)
-            self.mha = mha
-
-        def call(self, x: Any) -> Any:
-            return self.mha(x, x)
-
-    return SelfAttention
 
 
 PROVIDER = TfModelsProvider()
