@@ -43,7 +43,7 @@ class Provider(Protocol):
       ``auto``: an alignment of the two models, ``vitbench.align``);
     - ``count_macs(model, x)``: ``(macs, activations, method)`` per image for input ``x``, or None if not counted;
     - ``preprocessing(model)``: the model's mean/std/interpolation/crop (its ``pretrained_cfg``), or None;
-    - ``list_names()``: what ``vitbench models`` shows;
+    - ``list_names()``: what ``vitbench list`` shows;
     - optional ``check_kwargs(model, kwargs)``: None, or one line saying what is wrong with a side's kwargs.
     """
 
