@@ -30,43 +30,27 @@ from typing import Any
 
 import numpy as np
 
-from .torch_common import unknown_model
+from .keras_common import KERAS_MACS_METHOD, KerasProvider
+from .torch_common import needs_reference_package, unknown_model
+from .vit_keras_provider import TIMM_KWARGS, vit_config
 
 INSTALL = "pip install 'vitbench[tf-models]' && pip install --no-deps tf-models-no-deps==2.19.0"
 VIT_NAMES = ("test_vit", "vit_tiny_patch16_224", "vit_small_patch16_224", "vit_base_patch16_224",
              "vit_base_patch32_224", "vit_base_patch16_384", "vit_large_patch16_224")
 NAMES = (*VIT_NAMES, "MultiHeadAttention")
-TIMM_KWARGS = {"embed_dim", "depth", "num_heads", "patch_size", "mlp_ratio", "num_classes", "img_size"}
 MHA_KWARGS = {"num_heads", "key_dim"}
 DIFFERENCES = "TF Model Garden's ViT uses the tanh approximation of GELU (timm: exact erf), timed as it is"
-MACS_METHOD = "analytic from the model config (conv/matmul MACs incl. attention, as the torch counter counts)"
+
+# Model Garden's code and what its vision modules import: (module, pip name)
+PACKAGES = (("official", "tf-models-no-deps"), ("tf_keras", "tf-keras"), ("gin", "gin-config"),
+            ("immutabledict", "immutabledict"), ("pycocotools", "pycocotools"),
+            ("tensorflow_datasets", "tensorflow-datasets"))
 
 
-def _needs_official(model: str) -> None:
-    """One line naming what to install when Model Garden's code or a package its vision modules import is missing
-    (found without importing them)."""
-    import importlib.util
+class TfModelsProvider(KerasProvider):
+    """A Keras provider (preprocessing from ``pretrained_cfg``) whose models are tf-keras: framework ``tf_keras``,
+    and MACs counted from the config without our Keras 3 models."""
 
-    missing = [m for m in ("tf_keras", "official", "gin", "immutabledict", "pycocotools", "tensorflow_datasets")
-               if importlib.util.find_spec(m) is None]
-    if missing:
-        raise RuntimeError(f"tf_models {model} needs TF Model Garden (missing: {', '.join(missing)}); "
-                           f"install: {INSTALL}")
-
-
-def vit_config(model: str, kwargs: dict[str, Any], img_size: int | None) -> dict[str, Any]:
-    from vitbench.models.configs import VIT_CONFIGS
-
-    extra = sorted(set(kwargs) - TIMM_KWARGS)
-    if extra:
-        raise ValueError(f"tf_models: unsupported kwargs {extra} (supported: {sorted(TIMM_KWARGS)})")
-    cfg = {"mlp_ratio": 4.0, "num_classes": 1000, "in_chans": 3, **VIT_CONFIGS[model], **kwargs}
-    if img_size:
-        cfg["img_size"] = img_size
-    return cfg
-
-
-class TfModelsProvider:
     name = "tf_models"
     framework = "tf_keras"  # Keras 2: a worker kind of its own
     backends = ("tensorflow",)
@@ -80,7 +64,7 @@ class TfModelsProvider:
         return f"tf_models {model}: unsupported kwargs {extra} (supported: {sorted(allowed)})" if extra else None
 
     def build(self, model: str, kwargs: dict[str, Any], img_size: int | None) -> tuple[Any, int | None]:
-        _needs_official(model)
+        needs_reference_package("tf_models", model, *PACKAGES, install=INSTALL)
         os.environ["TF_USE_LEGACY_KERAS"] = "1"  # tf.keras inside Model Garden is tf-keras too
         import tf_keras
 
@@ -95,7 +79,7 @@ class TfModelsProvider:
 
         from vitbench.models.configs import PREPROCESSING
 
-        cfg = vit_config(model, kwargs, img_size)
+        cfg = vit_config("tf_models", model, kwargs, img_size)
         spec = tf_keras.layers.InputSpec(shape=[None, cfg["img_size"], cfg["img_size"], cfg["in_chans"]])
         backbone = VisionTransformer(
             mlp_dim=int(cfg["embed_dim"] * cfg["mlp_ratio"]), num_heads=cfg["num_heads"], num_layers=cfg["depth"],
@@ -132,10 +116,7 @@ class TfModelsProvider:
         from vitbench.measure.vit_macs import vit_config_macs_acts
 
         cfg = getattr(model, "vitbench_cfg", None)
-        return None if cfg is None else (*vit_config_macs_acts(dict(cfg)), MACS_METHOD)
-
-    def preprocessing(self, model: Any) -> dict[str, Any] | None:
-        return dict(getattr(model, "pretrained_cfg", None) or {}) or None
+        return None if cfg is None else (*vit_config_macs_acts(dict(cfg)), KERAS_MACS_METHOD)
 
     def list_names(self) -> list[str]:
         return list(NAMES)

@@ -88,11 +88,13 @@ class TorchProvider:
         return dict(getattr(model, "pretrained_cfg", None) or {}) or None
 
 
-def needs_reference_package(provider: str, model: str, *packages: tuple[str, str]) -> None:
-    """Raise one line naming what to install when an optional implementation's packages (``(module, pip name)``
-    pairs, found without importing them) are missing: its side's row fails with it; the other sides run."""
+def needs_reference_package(provider: str, model: str, *packages: tuple[str, str],
+                            install: str = "pip install 'vitbench[references]'") -> None:
+    """Raise one line naming what to install (``install``: the command) when an optional implementation's packages
+    (``(module, pip name)`` pairs, found without importing them) are missing: its side's row fails with it; the
+    other sides run."""
     import importlib.util
 
     missing = [pip for module, pip in packages if importlib.util.find_spec(module) is None]
     if missing:
-        raise RuntimeError(f"{provider} {model} needs {', '.join(missing)} (pip install 'vitbench[references]')")
+        raise RuntimeError(f"{provider} {model} needs {', '.join(missing)} ({install})")

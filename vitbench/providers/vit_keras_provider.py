@@ -26,13 +26,15 @@ NAMES = ("vit_tiny_patch16_224", "vit_small_patch16_224", "vit_base_patch16_224"
 TIMM_KWARGS = {"embed_dim", "depth", "num_heads", "patch_size", "mlp_ratio", "num_classes", "img_size"}
 
 
-def _config(model: str, kwargs: dict[str, Any], img_size: int | None) -> dict[str, Any]:
+def vit_config(provider: str, model: str, kwargs: dict[str, Any], img_size: int | None) -> dict[str, Any]:
+    """A ViT's config under timm's name, with timm-style ``kwargs`` (``TIMM_KWARGS``) and ``img_size`` over it; for
+    the providers that build another library's ViT from timm's words (vit_keras, tf_models)."""
     from vitbench.models.configs import VIT_CONFIGS
 
     extra = sorted(set(kwargs) - TIMM_KWARGS)
     if extra:
-        raise ValueError(f"vit_keras: unsupported kwargs {extra} (supported: {sorted(TIMM_KWARGS)})")
-    cfg = {"mlp_ratio": 4.0, "num_classes": 1000, **VIT_CONFIGS[model], **kwargs}
+        raise ValueError(f"{provider}: unsupported kwargs {extra} (supported: {sorted(TIMM_KWARGS)})")
+    cfg = {"mlp_ratio": 4.0, "num_classes": 1000, "in_chans": 3, **VIT_CONFIGS[model], **kwargs}
     if img_size:
         cfg["img_size"] = img_size
     return cfg
@@ -48,7 +50,7 @@ class VitKerasProvider(KerasProvider):
         needs_reference_package("vit_keras", model, ("vit_keras", "vit-keras and opencv-python-headless"))
         from vit_keras import vit
 
-        cfg = _config(model, kwargs, img_size)
+        cfg = vit_config("vit_keras", model, kwargs, img_size)
         m = vit.build_model(
             image_size=cfg["img_size"], patch_size=cfg["patch_size"], num_layers=cfg["depth"],
             hidden_size=cfg["embed_dim"], num_heads=cfg["num_heads"], name=model,

@@ -175,7 +175,7 @@ class Runner:
         at_look = {lk.processes: n for n, lk in enumerate(looks, 1)}
         driving = any(c.drives for c in comps)
         compiled = any(s.case.compile_mode in TORCH_COMPILED for s in live)
-        xla = any(s.case.framework in ("keras", "tf_keras") and s.case.compile_mode in KERAS_JIT for s in live)
+        xla = any(s.case.compile_mode in KERAS_JIT for s in live)  # Keras' and tf-keras' jit_compile modes
         cache_dir = tempfile.mkdtemp(prefix="vitbench-compile-timing-") if compiled or xla else None
         # the timing processes share a compile cache: Inductor's, and XLA's for Keras jit_compile (TensorFlow)
         env = {**cache_env(cache_dir), **xla_cache_env(cache_dir)} if cache_dir else {}

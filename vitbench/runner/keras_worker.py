@@ -21,12 +21,9 @@ from .artifacts import artifact_path, load_arrays, save_npz
 from .worker import Timed, compare_candidate, judged
 
 
-def _setup(case: Case, backend: str | None = None, framework: str | None = None) -> str:
-    """``backend``/``framework``: the ones of the model this job builds (a reference's, for job 'reference')."""
+def _setup(case: Case, backend: str | None = None) -> str:
     backend = backend or case.backend or KERAS_DEFAULT_BACKEND
     os.environ["KERAS_BACKEND"] = backend
-    if (framework or case.framework) == "tf_keras":
-        os.environ["TF_USE_LEGACY_KERAS"] = "1"  # tf.keras is tf-keras too (only in a tf-keras worker)
     dev = case.device
     # one device per worker: hide the others (and every GPU for a cpu case)
     os.environ["CUDA_VISIBLE_DEVICES"] = "" if dev == "cpu" else (dev.partition(":")[2] or "0")
@@ -335,7 +332,7 @@ def write_reference(case: Case, run_dir: str) -> dict[str, Any]:
     from ..providers import get_provider
 
     ref = case.reference
-    _setup(case, ref.backend, ref.framework)
+    _setup(case, ref.backend)
     keras = keras_module(ref.framework)
 
     tf32_off(ref.backend or KERAS_DEFAULT_BACKEND)
